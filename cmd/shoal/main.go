@@ -1,0 +1,38 @@
+// Command shoal is Shoal's single binary: the CLI, and the server, agent
+// and all-in-one node.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	root := newRoot()
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", oneLine(err.Error()))
+		os.Exit(1)
+	}
+}
+
+// globals holds the flags every command shares.
+type globals struct {
+	server, token, output string
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "shoal",
+		Short:         "Shoal runs virtual machines on a cluster of Linux hosts",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.server, "server", "", "API server: https://HOST:PORT or unix:///PATH (env SHOAL_SERVER)")
+	root.PersistentFlags().StringVar(&g.token, "token", "", "API token (env SHOAL_TOKEN)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd())
+	return root
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoalvm/shoal/internal/client"
+	"github.com/shoalvm/shoal/internal/node"
+)
+
+func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func upCmd() *cobra.Command {
+	var o node.Options
+	var etcd string
+	var noDemo, verbose bool
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run an all-in-one Shoal node in the foreground (embedded etcd, server, agent, default network)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			level := slog.LevelInfo
+			if !verbose {
+				level = slog.LevelWarn
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if etcd != "" {
+				o.EtcdEndpoints = strings.Split(etcd, ",")
+			}
+			o.ConfigPath = client.ConfigPath()
+			o.Demo = !noDemo
+			ctx, cancel := signalContext()
+			defer cancel()
+			fmt.Println("Starting Shoal (etcd, server, agent, network)...")
+			err := node.Run(ctx, log, o, func(i node.Info) { printWelcome(i, o) })
+			fmt.Println("Shoal stopped. VMs keep running; the next 'shoal up' finds them again.")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.DataDir, "data-dir", "/var/lib/shoal", "where Shoal keeps its state, images and disks")
+	f.StringVar(&o.Listen, "listen", "127.0.0.1:7443", "HTTPS address of the API")
+	f.StringVar(&o.Host, "host", "", "this host's name (default: the hostname)")
+	f.StringVar(&etcd, "etcd-endpoints", "", "use this external etcd cluster (comma-separated URLs) instead of the embedded one")
+	f.StringVar(&o.EtcdClient, "etcd-client-url", "http://127.0.0.1:7379", "embedded etcd: client URL")
+	f.StringVar(&o.EtcdPeer, "etcd-peer-url", "http://127.0.0.1:7380", "embedded etcd: peer URL")
+	f.StringVar(&o.Subnet, "subnet", "10.57.0.0/24", "subnet of the default network")
+	f.StringVar(&o.Bridge, "bridge", "shoal0", "bridge of the default network")
+	f.StringVar(&o.Accel, "accel", "auto", "accelerator: auto (probe KVM, else TCG), kvm or tcg")
+	f.DurationVar(&o.StopTimeout, "stop-timeout", 30*time.Second, "how long 'vm stop' waits for an ACPI shutdown before forcing")
+	f.BoolVar(&noDemo, "no-demo", false, "do not create the demo VM")
+	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
+	return cmd
+}
+
+func printWelcome(i node.Info, o node.Options) {
+	accel := i.Accel
+	if i.AccelReason != "" {
+		accel += " (" + i.AccelReason + ")"
+	}
+	fmt.Printf("\nShoal is up on host %s.\n", i.Host)
+	fmt.Printf("  API:        %s  (and unix://%s)\n", i.API, i.Socket)
+	fmt.Printf("  CLI config: %s (token inside, mode 0600)\n", o.ConfigPath)
+	fmt.Printf("  Accel:      %s\n", accel)
+	if i.Demo != nil {
+		fmt.Printf("  Demo VM:    %s is %s at %s\n", i.Demo.Name, i.Demo.State, i.Demo.IP)
+	}
+	fmt.Println("\nTry, in another terminal:")
+	if i.Demo != nil {
+		fmt.Printf("  wget -qO- http://%s/\n", i.Demo.IP)
+	}
+	fmt.Println("  bin/shoal vm create web1 --image tiny --memory 256M --disk 1G --start")
+	fmt.Println("  bin/shoal vm list")
+	fmt.Println("  bin/shoal vm show web1 -o json")
+	fmt.Println("  bin/shoal vm console web1      (Ctrl-] to detach)")
+	fmt.Println("  bin/shoal host show " + i.Host)
+	fmt.Println("\nPress Ctrl-C to stop Shoal; VMs keep running.")
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+func vmCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage virtual machines"}
+	cmd.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmDeleteCmd(g),
+		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g))
+	for _, a := range []struct{ verb, short string }{
+		{"start", "Start a stopped VM"},
+		{"restart", "Restart a running VM (ACPI shutdown, then start)"},
+		{"pause", "Pause a running VM (its CPUs stop; memory is kept)"},
+		{"resume", "Resume a paused VM"},
+	} {
+		cmd.AddCommand(vmActionCmd(g, a.verb, a.short))
+	}
+	return cmd
+}
+
+func vmCreateCmd(g *globals) *cobra.Command {
+	var req api.CreateVMRequest
+	var userData string
+	cmd := &cobra.Command{
+		Use:   "create NAME --image IMAGE",
+		Short: "Create a VM (a linked clone of an image)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if userData != "" {
+				b, err := os.ReadFile(userData)
+				if err != nil {
+					return fmt.Errorf("--user-data: %w", err)
+				}
+				req.UserData = string(b)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			vm, err := c.CreateVM(ctx, req, true)
+			if err != nil {
+				return err
+			}
+			return g.print(vm, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "vm %s created on host %s: %s, ip %s\n", vm.Name, vm.Host, vm.State, vm.IP)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Image, "image", "", "image to clone (see 'shoal image list')")
+	f.IntVar(&req.CPUs, "cpus", 1, "virtual CPUs")
+	f.StringVar(&req.Memory, "memory", "256M", "memory, e.g. 256M or 2G")
+	f.StringVar(&req.Disk, "disk", "", "disk size, e.g. 2G (default: the image's size)")
+	f.StringVar(&req.Network, "network", "", "network (default: default)")
+	f.StringVar(&req.Pool, "pool", "", "storage pool (default: local)")
+	f.StringVar(&req.Host, "host", "", "pin to this host")
+	f.BoolVar(&req.HA, "ha", false, "restart on another host if its host fails")
+	f.BoolVar(&req.Start, "start", false, "start it once created")
+	f.StringVar(&userData, "user-data", "", "cloud-init user-data file")
+	return cmd
+}
+
+func vmListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "list", Short: "List VMs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			vms, err := c.ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(vms, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tSTATE\tHOST\tIP\tCPUS\tMEMORY\tDISK\tIMAGE")
+				for _, v := range vms {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.State, v.Host, dash(v.IP), v.CPUs,
+						api.FormatSize(v.MemoryMiB<<20), api.FormatSize(v.DiskBytes), v.Image)
+				}
+			})
+		},
+	}
+}
+
+func vmShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "show NAME", Short: "Show one VM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.GetVM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.print(v, func(w *tabwriter.Writer) {
+				row := func(k, v string) { fmt.Fprintf(w, "%s:\t%s\n", k, v) }
+				row("Name", v.Name)
+				row("State", v.State)
+				row("Host", v.Host)
+				row("IP", dash(v.IP))
+				row("MAC", v.MAC)
+				row("Image", v.Image)
+				row("CPUs", fmt.Sprint(v.CPUs))
+				row("Memory", api.FormatSize(v.MemoryMiB<<20))
+				row("Disk", api.FormatSize(v.DiskBytes)+" on pool "+v.Pool)
+				row("Network", v.Network)
+				row("Accel", dash(v.Accel))
+				if !v.StartedAt.IsZero() && (v.State == api.StateRunning || v.State == api.StatePaused) {
+					row("Up since", v.StartedAt.Local().Format(time.RFC3339))
+				}
+				if v.Error != "" {
+					row("Error", v.Error)
+				}
+			})
+		},
+	}
+}
+
+func vmActionCmd(g *globals, verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use: verb + " NAME", Short: short, Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runAction(g, args[0], verb, false)
+		},
+	}
+}
+
+func vmStopCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use: "stop NAME", Short: "Stop a VM: ACPI shutdown, forced after a timeout", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runAction(g, args[0], "stop", force)
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "power off at once, without ACPI shutdown")
+	return cmd
+}
+
+func runAction(g *globals, name, verb string, force bool) error {
+	c, err := g.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	vm, err := c.VMAction(ctx, name, verb, force)
+	if err != nil {
+		return err
+	}
+	return g.print(vm, func(w *tabwriter.Writer) { fmt.Fprintf(w, "vm %s is %s\n", vm.Name, vm.State) })
+}
+
+func vmDeleteCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use: "delete NAME", Short: "Delete a VM with its disks and everything of it", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			if err := c.DeleteVM(ctx, args[0], force); err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.print(map[string]string{"deleted": args[0]}, nil)
+			}
+			fmt.Printf("vm %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete even if running (powers it off)")
+	return cmd
+}
+
+func vmLogsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use: "logs NAME", Short: "Print the VM's serial console output", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.Logs(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			_, err = io.Copy(os.Stdout, r)
+			return err
+		},
+	}
+}

@@ -1,0 +1,219 @@
+// Package agent is the host side of Shoal: it converges the VMs that the
+// store assigns to this host onto real QEMU processes, taps and disks, and
+// reports what runs. VMs outlive the agent: on start it reattaches to the
+// QEMU processes it finds in its state directory and removes whatever
+// belongs to no VM any more.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/storage"
+	"github.com/shoalvm/shoal/internal/store"
+)
+
+// Config configures an agent.
+type Config struct {
+	Host        string // this host's name
+	Dir         string // state dir: vms/<id>/ holds each VM's sockets, pidfile and seed
+	ImageDir    string // image library: <name>/disk.qcow2 (+ vmlinuz, initrd.img)
+	Pools       []storage.Pool
+	QEMU        string        // qemu-system-x86_64 binary
+	Accel       string        // "kvm" or "tcg"
+	AccelReason string        // why TCG, when it is
+	StopTimeout time.Duration // ACPI grace period before a stop is forced
+	Heartbeat   time.Duration
+}
+
+// Agent runs the VMs of one host.
+type Agent struct {
+	cfg   Config
+	st    *store.Store
+	log   *slog.Logger
+	mu    sync.Mutex
+	vms   map[string]*worker // by VM id
+	names map[string]string  // VM name -> id, of specs seen on this host
+	wg    sync.WaitGroup
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config, st *store.Store, log *slog.Logger) *Agent {
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 30 * time.Second
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 5 * time.Second
+	}
+	if cfg.QEMU == "" {
+		cfg.QEMU = "qemu-system-x86_64"
+	}
+	return &Agent{cfg: cfg, st: st, log: log.With("host", cfg.Host), vms: map[string]*worker{}, names: map[string]string{}}
+}
+
+func (a *Agent) vmDir(id string) string { return filepath.Join(a.cfg.Dir, "vms", id) }
+
+// Run registers the host, reattaches to running VMs, and reconciles until
+// ctx ends. VMs keep running after it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(a.cfg.Dir, "vms"), 0o750); err != nil {
+		return fmt.Errorf("agent state dir: %w", err)
+	}
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
+	defer a.wg.Wait()
+	for ctx.Err() == nil {
+		rev, err := a.resync(ctx)
+		if err != nil {
+			a.log.Warn("resync failed, retrying", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		a.watch(ctx, rev+1)
+	}
+	return nil
+}
+
+// resync reads every VM spec and hands each local VM (and each leftover
+// state dir or disk) to its worker.
+func (a *Agent) resync(ctx context.Context) (int64, error) {
+	specs, rev, err := a.st.ListVMs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	mine := map[string]api.VMSpec{}
+	for _, s := range specs {
+		if s.Host == a.cfg.Host {
+			mine[s.ID] = s
+		}
+	}
+	for id := range a.localIDs() {
+		if _, ok := mine[id]; !ok {
+			a.deliver(ctx, id, nil)
+		}
+	}
+	for id, s := range mine {
+		a.deliver(ctx, id, &s)
+	}
+	a.mu.Lock()
+	for id, w := range a.vms {
+		if _, ok := mine[id]; !ok {
+			w.update(nil)
+		}
+	}
+	a.mu.Unlock()
+	return rev, nil
+}
+
+// localIDs lists the ids of VMs with a state dir or a disk on this host.
+func (a *Agent) localIDs() map[string]bool {
+	ids := map[string]bool{}
+	ents, _ := os.ReadDir(filepath.Join(a.cfg.Dir, "vms"))
+	for _, e := range ents {
+		ids[e.Name()] = true
+	}
+	for _, p := range a.cfg.Pools {
+		files, _ := os.ReadDir(p.Dir)
+		for _, f := range files {
+			if id, ok := storage.DiskOwner(f.Name()); ok {
+				ids[id] = true
+			}
+		}
+	}
+	return ids
+}
+
+func (a *Agent) watch(ctx context.Context, rev int64) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range a.st.Client().Watch(wctx, store.VMPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV()) {
+		if err := resp.Err(); err != nil {
+			a.log.Warn("watch ended, resyncing", "err", err)
+			return
+		}
+		for _, ev := range resp.Events {
+			var s api.VMSpec
+			if ev.Type == clientv3.EventTypeDelete {
+				if ev.PrevKv != nil && json.Unmarshal(ev.PrevKv.Value, &s) == nil {
+					a.deliver(ctx, s.ID, nil)
+				}
+				continue
+			}
+			if err := json.Unmarshal(ev.Kv.Value, &s); err != nil {
+				a.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
+				continue
+			}
+			if s.Host == a.cfg.Host {
+				a.deliver(ctx, s.ID, &s)
+			} else {
+				a.deliver(ctx, s.ID, nil) // it moved away, or never was ours
+			}
+		}
+	}
+}
+
+// deliver hands the latest spec (nil: not ours any more) to the VM's
+// worker, starting one if needed.
+func (a *Agent) deliver(ctx context.Context, id string, s *api.VMSpec) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	w, ok := a.vms[id]
+	if !ok {
+		if s == nil && !a.hasLocal(id) {
+			return
+		}
+		w = newWorker(a, id)
+		a.vms[id] = w
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			w.run(ctx)
+			a.mu.Lock()
+			if a.vms[id] == w {
+				delete(a.vms, id)
+			}
+			a.mu.Unlock()
+		}()
+	}
+	if s != nil {
+		a.names[s.Name] = id
+	}
+	w.update(s)
+}
+
+func (a *Agent) hasLocal(id string) bool { return a.localIDs()[id] }
+
+// DialConsole connects to the serial console of a VM running here.
+func (a *Agent) DialConsole(ctx context.Context, id string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(a.vmDir(id), "console.sock"))
+	if err != nil {
+		return nil, api.Errorf(api.ErrConflict, "console not available: is the VM running?")
+	}
+	return c, nil
+}
+
+// LogPath returns the file holding a VM's serial console output.
+func (a *Agent) LogPath(id string) string { return filepath.Join(a.vmDir(id), "console.log") }
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/cloudinit"
+	"github.com/shoalvm/shoal/internal/crashpoint"
+	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/qemu"
+	"github.com/shoalvm/shoal/internal/storage"
+)
+
+func (a *Agent) pool(name string) (storage.Pool, error) {
+	for _, p := range a.cfg.Pools {
+		if p.Name == name {
+			return p, nil
+		}
+	}
+	return storage.Pool{}, api.Errorf(api.ErrNotFound, "storage pool %q does not exist on host %s", name, a.cfg.Host)
+}
+
+// ensureFiles makes the VM's state dir, disk and cloud-init seed if they
+// are missing. Each file appears atomically, so a crash leaves either the
+// whole file or a temp file that the next pass replaces.
+func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
+	dir := w.a.vmDir(s.ID)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("vm state dir: %w", err)
+	}
+	meta := filepath.Join(dir, "vm.json")
+	if _, err := os.Stat(meta); err != nil {
+		b, _ := json.Marshal(s)
+		if err := writeAtomic(meta, b); err != nil {
+			return err
+		}
+	}
+	pool, err := w.a.pool(s.Pool)
+	if err != nil {
+		return err
+	}
+	disk := pool.DiskPath(s.ID)
+	if _, err := os.Stat(disk); err != nil {
+		base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
+		if _, err := os.Stat(base); err != nil {
+			return api.Errorf(api.ErrNotFound, "image %q is not on host %s (%s missing)", s.Image, w.a.cfg.Host, base)
+		}
+		if err := storage.CreateOverlay(ctx, base, disk, s.DiskBytes); err != nil {
+			return err
+		}
+		crashpoint.Hit("agent-create-after-disk")
+	}
+	seed := filepath.Join(dir, "seed.iso")
+	if _, err := os.Stat(seed); err != nil {
+		n, err := w.a.st.GetNetwork(ctx, s.Network)
+		if err != nil {
+			return err
+		}
+		prefix := n.Subnet[strings.IndexByte(n.Subnet, '/'):]
+		if err := cloudinit.WriteSeed(ctx, seed, cloudinit.Seed{
+			InstanceID: s.ID, Hostname: s.Name, MAC: s.MAC, Address: s.IP + prefix,
+			Gateway: n.Gateway, UserData: []byte(s.UserData),
+		}); err != nil {
+			return fmt.Errorf("cloud-init seed: %w", err)
+		}
+	}
+	return nil
+}
+
+// start launches the VM's QEMU. The tap is created here and handed to QEMU
+// as an open fd, so it disappears with QEMU and can never be orphaned.
+func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
+	n, err := w.a.st.GetNetwork(ctx, s.Network)
+	if err != nil {
+		return err
+	}
+	if err := netdev.EnsureBridge(ctx, n.Bridge, n.Gateway+n.Subnet[strings.IndexByte(n.Subnet, '/'):]); err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	tap, err := netdev.OpenTap(ctx, netdev.TapName(s.ID), n.Bridge)
+	if err != nil {
+		return fmt.Errorf("tap for %s: %w", s.Name, err)
+	}
+	defer tap.Close()
+	pool, err := w.a.pool(s.Pool)
+	if err != nil {
+		return err
+	}
+	dir := w.a.vmDir(s.ID)
+	cfg := qemu.Config{
+		Name: s.Name, UUID: uuidFromID(s.ID), Dir: dir, Accel: w.a.cfg.Accel,
+		CPUs: s.CPUs, MemoryMiB: int(s.MemoryMiB),
+		Disks: []qemu.Disk{
+			{Path: pool.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"},
+			{Path: filepath.Join(dir, "seed.iso"), Format: "raw", ReadOnly: true, Serial: "cidata"},
+		},
+		NICs:   []qemu.NIC{{MAC: s.MAC, TapFD: tap, ID: "net0"}},
+		Paused: s.Power == api.PowerPaused,
+	}
+	img, err := w.a.st.GetImage(ctx, s.Image)
+	if err != nil {
+		return err
+	}
+	if img.Kernel {
+		imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
+		cfg.Kernel, cfg.Initrd, cfg.Cmdline = filepath.Join(imgDir, "vmlinuz"), filepath.Join(imgDir, "initrd.img"), img.Cmdline
+	}
+	p, err := qemu.Launch(ctx, w.log, w.a.cfg.QEMU, cfg)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", s.Name, err)
+	}
+	crashpoint.Hit("agent-start-after-launch")
+	w.proc = p
+	w.status.StartedAt = w.now()
+	w.log.Info("vm started", "name", s.Name, "pid", p.Pid, "accel", cfg.Accel)
+	return nil
+}
+
+// destroy stops the VM's QEMU and removes every file of it on this host.
+func (w *worker) destroy(ctx context.Context) error {
+	if err := w.attach(ctx); err != nil {
+		return err
+	}
+	if w.proc != nil {
+		if err := w.proc.Kill(); err != nil {
+			return fmt.Errorf("kill QEMU: %w", err)
+		}
+		<-w.proc.Exited()
+		w.proc.Close()
+		w.proc = nil
+	}
+	crashpoint.Hit("agent-delete-after-kill")
+	for _, p := range w.a.cfg.Pools {
+		if err := storage.RemoveDisk(p.DiskPath(w.id)); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(w.a.vmDir(w.id)); err != nil {
+		return fmt.Errorf("remove vm state dir: %w", err)
+	}
+	crashpoint.Hit("agent-delete-after-files")
+	w.log.Info("vm resources removed")
+	return nil
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func readTrim(p string) string {
+	b, _ := os.ReadFile(p)
+	return strings.TrimSpace(string(b))
+}
+
+// qemuLogTail returns the last line QEMU logged, for error messages.
+func qemuLogTail(dir string) string {
+	lines := strings.Split(readTrim(filepath.Join(dir, "qemu.log")), "\n")
+	return lines[len(lines)-1]
+}
+
+// uuidFromID spreads a short VM id into a stable UUID for QEMU's -uuid.
+func uuidFromID(id string) string {
+	h := fmt.Sprintf("%032x", []byte(id))
+	h = (h + strings.Repeat("0", 32))[:32]
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}

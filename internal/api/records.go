@@ -1,0 +1,58 @@
+package api
+
+import "time"
+
+// VMSpec is the desired state of a VM as kept in the store. The API writes
+// it; the VM's host reads it and converges on it.
+type VMSpec struct {
+	Name       string    `json:"name"`
+	ID         string    `json:"id"` // short random id; names may be reused, ids never
+	Image      string    `json:"image"`
+	CPUs       int       `json:"cpus"`
+	MemoryMiB  int64     `json:"memory_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	Network    string    `json:"network"`
+	Pool       string    `json:"pool"`
+	Host       string    `json:"host"` // the owner: the only host that may run it
+	HA         bool      `json:"ha,omitempty"`
+	MAC        string    `json:"mac"`
+	IP         string    `json:"ip"`
+	UserData   string    `json:"user_data,omitempty"`
+	Power      string    `json:"power"`                 // PowerRunning, PowerStopped, PowerPaused
+	StopForce  bool      `json:"stop_force,omitempty"`  // the pending stop skips the ACPI grace period
+	RestartGen int       `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
+	Deleting   bool      `json:"deleting,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// VMStatus is what the VM's host reports about it.
+type VMStatus struct {
+	ID         string    `json:"id"`
+	Host       string    `json:"host"`
+	State      string    `json:"state"`
+	PID        int       `json:"pid,omitempty"`
+	Accel      string    `json:"accel,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	RestartGen int       `json:"restart_gen,omitempty"`
+	StartedAt  time.Time `json:"started_at,omitzero"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+// MergeVM builds the API view of a VM from its spec and its host's status
+// (status may be nil or stale, i.e. of an earlier VM with the same name).
+func MergeVM(s VMSpec, st *VMStatus) VM {
+	vm := VM{
+		Name: s.Name, ID: s.ID, Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
+		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
+		Network: s.Network, Pool: s.Pool, HA: s.HA, Power: s.Power,
+		CreatedAt: s.CreatedAt, State: StateCreating,
+	}
+	if st != nil && st.ID == s.ID {
+		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
+		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
+	}
+	if s.Deleting {
+		vm.State = StateDeleting
+	}
+	return vm
+}

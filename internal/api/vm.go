@@ -1,0 +1,112 @@
+package api
+
+import "time"
+
+// VM states as users see them.
+const (
+	StateCreating = "creating"
+	StateStopped  = "stopped"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StatePaused   = "paused"
+	StateStopping = "stopping"
+	StateDeleting = "deleting"
+	StateFailed   = "failed"
+	StateUnknown  = "unknown"
+)
+
+// Desired power states of a VM.
+const (
+	PowerRunning = "running"
+	PowerStopped = "stopped"
+	PowerPaused  = "paused"
+)
+
+// VM is a virtual machine as the API shows it: its spec merged with the
+// status its host reports.
+type VM struct {
+	Name      string    `json:"name"`
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	Host      string    `json:"host"`
+	IP        string    `json:"ip"`
+	MAC       string    `json:"mac"`
+	Image     string    `json:"image"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int64     `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	Network   string    `json:"network"`
+	Pool      string    `json:"pool"`
+	HA        bool      `json:"ha"`
+	Power     string    `json:"power"` // desired power state
+	Accel     string    `json:"accel,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"` // of the host's last report
+
+	RestartGen int `json:"restart_gen,omitempty"` // restarts the host has carried out
+}
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name     string `json:"name"`
+	Image    string `json:"image"`
+	CPUs     int    `json:"cpus,omitempty"`
+	Memory   string `json:"memory,omitempty"` // e.g. "256M"; default 256M
+	Disk     string `json:"disk,omitempty"`   // e.g. "2G"; default: the image's size
+	Network  string `json:"network,omitempty"`
+	Pool     string `json:"pool,omitempty"`
+	Host     string `json:"host,omitempty"`
+	HA       bool   `json:"ha,omitempty"`
+	Start    bool   `json:"start,omitempty"`
+	UserData string `json:"user_data,omitempty"`
+}
+
+// StopRequest is the body of POST /v1/vms/{name}/stop.
+type StopRequest struct {
+	Force bool `json:"force,omitempty"`
+}
+
+// Host is a virtualization host as the API shows it.
+type Host struct {
+	Name          string    `json:"name"`
+	State         string    `json:"state"` // up, down, maintenance
+	Address       string    `json:"address,omitempty"`
+	CPUModel      string    `json:"cpu_model,omitempty"`
+	CPUs          int       `json:"cpus"`
+	MemoryMiB     int64     `json:"memory_mib"`
+	AllocatedMiB  int64     `json:"allocated_mib"`
+	Accel         string    `json:"accel"` // kvm or tcg
+	AccelReason   string    `json:"accel_reason,omitempty"`
+	QEMUVersion   string    `json:"qemu_version,omitempty"`
+	VMs           int       `json:"vms"`
+	LastHeartbeat time.Time `json:"last_heartbeat,omitzero"`
+}
+
+// Host states.
+const (
+	HostUp          = "up"
+	HostDown        = "down"
+	HostMaintenance = "maintenance"
+)
+
+// Image is an entry of the image library.
+type Image struct {
+	Name      string    `json:"name"`
+	Format    string    `json:"format"`     // of the stored disk: qcow2
+	Source    string    `json:"source"`     // "built: tiny" or "imported: vmdk"
+	SizeBytes int64     `json:"size_bytes"` // virtual size of the disk
+	Kernel    bool      `json:"kernel"`     // boots with a kernel+initrd kept beside the disk
+	Cmdline   string    `json:"cmdline,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Network is a virtual network: a bridge on each host and an IP pool.
+type Network struct {
+	Name    string `json:"name"`
+	Bridge  string `json:"bridge"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+}

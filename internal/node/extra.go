@@ -1,0 +1,74 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/client"
+	"github.com/shoalvm/shoal/internal/image"
+	"github.com/shoalvm/shoal/internal/qemu"
+)
+
+func tlsConfig(cert tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+}
+
+type accelResult struct {
+	Accel  string `json:"accel"`
+	Reason string `json:"reason"`
+	Kernel string `json:"kernel"`
+}
+
+// probeAccel decides between KVM and TCG. A KVM that exists but does not
+// run a guest is common in nested setups, so "auto" boots the tiny guest
+// once under KVM and remembers the answer for this kernel.
+func probeAccel(ctx context.Context, log *slog.Logger, o Options, imageDir string) (string, string) {
+	switch o.Accel {
+	case "kvm":
+		return "kvm", ""
+	case "tcg":
+		return "tcg", "chosen with --accel tcg"
+	}
+	dir := filepath.Join(imageDir, "tiny")
+	kernel := filepath.Join(dir, image.TinyKernelFile)
+	cache := filepath.Join(o.DataDir, "accel.json")
+	var r accelResult
+	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &r) == nil && r.Kernel == fileStamp(kernel) {
+		return r.Accel, r.Reason
+	}
+	accel, reason := qemu.ProbeAccel(ctx, log, "qemu-system-x86_64", kernel, filepath.Join(dir, image.TinyInitrdFile), image.TinyCmdline, 8*time.Second)
+	log.Info("accelerator probed", "accel", accel, "reason", reason)
+	b, _ := json.Marshal(accelResult{Accel: accel, Reason: reason, Kernel: fileStamp(kernel)})
+	_ = os.WriteFile(cache, b, 0o640)
+	return accel, reason
+}
+
+func fileStamp(p string) string {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return ""
+	}
+	return fi.ModTime().UTC().Format(time.RFC3339Nano)
+}
+
+// ensureDemo creates and starts the demo VM unless it exists, and returns it.
+func ensureDemo(ctx context.Context, server, token string) (api.VM, error) {
+	c, err := client.New(server, token, nil)
+	if err != nil {
+		return api.VM{}, err
+	}
+	vm, err := c.GetVM(ctx, "demo")
+	if api.IsNotFound(err) {
+		return c.CreateVM(ctx, api.CreateVMRequest{Name: "demo", Image: "tiny", Memory: "256M", Start: true}, true)
+	}
+	if err == nil && vm.Power == api.PowerStopped {
+		return c.VMAction(ctx, "demo", "start", false)
+	}
+	return vm, err
+}

@@ -1,0 +1,267 @@
+// Package node runs an all-in-one Shoal node: embedded (or external)
+// etcd, the API server and a local agent, as 'shoal up' does.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/agent"
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/client"
+	"github.com/shoalvm/shoal/internal/hostcheck"
+	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/server"
+	"github.com/shoalvm/shoal/internal/storage"
+	"github.com/shoalvm/shoal/internal/store"
+)
+
+// Options configures a node.
+type Options struct {
+	DataDir       string
+	Listen        string   // HTTPS address of the API, e.g. 127.0.0.1:7443
+	Host          string   // this host's name; default: the machine's hostname
+	EtcdEndpoints []string // external etcd; empty: embedded
+	EtcdClient    string   // embedded etcd client URL
+	EtcdPeer      string   // embedded etcd peer URL
+	Subnet        string   // default network, e.g. 10.57.0.0/24
+	Bridge        string   // default network's bridge, e.g. shoal0
+	Accel         string   // auto, kvm or tcg
+	StopTimeout   time.Duration
+	ConfigPath    string // CLI settings file to write; "" = don't
+	Demo          bool   // create and start the demo VM
+}
+
+// Info is what a started node tells its user.
+type Info struct {
+	API, Socket, Token, Host, Accel, AccelReason string
+	Check                                        hostcheck.Report
+	Demo                                         *api.VM
+}
+
+func (o *Options) defaults() {
+	if o.Host == "" {
+		o.Host, _ = os.Hostname()
+		o.Host = strings.ToLower(strings.SplitN(o.Host, ".", 2)[0])
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:7443"
+	}
+	if o.EtcdClient == "" {
+		o.EtcdClient = "http://127.0.0.1:7379"
+	}
+	if o.EtcdPeer == "" {
+		o.EtcdPeer = "http://127.0.0.1:7380"
+	}
+	if o.Subnet == "" {
+		o.Subnet = "10.57.0.0/24"
+	}
+	if o.Bridge == "" {
+		o.Bridge = "shoal0"
+	}
+	if o.Accel == "" {
+		o.Accel = "auto"
+	}
+}
+
+// Run starts the node, calls ready once it serves, and runs until ctx
+// ends. VMs keep running after it returns.
+func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) error {
+	o.defaults()
+	if err := api.ValidateName("host", o.Host); err != nil {
+		return fmt.Errorf("%w (set --host)", err)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	etcd, closeEtcd, err := openStore(ctx, log, o)
+	if err != nil {
+		return err
+	}
+	defer closeEtcd()
+	st := store.New(etcd)
+	if err := ensureNetwork(ctx, st, o); err != nil {
+		return err
+	}
+	imageDir := filepath.Join(o.DataDir, "images")
+	server.CleanImageDir(imageDir)
+	pools := []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}
+	ag := agent.New(agent.Config{
+		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
+		StopTimeout: o.StopTimeout,
+	}, st, log)
+	srv := server.New(server.Config{
+		ImageDir: imageDir, Pools: []string{"local"},
+		Hosts: map[string]server.HostAccess{o.Host: ag},
+	}, st, log)
+	if _, err := st.GetImage(ctx, "tiny"); err != nil || !fileExists(filepath.Join(imageDir, "tiny", "disk.qcow2")) {
+		log.Info("building the tiny image")
+		if _, err := server.BuildTinyImage(ctx, srv); err != nil {
+			return fmt.Errorf("build tiny image: %w", err)
+		}
+	}
+	accel, reason := probeAccel(ctx, log, o, imageDir)
+	ag.SetAccel(accel, reason)
+	report := hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: accel, AccelReason: reason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
+	if !report.OK() {
+		return fmt.Errorf("this machine is not ready to be a Shoal host:\n%s", report)
+	}
+	if err := ag.Register(ctx); err != nil {
+		return err
+	}
+	token, err := ensureToken(ctx, st, o)
+	if err != nil {
+		return err
+	}
+	stop, err := serve(ctx, log, o, srv, token)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(ctx) }()
+	info := Info{API: "https://" + o.Listen, Socket: socketPath(o), Token: token, Host: o.Host,
+		Accel: accel, AccelReason: reason, Check: report}
+	if o.Demo {
+		vm, err := ensureDemo(ctx, "unix://"+socketPath(o), token)
+		if err != nil {
+			log.Warn("demo VM did not start", "err", err)
+		} else {
+			info.Demo = &vm
+		}
+	}
+	if ready != nil {
+		ready(info)
+	}
+	<-ctx.Done()
+	return <-agentDone
+}
+
+func openStore(ctx context.Context, log *slog.Logger, o Options) (*clientv3.Client, func(), error) {
+	if len(o.EtcdEndpoints) > 0 {
+		c, err := store.Connect(ctx, o.EtcdEndpoints)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c, func() { c.Close() }, nil
+	}
+	e, err := store.StartEmbedded(ctx, log, store.EmbedOptions{
+		Dir: filepath.Join(o.DataDir, "etcd"), ClientURL: o.EtcdClient, PeerURL: o.EtcdPeer, Name: o.Host,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return e.Client(), e.Close, nil
+}
+
+func ensureNetwork(ctx context.Context, st *store.Store, o Options) error {
+	if _, err := st.GetNetwork(ctx, "default"); err == nil {
+		return nil
+	}
+	p, err := netdev.ParsePool(o.Subnet)
+	if err != nil {
+		return fmt.Errorf("--subnet: %w", err)
+	}
+	return st.PutNetwork(ctx, api.Network{Name: "default", Bridge: o.Bridge, Subnet: p.Subnet.String(), Gateway: p.Gateway.String()})
+}
+
+// ensureToken returns the admin token of the CLI settings file if the
+// store knows it, or makes a new one and writes the settings.
+func ensureToken(ctx context.Context, st *store.Store, o Options) (string, error) {
+	var cfg client.Config
+	if o.ConfigPath != "" {
+		cfg, _ = client.LoadConfig(o.ConfigPath)
+	}
+	token := cfg.Token
+	if _, err := st.CheckToken(ctx, token); err != nil {
+		b := make([]byte, 24)
+		_, _ = rand.Read(b)
+		token = "shoal_" + hex.EncodeToString(b)
+		if err := st.PutToken(ctx, token, store.TokenInfo{Name: "admin", Role: "admin", CreatedAt: time.Now().UTC()}); err != nil {
+			return "", err
+		}
+	}
+	if o.ConfigPath == "" {
+		return token, nil
+	}
+	caPEM, err := os.ReadFile(filepath.Join(o.DataDir, "pki", pki.CACert))
+	if err != nil {
+		if _, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen)); err != nil {
+			return "", err
+		}
+		caPEM, _ = os.ReadFile(filepath.Join(o.DataDir, "pki", pki.CACert))
+	}
+	return token, client.SaveConfig(o.ConfigPath, client.Config{Server: "https://" + o.Listen, Token: token, CA: string(caPEM)})
+}
+
+func socketPath(o Options) string { return filepath.Join(o.DataDir, "shoal.sock") }
+
+func certHosts(listen string) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, _, err := net.SplitHostPort(listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+		hosts = append(hosts, h)
+	}
+	if hn, err := os.Hostname(); err == nil {
+		hosts = append(hosts, hn)
+	}
+	return hosts
+}
+
+// serve starts the HTTPS listener and the unix socket; both need a token.
+func serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, _ string) (func(), error) {
+	cert, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen))
+	if err != nil {
+		return nil, err
+	}
+	tl, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w (is another Shoal running? use --listen)", o.Listen, err)
+	}
+	sock := socketPath(o)
+	_ = os.Remove(sock)
+	ul, err := net.Listen("unix", sock)
+	if err != nil {
+		tl.Close()
+		return nil, fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	_ = os.Chmod(sock, 0o600)
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	hs.TLSConfig = tlsConfig(cert)
+	go func() {
+		if err := hs.ServeTLS(tl, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("https server", "err", err)
+		}
+	}()
+	us := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := us.Serve(ul); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("unix socket server", "err", err)
+		}
+	}()
+	log.Info("API serving", "https", o.Listen, "socket", sock)
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		_ = us.Shutdown(sctx)
+		_ = os.Remove(sock)
+	}, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -1,0 +1,292 @@
+// Package qemu builds QEMU command lines, launches QEMU as a daemon that
+// outlives its launcher, and reattaches to a running QEMU from its state
+// directory.
+//
+// Each VM has a state directory (Config.Dir) holding the files below; the
+// directory alone is enough to find and drive the VM again after the agent
+// restarts (DESIGN.md, principle 4):
+//
+//	qmp.sock      QMP control socket (see package qmp)
+//	console.sock  serial console, a unix socket server; one client at a time
+//	console.log   everything the guest wrote to the serial console (appended)
+//	qemu.pid      QEMU's pid, written by QEMU (-pidfile)
+//	qemu.log      QEMU's own messages (-D and stderr); the previous run's
+//	              log is kept as qemu.log.1
+//	launch.lock   flock that serializes launches for the directory
+//
+// Unix socket paths are limited to 107 bytes, so Dir may be at most
+// MaxDirLen bytes long.
+//
+// A QEMU is identified by its command line: a process is "ours" only if
+// /proc/<pid>/cmdline names this directory's qmp.sock. Nothing here signals
+// a pid without that check, and signals go through a pidfd where the kernel
+// has them, so a reused pid is never hit.
+package qemu
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Names of the files in a VM's state directory.
+const (
+	QMPSocket     = "qmp.sock"
+	ConsoleSocket = "console.sock"
+	ConsoleLog    = "console.log"
+	PidFile       = "qemu.pid"
+	LogFile       = "qemu.log"
+	LaunchLock    = "launch.lock"
+)
+
+// maxSocketPath is the longest unix socket path (sun_path less its NUL).
+const maxSocketPath = 107
+
+// MaxDirLen is the longest state directory path that keeps every socket
+// path within the unix socket limit.
+const MaxDirLen = maxSocketPath - len("/"+ConsoleSocket)
+
+// firstTapFD is the fd number the first NIC's tap has in QEMU: ExtraFiles
+// start after stdin, stdout and stderr.
+const firstTapFD = 3
+
+// Disk is a virtio-blk disk.
+type Disk struct {
+	Path     string // absolute path of the image
+	Format   string // "raw" (default when empty), "qcow2", ...
+	ReadOnly bool
+	Serial   string // optional; at most 20 of [A-Za-z0-9._-]
+}
+
+// NIC is a virtio-net NIC on a tap device the caller already opened.
+type NIC struct {
+	MAC   string   // required, e.g. "52:54:00:12:34:56"
+	TapFD *os.File // open tap fd; passed to QEMU as fd 3+index
+	ID    string   // QEMU netdev id; "net<index>" when empty
+}
+
+// Config describes one VM's QEMU process.
+type Config struct {
+	Name string // VM name; shown in ps as shoal-NAME
+	UUID string // optional SMBIOS UUID
+
+	Dir string // state directory, absolute, at most MaxDirLen bytes
+
+	Accel     string // "kvm" or "tcg"
+	CPUs      int
+	MemoryMiB int
+
+	// Optional direct kernel boot.
+	Kernel, Initrd, Cmdline string
+
+	Disks []Disk // the first is the boot disk
+	NICs  []NIC
+
+	Paused bool // start with the CPUs stopped (-S)
+}
+
+var (
+	uuidRE   = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	serialRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,20}$`)
+	idRE     = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,30}$`)
+	formatRE = regexp.MustCompile(`^[a-z0-9]+$`)
+)
+
+// ErrInvalidConfig is wrapped by every error Args returns.
+var ErrInvalidConfig = errors.New("invalid qemu config")
+
+func invalid(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, a...))
+}
+
+// escapeOpt doubles commas, QEMU's escape inside "key=value,..." options.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// socketArg is the -chardev value of the QMP socket. It is also how a
+// process is recognised as the QEMU of dir (see isOurQEMU).
+func qmpChardev(dir string) string {
+	return "socket,id=qmp,path=" + escapeOpt(filepath.Join(dir, QMPSocket)) + ",server=on,wait=off"
+}
+
+// Args returns QEMU's argv (without the binary) for cfg, or an error
+// wrapping ErrInvalidConfig. It does no I/O.
+func Args(cfg Config) ([]string, error) {
+	if err := validate(&cfg); err != nil {
+		return nil, err
+	}
+	dir := cfg.Dir
+	path := func(name string) string { return filepath.Join(dir, name) }
+
+	cpu := "max"
+	if cfg.Accel == "kvm" {
+		cpu = "host"
+	}
+	name := escapeOpt(cfg.Name)
+	a := []string{
+		"-name", "guest=" + name + ",process=shoal-" + name + ",debug-threads=on",
+	}
+	if cfg.UUID != "" {
+		a = append(a, "-uuid", cfg.UUID)
+	}
+	a = append(a,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-machine", "q35",
+		"-accel", cfg.Accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(cfg.CPUs),
+		"-m", strconv.Itoa(cfg.MemoryMiB),
+		"-chardev", qmpChardev(dir),
+		"-mon", "chardev=qmp,mode=control",
+		"-chardev", "socket,id=ser0,path="+escapeOpt(path(ConsoleSocket))+
+			",server=on,wait=off,logfile="+escapeOpt(path(ConsoleLog))+",logappend=on",
+		"-serial", "chardev:ser0",
+		"-pidfile", path(PidFile),
+		"-daemonize",
+		"-D", path(LogFile),
+		"-msg", "timestamp=on",
+	)
+	if cfg.Kernel != "" {
+		a = append(a, "-kernel", cfg.Kernel)
+		if cfg.Initrd != "" {
+			a = append(a, "-initrd", cfg.Initrd)
+		}
+		if cfg.Cmdline != "" {
+			a = append(a, "-append", cfg.Cmdline)
+		}
+	}
+	for i, d := range cfg.Disks {
+		node := fmt.Sprintf("disk%d", i)
+		bd, err := json.Marshal(blockdev{
+			Driver:   d.Format,
+			NodeName: node,
+			ReadOnly: d.ReadOnly,
+			File:     blockdevFile{Driver: "file", Filename: d.Path, ReadOnly: d.ReadOnly},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("encode disk %d: %w", i, err)
+		}
+		dev := "virtio-blk-pci,drive=" + node + ",id=virtio-" + node
+		if d.Serial != "" {
+			dev += ",serial=" + d.Serial
+		}
+		if i == 0 {
+			dev += ",bootindex=1"
+		}
+		a = append(a, "-blockdev", string(bd), "-device", dev)
+	}
+	for i, n := range cfg.NICs {
+		a = append(a,
+			"-netdev", fmt.Sprintf("tap,id=%s,fd=%d", n.ID, firstTapFD+i),
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=%s,mac=%s,id=%s-dev", n.ID, n.MAC, n.ID),
+		)
+	}
+	if cfg.Paused {
+		a = append(a, "-S")
+	}
+	return a, nil
+}
+
+type blockdevFile struct {
+	Driver   string `json:"driver"`
+	Filename string `json:"filename"`
+	ReadOnly bool   `json:"read-only"`
+}
+
+type blockdev struct {
+	Driver   string       `json:"driver"`
+	NodeName string       `json:"node-name"`
+	ReadOnly bool         `json:"read-only"`
+	File     blockdevFile `json:"file"`
+}
+
+// validate checks cfg and fills defaults (disk format, NIC ids) in place.
+func validate(cfg *Config) error {
+	if cfg.Name == "" {
+		return invalid("name is empty")
+	}
+	if strings.IndexFunc(cfg.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return invalid("name %q has control characters", cfg.Name)
+	}
+	if cfg.UUID != "" && !uuidRE.MatchString(cfg.UUID) {
+		return invalid("uuid %q is not of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", cfg.UUID)
+	}
+	if err := checkDir(cfg.Dir); err != nil {
+		return err
+	}
+	switch cfg.Accel {
+	case "kvm", "tcg":
+	default:
+		return invalid("accel %q: want \"kvm\" or \"tcg\"", cfg.Accel)
+	}
+	if cfg.CPUs < 1 || cfg.CPUs > 255 {
+		return invalid("cpus %d: want 1 to 255", cfg.CPUs)
+	}
+	if cfg.MemoryMiB < 16 {
+		return invalid("memory %d MiB: want at least 16", cfg.MemoryMiB)
+	}
+	if cfg.Kernel == "" && (cfg.Initrd != "" || cfg.Cmdline != "") {
+		return invalid("initrd or cmdline given without a kernel")
+	}
+	disks := make([]Disk, len(cfg.Disks))
+	for i, d := range cfg.Disks {
+		if d.Path == "" || !filepath.IsAbs(d.Path) {
+			return invalid("disk %d: path %q is not absolute", i, d.Path)
+		}
+		if d.Format == "" {
+			d.Format = "raw"
+		}
+		if !formatRE.MatchString(d.Format) {
+			return invalid("disk %d: format %q", i, d.Format)
+		}
+		if d.Serial != "" && !serialRE.MatchString(d.Serial) {
+			return invalid("disk %d: serial %q: want at most 20 of A-Z a-z 0-9 . _ -", i, d.Serial)
+		}
+		disks[i] = d
+	}
+	cfg.Disks = disks
+	nics := make([]NIC, len(cfg.NICs))
+	seen := map[string]bool{}
+	for i, n := range cfg.NICs {
+		mac, err := net.ParseMAC(n.MAC)
+		if err != nil || len(mac) != 6 {
+			return invalid("nic %d: MAC %q is not a 6-byte MAC address", i, n.MAC)
+		}
+		if mac[0]&1 != 0 {
+			return invalid("nic %d: MAC %s is a multicast address", i, n.MAC)
+		}
+		n.MAC = mac.String()
+		if n.ID == "" {
+			n.ID = fmt.Sprintf("net%d", i)
+		}
+		if !idRE.MatchString(n.ID) {
+			return invalid("nic %d: id %q: want a letter then up to 30 of A-Z a-z 0-9 _ -", i, n.ID)
+		}
+		if seen[n.ID] {
+			return invalid("nic %d: id %q used twice", i, n.ID)
+		}
+		seen[n.ID] = true
+		nics[i] = n
+	}
+	cfg.NICs = nics
+	return nil
+}
+
+func checkDir(dir string) error {
+	if dir == "" || !filepath.IsAbs(dir) {
+		return invalid("state dir %q is not an absolute path", dir)
+	}
+	if filepath.Clean(dir) != dir {
+		return invalid("state dir %q is not clean (want %q)", dir, filepath.Clean(dir))
+	}
+	if len(dir) > MaxDirLen {
+		return invalid("state dir %q is %d bytes long; unix socket paths allow at most %d for the dir: use a shorter state dir",
+			dir, len(dir), MaxDirLen)
+	}
+	return nil
+}

@@ -1,0 +1,157 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// vmAction handles start, stop, restart, pause and resume.
+func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
+	name, action := r.PathValue("name"), r.PathValue("action")
+	var stop api.StopRequest
+	if action == "stop" && r.ContentLength != 0 {
+		if err := decode(r, &stop); err != nil {
+			return err
+		}
+	}
+	var target func(api.VM) bool
+	_, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
+		vm, _, err := s.loadVM(r.Context(), name)
+		if err != nil {
+			return err
+		}
+		if sp.Deleting {
+			return api.Errorf(api.ErrConflict, "vm %q is being deleted", name)
+		}
+		target, err = applyAction(sp, vm.State, action, stop.Force)
+		return err
+	})
+	if err != nil {
+		return notFoundHint(err, "see 'shoal vm list'")
+	}
+	return s.respondAfter(w, r, http.StatusOK, name, target)
+}
+
+// applyAction changes a spec for a power action, given the VM's current
+// state, and returns the condition the caller waits for. Pure.
+func applyAction(sp *api.VMSpec, state, action string, force bool) (func(api.VM) bool, error) {
+	is := func(st string) func(api.VM) bool { return func(vm api.VM) bool { return vm.State == st } }
+	running := sp.Power != api.PowerStopped
+	switch action {
+	case "start":
+		if sp.Power == api.PowerPaused {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is paused: use 'shoal vm resume %s'", sp.Name, sp.Name)
+		}
+		if running {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is already running", sp.Name)
+		}
+		sp.Power, sp.StopForce = api.PowerRunning, false
+		return is(api.StateRunning), nil
+	case "stop":
+		if !running && !force {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is already stopped", sp.Name)
+		}
+		sp.Power, sp.StopForce = api.PowerStopped, force
+		return is(api.StateStopped), nil
+	case "restart":
+		if !running {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is stopped: use 'shoal vm start %s'", sp.Name, sp.Name)
+		}
+		sp.RestartGen++
+		gen := sp.RestartGen
+		sp.Power, sp.StopForce = api.PowerRunning, force
+		return func(vm api.VM) bool { return vm.State == api.StateRunning && vm.RestartGen >= gen }, nil
+	case "pause":
+		if sp.Power != api.PowerRunning || state != api.StateRunning {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is %s: only a running VM can be paused", sp.Name, state)
+		}
+		sp.Power = api.PowerPaused
+		return is(api.StatePaused), nil
+	case "resume":
+		if sp.Power != api.PowerPaused {
+			return nil, api.Errorf(api.ErrConflict, "vm %q is not paused", sp.Name)
+		}
+		sp.Power = api.PowerRunning
+		return is(api.StateRunning), nil
+	}
+	return nil, api.Errorf(api.ErrNotFound, "unknown action %q: use start, stop, restart, pause or resume", action)
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	force := r.URL.Query().Get("force") == "true" || r.URL.Query().Get("force") == "1"
+	_, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
+		vm, _, err := s.loadVM(r.Context(), name)
+		if err != nil {
+			return err
+		}
+		if !force && (sp.Power != api.PowerStopped || vm.State == api.StateRunning || vm.State == api.StatePaused) {
+			return api.Errorf(api.ErrConflict, "vm %q is %s: stop it first, or delete with --force", name, vm.State)
+		}
+		sp.Deleting = true
+		return nil
+	})
+	if err != nil {
+		return notFoundHint(err, "see 'shoal vm list'")
+	}
+	s.log.Info("vm delete requested", "name", name, "force", force)
+	wait, d, err := s.wantWait(r)
+	if err != nil || !wait {
+		w.WriteHeader(http.StatusAccepted)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	defer cancel()
+	for {
+		if _, err := s.st.GetVM(ctx, name); api.IsNotFound(err) {
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		if err := pause(ctx, 20*time.Millisecond); err != nil {
+			return api.Errorf(api.ErrUnavailable, "vm %q is still being deleted by its host after %s", name, d)
+		}
+	}
+}
+
+// respondAfter answers with the VM once target holds (or at once when the
+// caller asked not to wait). A VM that fails meanwhile is an error.
+func (s *Server) respondAfter(w http.ResponseWriter, r *http.Request, code int, name string, target func(api.VM) bool) error {
+	wait, d, err := s.wantWait(r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	defer cancel()
+	since := time.Now()
+	for {
+		vm, _, err := s.loadVM(ctx, name)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !wait || target(vm):
+			writeJSON(w, code, vm)
+			return nil
+		case vm.State == api.StateFailed && vm.UpdatedAt.After(since):
+			return api.Errorf(api.ErrConflict, "vm %q failed on host %s: %s", name, vm.Host, vm.Error)
+		}
+		if err := pause(ctx, 20*time.Millisecond); err != nil {
+			return api.Errorf(api.ErrUnavailable, "vm %q is %s after %s; its host may be down (see 'shoal host list')", name, vm.State, d)
+		}
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("wait: %w", ctx.Err())
+	case <-t.C:
+		return nil
+	}
+}

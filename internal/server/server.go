@@ -1,0 +1,159 @@
+// Package server is Shoal's REST API: JSON over HTTPS with bearer-token
+// authentication. Handlers validate input, write desired state to the
+// store, and (unless asked not to) wait for the VM's host to converge.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/store"
+)
+
+// HostAccess reaches the parts of a host that are not in the store: the
+// serial console and the console log of its VMs.
+type HostAccess interface {
+	DialConsole(ctx context.Context, vmID string) (net.Conn, error)
+	LogPath(vmID string) string
+}
+
+// Config configures a Server.
+type Config struct {
+	ImageDir    string                // image library on this machine
+	Pools       []string              // storage pools VMs may use
+	Hosts       map[string]HostAccess // hosts reachable from this server
+	HostTimeout time.Duration         // a host silent this long is down
+	WaitTimeout time.Duration         // longest an API call waits for a host
+	DefaultPool string
+	DefaultNet  string
+}
+
+// Server serves the API.
+type Server struct {
+	cfg Config
+	st  *store.Store
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New builds the API server.
+func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
+	if cfg.HostTimeout == 0 {
+		cfg.HostTimeout = 30 * time.Second
+	}
+	if cfg.WaitTimeout == 0 {
+		cfg.WaitTimeout = 3 * time.Minute
+	}
+	if cfg.DefaultPool == "" {
+		cfg.DefaultPool = "local"
+	}
+	if cfg.DefaultNet == "" {
+		cfg.DefaultNet = "default"
+	}
+	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	h := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
+		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if err := fn(w, r); err != nil {
+				s.writeError(w, r, err)
+			}
+		})
+	}
+	h("GET /v1/vms", s.listVMs)
+	h("POST /v1/vms", s.createVM)
+	h("GET /v1/vms/{name}", s.getVM)
+	h("DELETE /v1/vms/{name}", s.deleteVM)
+	h("POST /v1/vms/{name}/{action}", s.vmAction)
+	h("GET /v1/vms/{name}/logs", s.vmLogs)
+	h("GET /v1/vms/{name}/console", s.vmConsole)
+	h("GET /v1/hosts", s.listHosts)
+	h("GET /v1/hosts/{name}", s.getHost)
+	h("GET /v1/networks", s.listNetworks)
+	h("GET /v1/images", s.listImages)
+	h("POST /v1/images/build", s.buildImage)
+	h("PUT /v1/images/{name}", s.importImage)
+	h("DELETE /v1/images/{name}", s.deleteImage)
+	h("/", func(w http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
+	})
+}
+
+// ServeHTTP authenticates every request, then routes it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if _, err := s.st.CheckToken(r.Context(), strings.TrimSpace(tok)); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code, kind := api.HTTPStatus(err)
+	msg := err.Error()
+	if code == http.StatusInternalServerError {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, code, api.ErrorBody{Error: msg, Kind: kind})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors, reported as 400.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return api.Errorf(api.ErrInvalid, "request body is empty: send a JSON object")
+		}
+		return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
+	}
+	if dec.More() {
+		return api.Errorf(api.ErrInvalid, "malformed JSON body: trailing data after the object")
+	}
+	return nil
+}
+
+// wantWait reports whether the caller asked to wait for convergence
+// (the default), and for how long.
+func (s *Server) wantWait(r *http.Request) (bool, time.Duration, error) {
+	q := r.URL.Query()
+	if q.Get("wait") == "false" || q.Get("wait") == "0" {
+		return false, 0, nil
+	}
+	d := s.cfg.WaitTimeout
+	if t := q.Get("timeout"); t != "" {
+		v, err := time.ParseDuration(t)
+		if err != nil || v <= 0 {
+			return false, 0, api.Errorf(api.ErrInvalid, "timeout %q is not a duration such as 30s", t)
+		}
+		d = v
+	}
+	return true, d, nil
+}
+
+func notFoundHint(err error, hint string) error {
+	if api.IsNotFound(err) {
+		return fmt.Errorf("%w: %s", err, hint)
+	}
+	return err
+}

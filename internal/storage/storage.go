@@ -1,0 +1,77 @@
+// Package storage manages storage pools and the disks of VMs in them. A
+// pool is a directory (local to a host, or shared by all hosts); a VM disk
+// is a qcow2 overlay (a linked clone) on an image's base disk.
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Pool is a directory holding VM disks.
+type Pool struct {
+	Name string
+	Dir  string
+}
+
+// DiskPath returns where the first disk of the VM with this id lives.
+func (p Pool) DiskPath(vmID string) string { return filepath.Join(p.Dir, vmID+"-disk0.qcow2") }
+
+// DiskOwner returns the VM id a file name in the pool belongs to, if it is
+// a VM disk (or a half-made one).
+func DiskOwner(file string) (string, bool) {
+	base := filepath.Base(file)
+	id, _, ok := strings.Cut(base, "-disk0.qcow2")
+	return id, ok && id != ""
+}
+
+// CreateOverlay makes dst a qcow2 overlay of base with the given virtual
+// size. It is atomic: dst appears complete or not at all.
+func CreateOverlay(ctx context.Context, base, dst string, size int64) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return fmt.Errorf("create pool dir: %w", err)
+	}
+	tmp := dst + ".tmp"
+	_ = os.Remove(tmp)
+	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
+		"-F", "qcow2", "-b", base, tmp, fmt.Sprint(size)).CombinedOutput()
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("qemu-img create %s: %w: %s", dst, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("place disk %s: %w", dst, err)
+	}
+	return nil
+}
+
+// VirtualSize returns a disk image's virtual size in bytes.
+func VirtualSize(ctx context.Context, path string) (int64, error) {
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "--output=json", "-U", path).Output()
+	if err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
+	}
+	return info.VirtualSize, nil
+}
+
+// RemoveDisk deletes a VM's disk and any half-made copy; missing is fine.
+func RemoveDisk(path string) error {
+	for _, p := range []string{path, path + ".tmp"} {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("remove disk: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	"go.uber.org/zap"
+)
+
+// Embedded is an etcd member running inside this process.
+type Embedded struct {
+	etcd   *embed.Etcd
+	client *clientv3.Client
+}
+
+// EmbedOptions configures an embedded etcd member.
+type EmbedOptions struct {
+	Dir       string // data directory
+	ClientURL string // e.g. http://127.0.0.1:7379
+	PeerURL   string // e.g. http://127.0.0.1:7380
+	Name      string // member name
+}
+
+// StartEmbedded starts a single-member etcd cluster (or reopens its data)
+// and returns once it serves.
+func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embedded, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = o.Dir
+	cfg.Name = o.Name
+	if cfg.Name == "" {
+		cfg.Name = "shoal"
+	}
+	cu, err := url.Parse(o.ClientURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client url: %w", err)
+	}
+	pu, err := url.Parse(o.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd peer url: %w", err)
+	}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", o.Dir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s not ready after 60s", o.Dir)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	log.Info("embedded etcd ready", "dir", o.Dir, "client", o.ClientURL)
+	return &Embedded{etcd: e, client: v3client.New(e.Server)}, nil
+}
+
+// Client returns an in-process client of the member.
+func (e *Embedded) Client() *clientv3.Client { return e.client }
+
+// Close stops the member.
+func (e *Embedded) Close() {
+	e.client.Close()
+	e.etcd.Close()
+}
+
+// Connect dials an external etcd cluster.
+func Connect(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.Status(cctx, endpoints[0]); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
+	}
+	return c, nil
+}

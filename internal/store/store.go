@@ -1,0 +1,255 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// Store is the typed view of Shoal's etcd keyspace.
+type Store struct {
+	c *clientv3.Client
+}
+
+// New wraps an etcd client.
+func New(c *clientv3.Client) *Store { return &Store{c: c} }
+
+// Client returns the underlying etcd client.
+func (s *Store) Client() *clientv3.Client { return s.c }
+
+func vmKey(name string) string        { return key("vms", name) }
+func statusKey(name string) string    { return key("vmstatus", name) }
+func ipKey(network, ip string) string { return key("ipam", network, ip) }
+func hostKey(name string) string      { return key("hosts", name) }
+func imageKey(name string) string     { return key("images", name) }
+func networkKey(name string) string   { return key("networks", name) }
+func tokenKey(hash string) string     { return key("tokens", hash) }
+func vmWhat(name string) string       { return fmt.Sprintf("vm %q", name) }
+func ipPrefix(network string) string  { return key("ipam", network) + "/" }
+
+// VMPrefix and StatusPrefix are watched by hosts and by waiting API calls.
+var (
+	VMPrefix     = key("vms") + "/"
+	StatusPrefix = key("vmstatus") + "/"
+)
+
+// CreateVM writes a new VM and its IP allocation in one transaction. It
+// fails with api.ErrConflict if the name exists or the IP was taken.
+func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode vm: %w", err)
+	}
+	vk, ik := vmKey(v.Name), ipKey(v.Network, v.IP)
+	resp, err := s.c.Txn(ctx).If(
+		clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(ik), "=", 0),
+	).Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, v.ID)).
+		Else(clientv3.OpGet(vk)).Commit()
+	if err != nil {
+		return fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+		return api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
+	}
+	return fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s was just taken, try again", v.IP), errAddressTaken)
+}
+
+// errAddressTaken marks a create that lost a race for its address; its
+// text is empty so that it adds nothing to the message.
+var errAddressTaken = errors.New("")
+
+// IsAddressTaken reports whether CreateVM failed only because another VM
+// took the address meanwhile, so that a retry with a new one may succeed.
+func IsAddressTaken(err error) bool { return errors.Is(err, errAddressTaken) }
+
+// GetVM reads a VM's spec.
+func (s *Store) GetVM(ctx context.Context, name string) (api.VMSpec, error) {
+	v, _, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+	return v, err
+}
+
+// ListVMs returns every VM spec and the revision they were read at.
+func (s *Store) ListVMs(ctx context.Context) ([]api.VMSpec, int64, error) {
+	return list[api.VMSpec](ctx, s.c, VMPrefix)
+}
+
+// UpdateVM changes a VM's spec with compare-and-swap.
+func (s *Store) UpdateVM(ctx context.Context, name string, fn func(*api.VMSpec) error) (api.VMSpec, error) {
+	return update(ctx, s.c, vmKey(name), vmWhat(name), fn)
+}
+
+// RemoveVM deletes the records of a VM (spec, status, IP allocation) if the
+// stored spec still has the given id. It is the last step of a delete.
+func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
+	cur, rev, err := get[api.VMSpec](ctx, s.c, vmKey(v.Name), vmWhat(v.Name))
+	if err != nil {
+		return err
+	}
+	if cur.ID != v.ID {
+		return api.Errorf(api.ErrConflict, "vm %q was replaced meanwhile", v.Name)
+	}
+	ops := []clientv3.Op{clientv3.OpDelete(vmKey(v.Name)), clientv3.OpDelete(statusKey(v.Name))}
+	if cur.IP != "" {
+		ops = append(ops, clientv3.OpDelete(ipKey(cur.Network, cur.IP)))
+	}
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(v.Name)), "=", rev)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("remove vm: %w: %w", api.ErrUnavailable, err)
+	}
+	if !resp.Succeeded {
+		return api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", v.Name)
+	}
+	return nil
+}
+
+// PutStatus records what a host reports about a VM.
+func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) error {
+	st.UpdatedAt = time.Now().UTC()
+	return put(ctx, s.c, statusKey(name), st)
+}
+
+// GetStatus reads a VM's reported status (api.ErrNotFound if none yet).
+func (s *Store) GetStatus(ctx context.Context, name string) (api.VMStatus, error) {
+	v, _, err := get[api.VMStatus](ctx, s.c, statusKey(name), "status of "+vmWhat(name))
+	return v, err
+}
+
+// ListStatuses returns every reported VM status keyed by VM name.
+func (s *Store) ListStatuses(ctx context.Context) (map[string]api.VMStatus, error) {
+	resp, err := s.c.Get(ctx, StatusPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list statuses: %w: %w", api.ErrUnavailable, err)
+	}
+	out := make(map[string]api.VMStatus, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var st api.VMStatus
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out[string(kv.Key[len(StatusPrefix):])] = st
+	}
+	return out, nil
+}
+
+// UsedIPs returns the addresses allocated on a network.
+func (s *Store) UsedIPs(ctx context.Context, network string) ([]string, error) {
+	p := ipPrefix(network)
+	resp, err := s.c.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w: %w", api.ErrUnavailable, err)
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, string(kv.Key[len(p):]))
+	}
+	return out, nil
+}
+
+// PutHost registers or refreshes a host record.
+func (s *Store) PutHost(ctx context.Context, h api.Host) error {
+	return put(ctx, s.c, hostKey(h.Name), h)
+}
+
+// GetHost reads a host record.
+func (s *Store) GetHost(ctx context.Context, name string) (api.Host, error) {
+	h, _, err := get[api.Host](ctx, s.c, hostKey(name), fmt.Sprintf("host %q", name))
+	return h, err
+}
+
+// ListHosts returns every host record.
+func (s *Store) ListHosts(ctx context.Context) ([]api.Host, error) {
+	h, _, err := list[api.Host](ctx, s.c, key("hosts")+"/")
+	return h, err
+}
+
+// CreateImage records a new image; api.ErrConflict if the name is taken.
+func (s *Store) CreateImage(ctx context.Context, im api.Image) error {
+	return create(ctx, s.c, imageKey(im.Name), fmt.Sprintf("image %q", im.Name), im)
+}
+
+// PutImage records or replaces an image.
+func (s *Store) PutImage(ctx context.Context, im api.Image) error {
+	return put(ctx, s.c, imageKey(im.Name), im)
+}
+
+// GetImage reads an image record.
+func (s *Store) GetImage(ctx context.Context, name string) (api.Image, error) {
+	im, _, err := get[api.Image](ctx, s.c, imageKey(name), fmt.Sprintf("image %q", name))
+	return im, err
+}
+
+// ListImages returns every image record.
+func (s *Store) ListImages(ctx context.Context) ([]api.Image, error) {
+	im, _, err := list[api.Image](ctx, s.c, key("images")+"/")
+	return im, err
+}
+
+// DeleteImage removes an image record.
+func (s *Store) DeleteImage(ctx context.Context, name string) error {
+	if _, err := s.c.Delete(ctx, imageKey(name)); err != nil {
+		return fmt.Errorf("delete image: %w: %w", api.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// PutNetwork records or replaces a network.
+func (s *Store) PutNetwork(ctx context.Context, n api.Network) error {
+	return put(ctx, s.c, networkKey(n.Name), n)
+}
+
+// GetNetwork reads a network record.
+func (s *Store) GetNetwork(ctx context.Context, name string) (api.Network, error) {
+	n, _, err := get[api.Network](ctx, s.c, networkKey(name), fmt.Sprintf("network %q", name))
+	return n, err
+}
+
+// ListNetworks returns every network.
+func (s *Store) ListNetworks(ctx context.Context) ([]api.Network, error) {
+	n, _, err := list[api.Network](ctx, s.c, key("networks")+"/")
+	return n, err
+}
+
+// TokenInfo describes an API token; only its hash is stored.
+type TokenInfo struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// HashToken returns the stored form of a token.
+func HashToken(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// PutToken stores a token's hash.
+func (s *Store) PutToken(ctx context.Context, token string, info TokenInfo) error {
+	return put(ctx, s.c, tokenKey(HashToken(token)), info)
+}
+
+// CheckToken returns the token's info, or api.ErrUnauthorized.
+func (s *Store) CheckToken(ctx context.Context, token string) (TokenInfo, error) {
+	if token == "" {
+		return TokenInfo{}, api.Errorf(api.ErrUnauthorized, "missing API token: pass --token or set SHOAL_TOKEN")
+	}
+	info, _, err := get[TokenInfo](ctx, s.c, tokenKey(HashToken(token)), "token")
+	if err != nil {
+		if api.IsNotFound(err) {
+			return info, api.Errorf(api.ErrUnauthorized, "invalid API token")
+		}
+		return info, err
+	}
+	return info, nil
+}

@@ -1,0 +1,71 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/store"
+	"github.com/shoalvm/shoal/internal/store/storetest"
+)
+
+func TestVMLifecycleRecords(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	v := api.VMSpec{Name: "web1", ID: "a1", Network: "default", IP: "10.0.0.10", Power: api.PowerStopped}
+	if err := s.CreateVM(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	dup := v
+	dup.ID, dup.IP = "a2", "10.0.0.11"
+	if err := s.CreateVM(ctx, dup); !errors.Is(err, api.ErrConflict) || err.Error() != `vm "web1" already exists` {
+		t.Fatalf("duplicate name: got %v", err)
+	}
+	other := api.VMSpec{Name: "web2", ID: "b1", Network: "default", IP: "10.0.0.10"}
+	if err := s.CreateVM(ctx, other); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("taken address: got %v", err)
+	}
+	if _, err := s.GetVM(ctx, "web2"); !api.IsNotFound(err) {
+		t.Fatalf("failed create left a record: %v", err)
+	}
+	got, err := s.UpdateVM(ctx, "web1", func(v *api.VMSpec) error { v.Power = api.PowerRunning; return nil })
+	if err != nil || got.Power != api.PowerRunning {
+		t.Fatalf("update: %v %+v", err, got)
+	}
+	if err := s.PutStatus(ctx, "web1", api.VMStatus{ID: "a1", State: api.StateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	ips, _ := s.UsedIPs(ctx, "default")
+	if len(ips) != 1 || ips[0] != "10.0.0.10" {
+		t.Fatalf("used ips %v", ips)
+	}
+	if err := s.RemoveVM(ctx, api.VMSpec{Name: "web1", ID: "zz"}); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("remove with wrong id: %v", err)
+	}
+	if err := s.RemoveVM(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetStatus(ctx, "web1"); !api.IsNotFound(err) {
+		t.Fatalf("status left behind: %v", err)
+	}
+	if ips, _ := s.UsedIPs(ctx, "default"); len(ips) != 0 {
+		t.Fatalf("address left allocated: %v", ips)
+	}
+}
+
+func TestTokens(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	if err := s.PutToken(ctx, "secret", store.TokenInfo{Name: "admin"}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := s.CheckToken(ctx, "secret"); err != nil || info.Name != "admin" {
+		t.Fatalf("good token: %v %+v", err, info)
+	}
+	for _, tok := range []string{"", "wrong"} {
+		if _, err := s.CheckToken(ctx, tok); !errors.Is(err, api.ErrUnauthorized) {
+			t.Errorf("token %q: got %v", tok, err)
+		}
+	}
+}
