@@ -96,10 +96,16 @@ func (l *lab) run(args ...string) string {
 // start runs 'shoal up' and waits until its API answers.
 func (l *lab) start(extraEnv ...string) {
 	l.t.Helper()
+	l.startWith(nil, extraEnv...)
+}
+
+// startWith runs 'shoal up' with extra flags and environment.
+func (l *lab) startWith(flags []string, extraEnv ...string) {
+	l.t.Helper()
 	l.log = &bytes.Buffer{}
 	args := []string{"netns", "exec", l.ns, shoalBin, "up", "--data-dir", filepath.Join(l.dir, "data"),
 		"--no-demo", "--accel", "tcg", "--stop-timeout", "15s", "-v"}
-	l.node = exec.Command("ip", args...)
+	l.node = exec.Command("ip", append(args, flags...)...)
 	l.node.Env = append(append(os.Environ(), l.env...), extraEnv...)
 	l.node.Stdout, l.node.Stderr = l.log, l.log
 	if err := l.node.Start(); err != nil {

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// TestIntegrationExternalEtcd runs Shoal against Debian's etcd server
+// instead of the embedded member: state lives there and survives restarts.
+func TestIntegrationExternalEtcd(t *testing.T) {
+	l := newLab(t)
+	etcdBin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatal("etcd not found: apt-get install etcd-server")
+	}
+	var logBuf bytes.Buffer
+	etcd := exec.Command("ip", "netns", "exec", l.ns, etcdBin, "--name", "ext",
+		"--data-dir", filepath.Join(l.dir, "ext-etcd"),
+		"--listen-client-urls", "http://127.0.0.1:23790", "--advertise-client-urls", "http://127.0.0.1:23790",
+		"--listen-peer-urls", "http://127.0.0.1:23800", "--initial-advertise-peer-urls", "http://127.0.0.1:23800",
+		"--initial-cluster", "ext=http://127.0.0.1:23800")
+	etcd.Stdout, etcd.Stderr = &logBuf, &logBuf
+	if err := etcd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = etcd.Process.Signal(syscall.SIGKILL)
+		_ = etcd.Wait()
+	})
+	flags := []string{"--etcd-endpoints", "http://127.0.0.1:23790"}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := exec.Command("ip", "netns", "exec", l.ns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/23790").CombinedOutput(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("external etcd did not start:\n%s", logBuf.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	l.startWith(flags)
+	l.mustShoal("vm", "create", "ext1", "--image", "tiny", "--start")
+	vm := l.vm("ext1")
+	l.waitServing(vm.IP, 90*time.Second)
+	l.kill()
+	if _, err := os.Stat(filepath.Join(l.dir, "data", "etcd")); !os.IsNotExist(err) {
+		t.Fatal("an embedded etcd data dir was made although --etcd-endpoints was given")
+	}
+	l.startWith(flags)
+	if v := l.vm("ext1"); v.State != api.StateRunning || v.IP != vm.IP {
+		t.Fatalf("after restart against the same etcd: %+v", v)
+	}
+	l.mustShoal("vm", "delete", "--force", "ext1")
+}
