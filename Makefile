@@ -33,7 +33,7 @@ test: deps
 	$(GO) test -count=1 -timeout 25m ./...
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./internal/node/
+	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/shoal/
 
 clean:
 	rm -rf bin

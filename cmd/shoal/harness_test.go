@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -58,7 +58,7 @@ var nsSeq atomic.Int32
 
 // lab is one isolated Shoal node for a test.
 type lab struct {
-	t    *testing.T
+	t    testing.TB
 	ns   string
 	dir  string
 	node *exec.Cmd
@@ -66,7 +66,7 @@ type lab struct {
 	env  []string
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	requireRoot(t)
 	ns := fmt.Sprintf("shoalt%d-%d", os.Getpid(), nsSeq.Add(1))
