@@ -12,6 +12,7 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/hostcheck"
 	"github.com/shoalvm/shoal/internal/image"
+	"github.com/shoalvm/shoal/internal/node"
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
@@ -75,7 +76,9 @@ func hostCheckCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := context.Background()
 			opts := hostcheck.Options{DataDir: dataDir, MinFreeMemMiB: 256, MinFreeDiskMiB: 512}
-			if probe {
+			if a, r, ok := node.CachedAccel(dataDir); ok && !probe {
+				opts.Accel, opts.AccelReason = a, r
+			} else {
 				if kernel, _, err := image.FindCloudKernel(); err == nil {
 					dir, _ := os.MkdirTemp("", "shoal-probe-")
 					defer os.RemoveAll(dir)
@@ -95,7 +98,7 @@ func hostCheckCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "/var/lib/shoal", "where Shoal keeps its data")
-	cmd.Flags().BoolVar(&probe, "probe", true, "boot a tiny guest to test whether KVM really works")
+	cmd.Flags().BoolVar(&probe, "probe", false, "boot a tiny guest to test whether KVM really works, even if an earlier shoal up already did")
 	return cmd
 }
 

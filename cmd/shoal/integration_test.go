@@ -16,7 +16,11 @@ func TestIntegrationVMLifecycle(t *testing.T) {
 	l := newLab(t)
 	l.start()
 
-	out := l.mustShoal("vm", "create", "web1", "--image", "tiny", "--memory", "256M", "--disk", "1G", "--start")
+	ud := filepath.Join(l.dir, "user-data")
+	if err := os.WriteFile(ud, []byte("#!/bin/sh\necho user-data-ran-$((40+2)) > /dev/console\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := l.mustShoal("vm", "create", "web1", "--image", "tiny", "--memory", "256M", "--disk", "1G", "--start", "--user-data", ud)
 	if !strings.Contains(out, "web1") || !strings.Contains(out, "running") {
 		t.Fatalf("create output: %q", out)
 	}
@@ -32,8 +36,8 @@ func TestIntegrationVMLifecycle(t *testing.T) {
 	if err != nil || r2.Boot != r1.Boot || r2.Count != r1.Count+1 || r2.Disk != r1.Disk+1 {
 		t.Fatalf("second request: %+v after %+v (%v)", r2, r1, err)
 	}
-	if logs := l.mustShoal("vm", "logs", "web1"); !strings.Contains(logs, "serving on "+vm.IP) {
-		t.Fatalf("vm logs lack the guest's banner:\n%s", logs)
+	if logs := l.mustShoal("vm", "logs", "web1"); !strings.Contains(logs, "serving on "+vm.IP) || !strings.Contains(logs, "user-data-ran-42") {
+		t.Fatalf("vm logs lack the guest's banner or the user-data's line:\n%s", logs)
 	}
 	con, _, _ := l.shoalStdin("echo console-$((6*7))\n", "vm", "console", "web1")
 	if !strings.Contains(con, "console-42") {

@@ -68,7 +68,7 @@ func printWelcome(i node.Info, o node.Options) {
 	fmt.Printf("  CLI config: %s (token inside, mode 0600)\n", o.ConfigPath)
 	fmt.Printf("  Accel:      %s\n", accel)
 	if i.Demo != nil {
-		fmt.Printf("  Demo VM:    %s is %s at %s\n", i.Demo.Name, i.Demo.State, i.Demo.IP)
+		fmt.Printf("  Demo VM:    %s is %s at %s (its guest answers HTTP a few seconds after boot)\n", i.Demo.Name, i.Demo.State, i.Demo.IP)
 	}
 	fmt.Println("\nTry, in another terminal:")
 	if i.Demo != nil {

@@ -49,6 +49,17 @@ func probeAccel(ctx context.Context, log *slog.Logger, o Options, imageDir strin
 	return accel, reason
 }
 
+// CachedAccel returns the accelerator decision an earlier node start
+// recorded in dataDir, if any.
+func CachedAccel(dataDir string) (accel, reason string, ok bool) {
+	var r accelResult
+	b, err := os.ReadFile(filepath.Join(dataDir, "accel.json"))
+	if err != nil || json.Unmarshal(b, &r) != nil || r.Accel == "" {
+		return "", "", false
+	}
+	return r.Accel, r.Reason, true
+}
+
 func fileStamp(p string) string {
 	fi, err := os.Stat(p)
 	if err != nil {
