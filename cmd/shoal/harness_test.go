@@ -124,6 +124,30 @@ func (l *lab) startWith(flags []string, extraEnv ...string) {
 	l.t.Fatalf("shoal up did not come up:\n%s", l.log.String())
 }
 
+// startFails runs 'shoal up' with flags that must make it fail, and
+// returns what it printed.
+func (l *lab) startFails(flags ...string) string {
+	l.t.Helper()
+	args := []string{"netns", "exec", l.ns, shoalBin, "up", "--data-dir", filepath.Join(l.dir, "data"), "--no-demo", "--accel", "tcg"}
+	cmd := exec.Command("ip", append(args, flags...)...)
+	cmd.Env = append(os.Environ(), l.env...)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		l.t.Fatalf("shoal up %v did not fail:\n%s", flags, out)
+	}
+	if err == nil {
+		l.t.Fatalf("shoal up %v succeeded:\n%s", flags, out)
+	}
+	return string(out)
+}
+
 // kill ends the node with SIGKILL, as a crash would.
 func (l *lab) kill() {
 	if l.node == nil || l.node.Process == nil {

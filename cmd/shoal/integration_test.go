@@ -116,6 +116,11 @@ func TestIntegrationAgentRestartKeepsVMs(t *testing.T) {
 			t.Fatalf("%s while the node is down: %+v %v (before %+v)", n, r, err, before[n])
 		}
 	}
+	// The state dir is tied to its host name: a start under another name
+	// is refused and touches no VM.
+	if out := l.startFails("--host", "renamed"); !strings.Contains(out, `belongs to host`) {
+		t.Fatalf("start under another host name: %s", out)
+	}
 	l.start()
 	for _, n := range names {
 		if v := l.vm(n); v.State != api.StateRunning {

@@ -29,6 +29,12 @@ func newRoot() *cobra.Command {
 		Short:         "Shoal runs virtual machines on a cluster of Linux hosts",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if g.output != "table" && g.output != "json" {
+				return fmt.Errorf("unknown output format %q: use table or json", g.output)
+			}
+			return nil
+		},
 	}
 	root.PersistentFlags().StringVar(&g.server, "server", "", "API server: https://HOST:PORT or unix:///PATH (env SHOAL_SERVER)")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "API token (env SHOAL_TOKEN)")

@@ -8,6 +8,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -38,13 +39,16 @@ type Config struct {
 
 // Agent runs the VMs of one host.
 type Agent struct {
-	cfg   Config
-	st    *store.Store
-	log   *slog.Logger
-	mu    sync.Mutex
-	vms   map[string]*worker // by VM id
-	names map[string]string  // VM name -> id, of specs seen on this host
-	wg    sync.WaitGroup
+	cfg Config
+	st  *store.Store
+	log *slog.Logger
+	mu  sync.Mutex
+	vms map[string]*worker // by VM id
+	wg  sync.WaitGroup
+
+	id       string // this machine's identity (identity.json)
+	infoOnce sync.Once
+	info     api.Host // static facts about this machine
 }
 
 // New returns an agent; Run starts it.
@@ -58,7 +62,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Agent {
 	if cfg.QEMU == "" {
 		cfg.QEMU = "qemu-system-x86_64"
 	}
-	return &Agent{cfg: cfg, st: st, log: log.With("host", cfg.Host), vms: map[string]*worker{}, names: map[string]string{}}
+	return &Agent{cfg: cfg, st: st, log: log.With("host", cfg.Host), vms: map[string]*worker{}}
 }
 
 func (a *Agent) vmDir(id string) string { return filepath.Join(a.cfg.Dir, "vms", id) }
@@ -69,8 +73,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(a.cfg.Dir, "vms"), 0o750); err != nil {
 		return fmt.Errorf("agent state dir: %w", err)
 	}
-	if err := a.register(ctx); err != nil {
-		return err
+	for {
+		err := a.register(ctx)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrHostClaimed) || ctx.Err() != nil {
+			return err
+		}
+		a.log.Warn("cannot register the host yet; retrying", "err", err)
+		sleep(ctx, time.Second)
 	}
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
@@ -156,6 +168,7 @@ func (a *Agent) watch(ctx context.Context, rev int64) {
 				a.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
 				continue
 			}
+			s.Rev = ev.Kv.ModRevision
 			if s.Host == a.cfg.Host {
 				a.deliver(ctx, s.ID, &s)
 			} else {
@@ -180,16 +193,21 @@ func (a *Agent) deliver(ctx context.Context, id string, s *api.VMSpec) {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			w.run(ctx)
-			a.mu.Lock()
-			if a.vms[id] == w {
+			defer w.close()
+			for {
+				w.run(ctx)
+				a.mu.Lock()
+				// An update that arrived while the worker was finishing
+				// must not be lost: run again for it.
+				if ctx.Err() == nil && w.pending() {
+					a.mu.Unlock()
+					continue
+				}
 				delete(a.vms, id)
+				a.mu.Unlock()
+				return
 			}
-			a.mu.Unlock()
 		}()
-	}
-	if s != nil {
-		a.names[s.Name] = id
 	}
 	w.update(s)
 }

@@ -3,9 +3,14 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -16,16 +21,26 @@ import (
 
 func (w *worker) now() time.Time { return time.Now().UTC() }
 
+// ErrHostClaimed means another machine uses this host name.
+var ErrHostClaimed = errors.New("host name claimed by another machine")
+
+// claimGrace is how long a host record must have been silent before a
+// machine with another identity may take the name over.
+const claimGrace = 2 * time.Minute
+
 // HostInfo describes this machine as a Shoal host.
-func (a *Agent) HostInfo() api.Host {
-	h := api.Host{
-		Name: a.cfg.Host, State: api.HostUp, CPUs: runtime.NumCPU(),
-		Accel: a.cfg.Accel, AccelReason: a.cfg.AccelReason,
-		CPUModel: cpuModel(), MemoryMiB: memTotalMiB(),
-	}
-	if out, err := exec.Command(a.cfg.QEMU, "--version").Output(); err == nil {
-		h.QEMUVersion = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-	}
+func (a *Agent) HostInfo(ctx context.Context) api.Host {
+	a.infoOnce.Do(func() {
+		a.info = api.Host{
+			Name: a.cfg.Host, ID: a.id, State: api.HostUp, CPUs: runtime.NumCPU(),
+			CPUModel: cpuModel(), MemoryMiB: memTotalMiB(),
+		}
+		if out, err := exec.CommandContext(ctx, a.cfg.QEMU, "--version").Output(); err == nil {
+			a.info.QEMUVersion = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+		}
+	})
+	h := a.info
+	h.Accel, h.AccelReason = a.cfg.Accel, a.cfg.AccelReason
 	return h
 }
 
@@ -34,9 +49,25 @@ func (a *Agent) HostInfo() api.Host {
 func (a *Agent) Register(ctx context.Context) error { return a.register(ctx) }
 
 func (a *Agent) register(ctx context.Context) error {
-	h := a.HostInfo()
+	if err := a.loadIdentity(); err != nil {
+		return err
+	}
+	h := a.HostInfo(ctx)
 	h.LastHeartbeat = time.Now().UTC()
-	if err := a.st.PutHost(ctx, h); err != nil {
+	err := a.st.ClaimHost(ctx, h, func(cur *api.Host) (api.Host, error) {
+		if cur == nil {
+			return h, nil
+		}
+		if cur.ID != "" && cur.ID != h.ID && time.Since(cur.LastHeartbeat) < claimGrace {
+			return h, fmt.Errorf("%w: host %q is in use by another machine (id %s, heartbeat %s ago); give this one another --host name",
+				ErrHostClaimed, h.Name, cur.ID, time.Since(cur.LastHeartbeat).Round(time.Second))
+		}
+		if cur.State == api.HostMaintenance {
+			h.State = cur.State // set by an operator; not the agent's to change
+		}
+		return h, nil
+	})
+	if err != nil {
 		return fmt.Errorf("register host %s: %w", h.Name, err)
 	}
 	a.log.Debug("host registered", "cpus", h.CPUs, "memory_mib", h.MemoryMiB, "accel", h.Accel)
@@ -57,6 +88,48 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// identity is kept in the agent's state dir: it ties the dir to one host
+// name, so a renamed machine or a wrong --host cannot adopt (or destroy)
+// VMs that are not its own.
+type identity struct {
+	Host string `json:"host"`
+	ID   string `json:"id"`
+}
+
+func (a *Agent) loadIdentity() error {
+	if a.id != "" {
+		return nil
+	}
+	p := filepath.Join(a.cfg.Dir, "identity.json")
+	var id identity
+	b, err := os.ReadFile(p)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &id); err != nil {
+			return fmt.Errorf("read %s: %w", p, err)
+		}
+		if id.Host != a.cfg.Host {
+			return fmt.Errorf("%w: the state in %s belongs to host %q, not %q: start with --host %s",
+				ErrHostClaimed, a.cfg.Dir, id.Host, a.cfg.Host, id.Host)
+		}
+	case os.IsNotExist(err):
+		raw := make([]byte, 8)
+		_, _ = rand.Read(raw)
+		id = identity{Host: a.cfg.Host, ID: hex.EncodeToString(raw)}
+		b, _ := json.Marshal(id)
+		if err := os.MkdirAll(a.cfg.Dir, 0o750); err != nil {
+			return fmt.Errorf("agent state dir: %w", err)
+		}
+		if err := writeAtomic(p, b); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	a.id = id.ID
+	return nil
 }
 
 func cpuModel() string {

@@ -3,7 +3,10 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,7 +37,9 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		return fmt.Errorf("vm state dir: %w", err)
 	}
 	meta := filepath.Join(dir, "vm.json")
-	if _, err := os.Stat(meta); err != nil {
+	if missing, err := absent(meta); err != nil {
+		return err
+	} else if missing {
 		b, _ := json.Marshal(s)
 		if err := writeAtomic(meta, b); err != nil {
 			return err
@@ -45,7 +50,9 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	disk := pool.DiskPath(s.ID)
-	if _, err := os.Stat(disk); err != nil {
+	if missing, err := absent(disk); err != nil {
+		return err
+	} else if missing {
 		base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
 		if _, err := os.Stat(base); err != nil {
 			return api.Errorf(api.ErrNotFound, "image %q is not on host %s (%s missing)", s.Image, w.a.cfg.Host, base)
@@ -56,14 +63,19 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		crashpoint.Hit("agent-create-after-disk")
 	}
 	seed := filepath.Join(dir, "seed.iso")
-	if _, err := os.Stat(seed); err != nil {
+	if missing, err := absent(seed); err != nil {
+		return err
+	} else if missing {
 		n, err := w.a.st.GetNetwork(ctx, s.Network)
 		if err != nil {
 			return err
 		}
-		prefix := n.Subnet[strings.IndexByte(n.Subnet, '/'):]
+		p, err := netip.ParsePrefix(n.Subnet)
+		if err != nil {
+			return fmt.Errorf("network %s: bad subnet: %w", n.Name, err)
+		}
 		if err := cloudinit.WriteSeed(ctx, seed, cloudinit.Seed{
-			InstanceID: s.ID, Hostname: s.Name, MAC: s.MAC, Address: s.IP + prefix,
+			InstanceID: s.ID, Hostname: s.Name, MAC: s.MAC, Address: fmt.Sprintf("%s/%d", s.IP, p.Bits()),
 			Gateway: n.Gateway, UserData: []byte(s.UserData),
 		}); err != nil {
 			return fmt.Errorf("cloud-init seed: %w", err)
@@ -79,7 +91,11 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	if err != nil {
 		return err
 	}
-	if err := netdev.EnsureBridge(ctx, n.Bridge, n.Gateway+n.Subnet[strings.IndexByte(n.Subnet, '/'):]); err != nil {
+	subnet, err := netip.ParsePrefix(n.Subnet)
+	if err != nil {
+		return fmt.Errorf("network %s: bad subnet: %w", n.Name, err)
+	}
+	if err := netdev.EnsureBridge(ctx, n.Bridge, fmt.Sprintf("%s/%d", n.Gateway, subnet.Bits())); err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	tap, err := netdev.OpenTap(ctx, netdev.TapName(s.ID), n.Bridge)
@@ -121,21 +137,22 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	return nil
 }
 
-// destroy stops the VM's QEMU and removes every file of it on this host.
-func (w *worker) destroy(ctx context.Context) error {
-	if err := w.attach(ctx); err != nil {
-		return err
-	}
+// destroy stops the VM's QEMU and removes its files on this host. Disks
+// in shared pools are removed only when the VM is being deleted: otherwise
+// they belong to whichever host owns the VM now.
+func (w *worker) destroy(ctx context.Context, deleting bool) error {
 	if w.proc != nil {
 		if err := w.proc.Kill(); err != nil {
-			return fmt.Errorf("kill QEMU: %w", err)
+			w.log.Warn("kill QEMU", "err", err)
 		}
-		<-w.proc.Exited()
-		w.proc.Close()
-		w.proc = nil
+		w.close()
 	}
+	qemu.KillAll(w.log, w.a.vmDir(w.id)) // also a wedged QEMU, or one without a pidfile
 	crashpoint.Hit("agent-delete-after-kill")
 	for _, p := range w.a.cfg.Pools {
+		if p.Shared && !deleting {
+			continue
+		}
 		if err := storage.RemoveDisk(p.DiskPath(w.id)); err != nil {
 			return err
 		}
@@ -146,6 +163,19 @@ func (w *worker) destroy(ctx context.Context) error {
 	crashpoint.Hit("agent-delete-after-files")
 	w.log.Info("vm resources removed")
 	return nil
+}
+
+// absent reports whether path does not exist; any other stat error is an
+// error, never a reason to make the file anew over what may be there.
+func absent(path string) (bool, error) {
+	_, err := os.Stat(path)
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return true, nil
+	}
+	return false, fmt.Errorf("check %s: %w", path, err)
 }
 
 func writeAtomic(path string, b []byte) error {

@@ -12,6 +12,9 @@ import (
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
+// qmpTimeout bounds every QMP call, so a wedged QEMU cannot hang a worker.
+const qmpTimeout = 10 * time.Second
+
 // worker converges one VM. Every step is safe to repeat after a crash:
 // it looks at what exists (files, the QEMU process) before acting.
 type worker struct {
@@ -20,12 +23,14 @@ type worker struct {
 	log  *slog.Logger
 	kick chan struct{}
 
-	mu     sync.Mutex
-	spec   *api.VMSpec // latest; nil when the VM is no longer ours
-	seen   bool        // a spec (or its absence) has been delivered
-	proc   *qemu.Process
-	gen    int // restart generation already carried out
-	status api.VMStatus
+	mu   sync.Mutex
+	spec *api.VMSpec // latest; nil when the VM is no longer ours
+
+	proc      *qemu.Process
+	gen       int  // restart generation already carried out; -1 = not known yet
+	guestExit bool // QEMU ended on its own and that is not recorded yet
+	status    api.VMStatus
+	dirty     bool // the last status could not be written
 }
 
 func newWorker(a *Agent, id string) *worker {
@@ -39,12 +44,9 @@ func (w *worker) update(s *api.VMSpec) {
 		c := *s
 		s = &c
 	}
-	w.spec, w.seen = s, true
+	w.spec = s
 	w.mu.Unlock()
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
+	w.poke()
 }
 
 func (w *worker) latest() *api.VMSpec {
@@ -53,13 +55,18 @@ func (w *worker) latest() *api.VMSpec {
 	return w.spec
 }
 
-// run reconciles until the VM is gone from this host.
+func (w *worker) poke() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// pending reports whether an update arrived that no pass has seen.
+func (w *worker) pending() bool { return len(w.kick) > 0 }
+
+// run reconciles until the VM is gone from this host or ctx ends.
 func (w *worker) run(ctx context.Context) {
-	defer func() {
-		if w.proc != nil {
-			w.proc.Close()
-		}
-	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -70,20 +77,28 @@ func (w *worker) run(ctx context.Context) {
 		done, err := w.reconcile(ctx)
 		if err != nil && ctx.Err() == nil {
 			w.log.Warn("reconcile failed; retrying", "err", err)
-			w.report(ctx, w.latest(), api.StateFailed, err.Error())
+			if s := w.latest(); s != nil && !s.Deleting {
+				_ = w.report(ctx, s, api.StateFailed, err.Error())
+			}
 			sleep(ctx, 2*time.Second)
 			w.poke()
+			continue
 		}
 		if done {
 			return
 		}
+		if w.dirty {
+			sleep(ctx, time.Second)
+			w.poke()
+		}
 	}
 }
 
-func (w *worker) poke() {
-	select {
-	case w.kick <- struct{}{}:
-	default:
+// close releases the QMP connection; the VM keeps running.
+func (w *worker) close() {
+	if w.proc != nil {
+		w.proc.Close()
+		w.proc = nil
 	}
 }
 
@@ -95,14 +110,15 @@ func (w *worker) exited() <-chan struct{} {
 	return w.proc.Exited()
 }
 
+// alive reports whether QEMU runs, noting an exit nobody asked for.
 func (w *worker) alive() bool {
 	if w.proc == nil {
 		return false
 	}
 	select {
 	case <-w.proc.Exited():
-		w.proc.Close()
-		w.proc = nil
+		w.close()
+		w.guestExit = true
 		return false
 	default:
 		return true
@@ -114,7 +130,9 @@ func (w *worker) attach(ctx context.Context) error {
 	if w.proc != nil {
 		return nil
 	}
-	p, err := qemu.Attach(ctx, w.log, w.a.vmDir(w.id))
+	actx, cancel := context.WithTimeout(ctx, qmpTimeout)
+	defer cancel()
+	p, err := qemu.Attach(actx, w.log, w.a.vmDir(w.id))
 	if errors.Is(err, qemu.ErrNotRunning) {
 		return nil
 	}
@@ -129,131 +147,152 @@ func (w *worker) attach(ctx context.Context) error {
 // reconcile does one pass; done means the worker can end.
 func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	s := w.latest()
+	if s == nil || s.Deleting {
+		return w.remove(ctx, s)
+	}
 	if err := w.attach(ctx); err != nil {
 		return false, err
 	}
-	wasAlive := w.proc != nil
 	alive := w.alive()
-	if s == nil {
-		return true, w.destroy(ctx)
-	}
-	if s.Deleting {
-		if err := w.destroy(ctx); err != nil {
-			return false, err
-		}
-		if err := w.a.st.RemoveVM(ctx, *s); err != nil && !api.IsNotFound(err) {
-			return false, fmt.Errorf("remove records: %w", err)
-		}
-		w.log.Info("vm deleted", "name", s.Name)
-		return true, nil
-	}
 	if w.gen < 0 {
 		w.gen = s.RestartGen
+		if st, err := w.a.st.GetStatus(ctx, s.ID); err == nil {
+			w.gen = st.RestartGen // a restart asked for while we were away is still due
+		}
 	}
-	if wasAlive && !alive && s.Power != api.PowerStopped {
-		return false, w.guestStopped(ctx, s)
+	if w.guestExit {
+		if s.Power == api.PowerStopped {
+			w.guestExit = false
+		} else {
+			return false, w.guestStopped(ctx, s)
+		}
+	}
+	if s.Power == api.PowerStopped {
+		if alive {
+			if err := w.report(ctx, s, api.StateStopping, ""); err != nil {
+				return false, err
+			}
+			if err := w.stop(ctx); err != nil {
+				return false, err
+			}
+		}
+		return false, w.report(ctx, s, api.StateStopped, "")
 	}
 	if err := w.ensureFiles(ctx, s); err != nil {
 		return false, err
 	}
-	switch s.Power {
-	case api.PowerStopped:
-		if alive {
-			w.report(ctx, s, api.StateStopping, "")
-			if err := w.stop(ctx); err != nil {
-				return false, err
-			}
+	if alive && s.RestartGen > w.gen {
+		if err := w.report(ctx, s, api.StateStopping, ""); err != nil {
+			return false, err
 		}
-		w.report(ctx, s, api.StateStopped, "")
-	case api.PowerRunning, api.PowerPaused:
-		if alive && s.RestartGen > w.gen {
-			w.report(ctx, s, api.StateStopping, "")
-			if err := w.stop(ctx); err != nil {
-				return false, err
-			}
-			alive = false
+		if err := w.stop(ctx); err != nil {
+			return false, err
 		}
-		w.gen = s.RestartGen
-		if !alive {
-			w.report(ctx, s, api.StateStarting, "")
-			if err := w.start(ctx, s); err != nil {
-				return false, err
-			}
-		}
-		return false, w.setPaused(ctx, s)
+		alive = false
 	}
-	return false, nil
+	if !alive {
+		if err := w.report(ctx, s, api.StateStarting, ""); err != nil {
+			return false, err
+		}
+		if err := w.start(ctx, s); err != nil {
+			return false, err
+		}
+	}
+	w.gen = s.RestartGen
+	return false, w.setPaused(ctx, s)
 }
 
-// guestStopped handles a QEMU that ended without being asked to: the guest
+// remove ends the VM here: always for a delete, and when the VM is no
+// longer ours. Only a successful removal ends the worker.
+func (w *worker) remove(ctx context.Context, s *api.VMSpec) (bool, error) {
+	deleting := s != nil && s.Deleting
+	if err := w.destroy(ctx, deleting); err != nil {
+		return false, err
+	}
+	if deleting {
+		if err := w.a.st.RemoveVM(ctx, *s); err != nil && !api.IsNotFound(err) {
+			return false, fmt.Errorf("remove records: %w", err)
+		}
+		w.log.Info("vm deleted", "name", s.Name)
+	}
+	return true, nil
+}
+
+// guestStopped records that QEMU ended without being asked to: the guest
 // powered off. Like other hypervisors, the VM is then off until started.
+// A newer intent (a start or restart written since) wins over it.
 func (w *worker) guestStopped(ctx context.Context, s *api.VMSpec) error {
 	w.log.Info("QEMU exited on its own; marking the VM stopped", "name", s.Name)
-	_, err := w.a.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
-		if v.ID != s.ID {
-			return api.Errorf(api.ErrConflict, "vm replaced")
+	v, err := w.a.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
+		if v.ID != s.ID || v.Rev != s.Rev {
+			return errSuperseded
 		}
 		v.Power, v.StopForce = api.PowerStopped, false
 		return nil
 	})
-	if err != nil && !api.IsNotFound(err) {
+	switch {
+	case errors.Is(err, errSuperseded) || api.IsNotFound(err):
+		w.guestExit = false // the newer spec decides; the next pass acts on it
+		w.poke()
+		return nil
+	case err != nil:
 		return fmt.Errorf("record guest power-off: %w", err)
 	}
-	w.report(ctx, s, api.StateStopped, "the guest powered off (or QEMU exited): "+qemuLogTail(w.a.vmDir(w.id)))
-	return nil
+	w.guestExit = false
+	return w.report(ctx, &v, api.StateStopped, "the guest powered off (or QEMU exited): "+qemuLogTail(w.a.vmDir(w.id)))
 }
 
+var errSuperseded = errors.New("spec changed meanwhile")
+
 func (w *worker) setPaused(ctx context.Context, s *api.VMSpec) error {
-	st, err := w.proc.Status(ctx)
+	qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+	defer cancel()
+	st, err := w.proc.Status(qctx)
 	if err != nil {
+		w.close() // a broken QMP connection: attach again next pass
 		return fmt.Errorf("query QEMU status: %w", err)
 	}
 	switch {
 	case s.Power == api.PowerPaused && st == "running":
-		err = w.proc.Pause(ctx)
-		st = "paused"
-	case s.Power == api.PowerRunning && st == "paused":
-		err = w.proc.Resume(ctx)
-		st = "running"
+		err, st = w.proc.Pause(qctx), "paused"
+	case s.Power == api.PowerRunning && (st == "paused" || st == "prelaunch"):
+		err, st = w.proc.Resume(qctx), "running"
 	}
 	if err != nil {
 		return fmt.Errorf("pause/resume: %w", err)
 	}
-	state := api.StateRunning
-	if st == "paused" {
-		state = api.StatePaused
+	switch st {
+	case "running":
+		return w.report(ctx, s, api.StateRunning, "")
+	case "paused", "prelaunch":
+		return w.report(ctx, s, api.StatePaused, "")
 	}
-	w.report(ctx, s, state, "")
-	return nil
+	return w.report(ctx, s, api.StateFailed, "QEMU reports the VM as "+st)
 }
 
 // stop shuts the guest down: ACPI first unless forced, then a kill after
 // the grace period. A newer spec that forces the stop (or deletes the VM)
-// cuts the grace period short.
+// cuts the grace period short. Kicks consumed here are re-posted at the
+// end, so no update is lost.
 func (w *worker) stop(ctx context.Context) error {
-	s := w.latest()
 	forced := func(s *api.VMSpec) bool { return s == nil || s.StopForce || s.Deleting }
-	if !forced(s) {
-		if err := w.proc.Powerdown(ctx); err != nil {
-			w.log.Warn("ACPI powerdown failed; killing", "err", err)
-		} else {
-			timer := time.NewTimer(w.a.cfg.StopTimeout)
-			defer timer.Stop()
-		wait:
-			for {
-				select {
-				case <-w.proc.Exited():
+	if !forced(w.latest()) && w.powerdown(ctx) {
+		timer := time.NewTimer(w.a.cfg.StopTimeout)
+		defer timer.Stop()
+	wait:
+		for {
+			select {
+			case <-w.proc.Exited():
+				break wait
+			case <-timer.C:
+				w.log.Info("guest ignored ACPI shutdown; forcing", "after", w.a.cfg.StopTimeout)
+				break wait
+			case <-w.kick:
+				if forced(w.latest()) {
 					break wait
-				case <-timer.C:
-					w.log.Info("guest ignored ACPI shutdown; forcing", "after", w.a.cfg.StopTimeout)
-					break wait
-				case <-w.kick:
-					if forced(w.latest()) {
-						break wait
-					}
-				case <-ctx.Done():
-					return ctx.Err()
 				}
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		}
 	}
@@ -261,18 +300,31 @@ func (w *worker) stop(ctx context.Context) error {
 		return fmt.Errorf("kill QEMU: %w", err)
 	}
 	<-w.proc.Exited()
-	w.proc.Close()
-	w.proc = nil
+	w.close()
 	w.poke()
 	return nil
 }
 
-// report publishes the VM's state if it changed.
-func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) {
-	if s == nil {
-		return
+// powerdown asks the guest to shut down (resuming it first if paused, as
+// a paused guest cannot see the ACPI event); false means it could not.
+func (w *worker) powerdown(ctx context.Context) bool {
+	qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+	defer cancel()
+	if st, err := w.proc.Status(qctx); err == nil && st == "paused" {
+		_ = w.proc.Resume(qctx)
 	}
-	st := api.VMStatus{ID: s.ID, Host: w.a.cfg.Host, State: state, Error: msg, RestartGen: w.gen, Accel: w.a.cfg.Accel}
+	if err := w.proc.Powerdown(qctx); err != nil {
+		w.log.Warn("ACPI powerdown failed; killing", "err", err)
+		return false
+	}
+	return true
+}
+
+// report publishes the VM's state if it changed. A failed write is
+// retried by the run loop.
+func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) error {
+	st := api.VMStatus{ID: s.ID, Host: w.a.cfg.Host, State: state, Error: msg,
+		RestartGen: max(w.gen, 0), Accel: w.a.cfg.Accel, ObservedRev: s.Rev}
 	if w.proc != nil {
 		st.PID = w.proc.Pid
 		st.StartedAt = w.status.StartedAt
@@ -280,12 +332,13 @@ func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) {
 			st.StartedAt = time.Now().UTC()
 		}
 	}
-	if st == w.status {
-		return
+	if st == w.status && !w.dirty {
+		return nil
 	}
-	if err := w.a.st.PutStatus(ctx, s.Name, st); err != nil {
-		w.log.Warn("report status", "err", err)
-		return
+	if err := w.a.st.PutStatus(ctx, st); err != nil {
+		w.dirty = true
+		return fmt.Errorf("report status: %w", err)
 	}
-	w.status = st
+	w.status, w.dirty = st, false
+	return nil
 }

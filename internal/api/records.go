@@ -23,6 +23,9 @@ type VMSpec struct {
 	RestartGen int       `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
 	Deleting   bool      `json:"deleting,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+
+	// Rev is the store revision this spec was read at (not stored).
+	Rev int64 `json:"-"`
 }
 
 // VMStatus is what the VM's host reports about it.
@@ -34,6 +37,9 @@ type VMStatus struct {
 	Accel      string    `json:"accel,omitempty"`
 	Error      string    `json:"error,omitempty"`
 	RestartGen int       `json:"restart_gen,omitempty"`
+	// ObservedRev is the spec revision the host last acted on; API calls
+	// wait for it to reach the revision their change was written at.
+	ObservedRev int64 `json:"observed_rev,omitempty"`
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	UpdatedAt  time.Time `json:"updated_at"`
 }
@@ -50,9 +56,13 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 	if st != nil && st.ID == s.ID {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
+		vm.ObservedRev = st.ObservedRev
 	}
 	if s.Deleting {
 		vm.State = StateDeleting
 	}
 	return vm
 }
+
+// SetRev records the revision a spec was read at.
+func (s *VMSpec) SetRev(rev int64) { s.Rev = rev }

@@ -46,7 +46,8 @@ type VM struct {
 	StartedAt time.Time `json:"started_at,omitzero"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"` // of the host's last report
 
-	RestartGen int `json:"restart_gen,omitempty"` // restarts the host has carried out
+	RestartGen  int   `json:"restart_gen,omitempty"`  // restarts the host has carried out
+	ObservedRev int64 `json:"observed_rev,omitempty"` // spec revision the host has acted on
 }
 
 // CreateVMRequest is the body of POST /v1/vms.
@@ -72,6 +73,7 @@ type StopRequest struct {
 // Host is a virtualization host as the API shows it.
 type Host struct {
 	Name          string    `json:"name"`
+	ID            string    `json:"id,omitempty"` // identity of the machine that claimed the name
 	State         string    `json:"state"` // up, down, maintenance
 	Address       string    `json:"address,omitempty"`
 	CPUModel      string    `json:"cpu_model,omitempty"`

@@ -61,10 +61,10 @@ func (o *Options) defaults() {
 		o.Listen = "127.0.0.1:7443"
 	}
 	if o.EtcdClient == "" {
-		o.EtcdClient = "http://127.0.0.1:7379"
+		o.EtcdClient = "https://127.0.0.1:7379"
 	}
 	if o.EtcdPeer == "" {
-		o.EtcdPeer = "http://127.0.0.1:7380"
+		o.EtcdPeer = "https://127.0.0.1:7380"
 	}
 	if o.Subnet == "" {
 		o.Subnet = "10.57.0.0/24"
@@ -86,6 +86,9 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
+	}
+	if _, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen)); err != nil {
+		return err
 	}
 	etcd, closeEtcd, err := openStore(ctx, log, o)
 	if err != nil {
@@ -146,8 +149,12 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if ready != nil {
 		ready(info)
 	}
-	<-ctx.Done()
-	return <-agentDone
+	select {
+	case <-ctx.Done():
+		return <-agentDone
+	case err := <-agentDone:
+		return fmt.Errorf("the agent stopped: %w", err)
+	}
 }
 
 func openStore(ctx context.Context, log *slog.Logger, o Options) (*clientv3.Client, func(), error) {
@@ -160,6 +167,7 @@ func openStore(ctx context.Context, log *slog.Logger, o Options) (*clientv3.Clie
 	}
 	e, err := store.StartEmbedded(ctx, log, store.EmbedOptions{
 		Dir: filepath.Join(o.DataDir, "etcd"), ClientURL: o.EtcdClient, PeerURL: o.EtcdPeer, Name: o.Host,
+		PKIDir: filepath.Join(o.DataDir, "pki"),
 	})
 	if err != nil {
 		return nil, nil, err

@@ -397,3 +397,8 @@ func killStrays(log *slog.Logger, dir string) {
 		h.close()
 	}
 }
+
+// KillAll kills every QEMU running for dir and waits for each to exit. It
+// needs neither QMP nor the pidfile, so it works on a wedged QEMU or one
+// whose pidfile is gone.
+func KillAll(log *slog.Logger, dir string) { killStrays(log, dir) }

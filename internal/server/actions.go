@@ -9,17 +9,28 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 )
 
+// waitSpec says whether and how long an API call waits for the VM's host
+// to act on the change it wrote.
+type waitSpec struct {
+	wait    bool
+	timeout time.Duration
+}
+
 // vmAction handles start, stop, restart, pause and resume.
 func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 	name, action := r.PathValue("name"), r.PathValue("action")
+	ws, err := s.wantWait(r)
+	if err != nil {
+		return err
+	}
 	var stop api.StopRequest
-	if action == "stop" && r.ContentLength != 0 {
+	if (action == "stop" || action == "restart") && r.ContentLength != 0 {
 		if err := decode(r, &stop); err != nil {
 			return err
 		}
 	}
 	var target func(api.VM) bool
-	_, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
+	sp, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
 		vm, _, err := s.loadVM(r.Context(), name)
 		if err != nil {
 			return err
@@ -33,7 +44,7 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return notFoundHint(err, "see 'shoal vm list'")
 	}
-	return s.respondAfter(w, r, http.StatusOK, name, target)
+	return s.respondAfter(w, r, http.StatusOK, name, sp.Rev, ws, target, "")
 }
 
 // applyAction changes a spec for a power action, given the VM's current
@@ -46,7 +57,7 @@ func applyAction(sp *api.VMSpec, state, action string, force bool) (func(api.VM)
 		if sp.Power == api.PowerPaused {
 			return nil, api.Errorf(api.ErrConflict, "vm %q is paused: use 'shoal vm resume %s'", sp.Name, sp.Name)
 		}
-		if running {
+		if running && state != api.StateFailed {
 			return nil, api.Errorf(api.ErrConflict, "vm %q is already running", sp.Name)
 		}
 		sp.Power, sp.StopForce = api.PowerRunning, false
@@ -84,7 +95,11 @@ func applyAction(sp *api.VMSpec, state, action string, force bool) (func(api.VM)
 func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	force := r.URL.Query().Get("force") == "true" || r.URL.Query().Get("force") == "1"
-	_, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
+	ws, err := s.wantWait(r)
+	if err != nil {
+		return err
+	}
+	_, err = s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
 		vm, _, err := s.loadVM(r.Context(), name)
 		if err != nil {
 			return err
@@ -99,12 +114,11 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
 		return notFoundHint(err, "see 'shoal vm list'")
 	}
 	s.log.Info("vm delete requested", "name", name, "force", force)
-	wait, d, err := s.wantWait(r)
-	if err != nil || !wait {
+	if !ws.wait {
 		w.WriteHeader(http.StatusAccepted)
-		return err
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), d)
+	ctx, cancel := context.WithTimeout(r.Context(), ws.timeout)
 	defer cancel()
 	for {
 		if _, err := s.st.GetVM(ctx, name); api.IsNotFound(err) {
@@ -112,35 +126,33 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 		if err := pause(ctx, 20*time.Millisecond); err != nil {
-			return api.Errorf(api.ErrUnavailable, "vm %q is still being deleted by its host after %s", name, d)
+			return api.Errorf(api.ErrUnavailable, "vm %q is still being deleted by its host after %s", name, ws.timeout)
 		}
 	}
 }
 
-// respondAfter answers with the VM once target holds (or at once when the
-// caller asked not to wait). A VM that fails meanwhile is an error.
-func (s *Server) respondAfter(w http.ResponseWriter, r *http.Request, code int, name string, target func(api.VM) bool) error {
-	wait, d, err := s.wantWait(r)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), d)
+// respondAfter answers with the VM once its host has acted on the spec
+// written at rev and target holds (or at once when the caller asked not
+// to wait). A VM that the host reports failed is an error; what names the
+// change in that message (e.g. "was created, but").
+func (s *Server) respondAfter(w http.ResponseWriter, r *http.Request, code int, name string, rev int64, ws waitSpec, target func(api.VM) bool, what string) error {
+	ctx, cancel := context.WithTimeout(r.Context(), ws.timeout)
 	defer cancel()
-	since := time.Now()
 	for {
 		vm, _, err := s.loadVM(ctx, name)
 		if err != nil {
 			return err
 		}
+		seen := vm.ObservedRev >= rev
 		switch {
-		case !wait || target(vm):
+		case !ws.wait || seen && target(vm):
 			writeJSON(w, code, vm)
 			return nil
-		case vm.State == api.StateFailed && vm.UpdatedAt.After(since):
-			return api.Errorf(api.ErrConflict, "vm %q failed on host %s: %s", name, vm.Host, vm.Error)
+		case seen && vm.State == api.StateFailed:
+			return api.Errorf(api.ErrConflict, "vm %q %sfailed on host %s: %s", name, what, vm.Host, vm.Error)
 		}
 		if err := pause(ctx, 20*time.Millisecond); err != nil {
-			return api.Errorf(api.ErrUnavailable, "vm %q is %s after %s; its host may be down (see 'shoal host list')", name, vm.State, d)
+			return api.Errorf(api.ErrUnavailable, "vm %q %sis %s after %s; its host may be down (see 'shoal host list')", name, what, vm.State, ws.timeout)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -103,19 +104,19 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer os.RemoveAll(stage)
 	format, err := image.Import(ctx, up.Name(), filepath.Join(stage, "disk.qcow2"))
-	if err != nil {
+	if errors.Is(err, image.ErrNotDiskImage) || errors.Is(err, image.ErrUnsupportedFormat) {
 		return api.Errorf(api.ErrInvalid, "cannot import %q: %v", name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("import %q: %w", name, err)
 	}
 	size, err := storage.VirtualSize(ctx, filepath.Join(stage, "disk.qcow2"))
 	if err != nil {
 		return err
 	}
 	dst := filepath.Join(s.cfg.ImageDir, name)
-	if err := os.RemoveAll(dst); err != nil {
-		return fmt.Errorf("image dir: %w", err)
-	}
-	if err := os.Rename(stage, dst); err != nil {
-		return fmt.Errorf("place image: %w", err)
+	if err := os.Rename(stage, dst); err != nil { // fails if another import of this name won
+		return api.Errorf(api.ErrConflict, "image %q already exists", name)
 	}
 	im := api.Image{Name: name, Format: "qcow2", Source: "imported: " + format, SizeBytes: size, CreatedAt: time.Now().UTC()}
 	if err := s.st.CreateImage(ctx, im); err != nil {

@@ -135,20 +135,20 @@ func decode(r *http.Request, v any) error {
 
 // wantWait reports whether the caller asked to wait for convergence
 // (the default), and for how long.
-func (s *Server) wantWait(r *http.Request) (bool, time.Duration, error) {
+func (s *Server) wantWait(r *http.Request) (waitSpec, error) {
 	q := r.URL.Query()
+	ws := waitSpec{wait: true, timeout: s.cfg.WaitTimeout}
 	if q.Get("wait") == "false" || q.Get("wait") == "0" {
-		return false, 0, nil
+		ws.wait = false
 	}
-	d := s.cfg.WaitTimeout
 	if t := q.Get("timeout"); t != "" {
 		v, err := time.ParseDuration(t)
 		if err != nil || v <= 0 {
-			return false, 0, api.Errorf(api.ErrInvalid, "timeout %q is not a duration such as 30s", t)
+			return ws, api.Errorf(api.ErrInvalid, "timeout %q is not a duration such as 30s", t)
 		}
-		d = v
+		ws.timeout = v
 	}
-	return true, d, nil
+	return ws, nil
 }
 
 func notFoundHint(err error, hint string) error {

@@ -33,7 +33,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := make([]api.VM, 0, len(specs))
 	for _, sp := range specs {
-		st, ok := sts[sp.Name]
+		st, ok := sts[sp.ID]
 		out = append(out, api.MergeVM(sp, ptrIf(st, ok)))
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -53,7 +53,7 @@ func (s *Server) loadVM(ctx context.Context, name string) (api.VM, api.VMSpec, e
 	if err != nil {
 		return api.VM{}, sp, notFoundHint(err, "see 'shoal vm list'")
 	}
-	st, err := s.st.GetStatus(ctx, name)
+	st, err := s.st.GetStatus(ctx, sp.ID)
 	if err != nil && !api.IsNotFound(err) {
 		return api.VM{}, sp, err
 	}
@@ -176,6 +176,10 @@ func (s *Server) placeVM(ctx context.Context, sp api.VMSpec) (string, error) {
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
+	ws, err := s.wantWait(r)
+	if err != nil {
+		return err
+	}
 	var req api.CreateVMRequest
 	if err := decode(r, &req); err != nil {
 		return err
@@ -193,14 +197,17 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	}
 	sp.ID = newID()
 	sp.MAC = netdev.MAC(sp.ID)
+	var rev int64
 	for try := 0; ; try++ {
 		if sp.IP, err = s.allocateIP(ctx, sp.Network); err != nil {
 			return err
 		}
-		err = s.st.CreateVM(ctx, sp)
+		rev, err = s.st.CreateVM(ctx, sp)
 		if err == nil || try == 5 || !store.IsAddressTaken(err) {
 			break
 		}
+		sp.ID = newID()
+		sp.MAC = netdev.MAC(sp.ID)
 	}
 	if err != nil {
 		return err
@@ -210,7 +217,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	if req.Start {
 		target = func(vm api.VM) bool { return vm.State == api.StateRunning }
 	}
-	return s.respondAfter(w, r, http.StatusCreated, sp.Name, target)
+	return s.respondAfter(w, r, http.StatusCreated, sp.Name, rev, ws, target, "was created, but ")
 }
 
 func (s *Server) allocateIP(ctx context.Context, network string) (string, error) {

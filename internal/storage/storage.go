@@ -15,8 +15,9 @@ import (
 
 // Pool is a directory holding VM disks.
 type Pool struct {
-	Name string
-	Dir  string
+	Name   string
+	Dir    string
+	Shared bool // every host sees the same directory
 }
 
 // DiskPath returns where the first disk of the VM with this id lives.
@@ -44,8 +45,10 @@ func CreateOverlay(ctx context.Context, base, dst string, size int64) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img create %s: %w: %s", dst, err, strings.TrimSpace(string(out)))
 	}
-	if err := os.Rename(tmp, dst); err != nil {
-		_ = os.Remove(tmp)
+	// Link, unlike rename, never replaces a disk that appeared meanwhile.
+	err = os.Link(tmp, dst)
+	_ = os.Remove(tmp)
+	if err != nil {
 		return fmt.Errorf("place disk %s: %w", dst, err)
 	}
 	return nil

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"path/filepath"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
@@ -25,6 +27,10 @@ type EmbedOptions struct {
 	ClientURL string // e.g. http://127.0.0.1:7379
 	PeerURL   string // e.g. http://127.0.0.1:7380
 	Name      string // member name
+	// PKIDir, if set, holds the cluster CA and a certificate valid for
+	// the member's addresses (see package pki): the client and peer
+	// listeners then require certificates signed by that CA.
+	PKIDir string
 }
 
 // StartEmbedded starts a single-member etcd cluster (or reopens its data)
@@ -47,6 +53,15 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	if o.PKIDir != "" {
+		tls := transport.TLSInfo{
+			CertFile:       filepath.Join(o.PKIDir, "server.crt"),
+			KeyFile:        filepath.Join(o.PKIDir, "server.key"),
+			TrustedCAFile:  filepath.Join(o.PKIDir, "ca.crt"),
+			ClientCertAuth: true,
+		}
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = tls, tls
+	}
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(cfg)

@@ -29,6 +29,7 @@ func get[T any](ctx context.Context, c *clientv3.Client, k, what string) (T, int
 	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
 		return v, 0, fmt.Errorf("decode %s: %w", what, err)
 	}
+	setRev(&v, resp.Kvs[0].ModRevision)
 	return v, resp.Kvs[0].ModRevision, nil
 }
 
@@ -42,8 +43,9 @@ func list[T any](ctx context.Context, c *clientv3.Client, prefix string) ([]T, i
 	for _, kv := range resp.Kvs {
 		var v T
 		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
+			continue // one corrupt record must not hide all the others
 		}
+		setRev(&v, kv.ModRevision)
 		out = append(out, v)
 	}
 	return out, resp.Header.Revision, nil
@@ -77,6 +79,13 @@ func create(ctx context.Context, c *clientv3.Client, k, what string, v any) erro
 	return nil
 }
 
+// setRev tells a value that records its revision (api.VMSpec) what it is.
+func setRev(v any, rev int64) {
+	if r, ok := v.(interface{ SetRev(int64) }); ok {
+		r.SetRev(rev)
+	}
+}
+
 // update applies fn to the value at k and writes it back if nobody changed
 // it meanwhile, retrying on contention. fn may return an error to abort.
 func update[T any](ctx context.Context, c *clientv3.Client, k, what string, fn func(*T) error) (T, error) {
@@ -98,10 +107,11 @@ func update[T any](ctx context.Context, c *clientv3.Client, k, what string, fn f
 			return v, fmt.Errorf("update %s: %w: %w", what, api.ErrUnavailable, err)
 		}
 		if resp.Succeeded {
+			setRev(&v, resp.Header.Revision)
 			return v, nil
 		}
 		if err := ctx.Err(); err != nil {
-			return v, err
+			return v, fmt.Errorf("update %s: %w", what, err)
 		}
 	}
 }

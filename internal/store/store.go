@@ -26,7 +26,8 @@ func New(c *clientv3.Client) *Store { return &Store{c: c} }
 func (s *Store) Client() *clientv3.Client { return s.c }
 
 func vmKey(name string) string        { return key("vms", name) }
-func statusKey(name string) string    { return key("vmstatus", name) }
+func statusKey(id string) string { return key("vmstatus", id) }
+func macKey(mac string) string  { return key("macs", mac) }
 func ipKey(network, ip string) string { return key("ipam", network, ip) }
 func hostKey(name string) string      { return key("hosts", name) }
 func imageKey(name string) string     { return key("images", name) }
@@ -41,29 +42,31 @@ var (
 	StatusPrefix = key("vmstatus") + "/"
 )
 
-// CreateVM writes a new VM and its IP allocation in one transaction. It
-// fails with api.ErrConflict if the name exists or the IP was taken.
-func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) error {
+// CreateVM writes a new VM with its IP and MAC reservations in one
+// transaction and returns the revision it was written at. It fails with
+// api.ErrConflict if the name exists or the IP or MAC was taken.
+func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("encode vm: %w", err)
+		return 0, fmt.Errorf("encode vm: %w", err)
 	}
-	vk, ik := vmKey(v.Name), ipKey(v.Network, v.IP)
+	vk, ik, mk := vmKey(v.Name), ipKey(v.Network, v.IP), macKey(v.MAC)
 	resp, err := s.c.Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
 		clientv3.Compare(clientv3.CreateRevision(ik), "=", 0),
-	).Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, v.ID)).
+		clientv3.Compare(clientv3.CreateRevision(mk), "=", 0),
+	).Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, v.ID), clientv3.OpPut(mk, v.ID)).
 		Else(clientv3.OpGet(vk)).Commit()
 	if err != nil {
-		return fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
+		return 0, fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
 	}
 	if resp.Succeeded {
-		return nil
+		return resp.Header.Revision, nil
 	}
 	if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
+		return 0, api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
 	}
-	return fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s was just taken, try again", v.IP), errAddressTaken)
+	return 0, fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s or MAC %s was just taken, try again", v.IP, v.MAC), errAddressTaken)
 }
 
 // errAddressTaken marks a create that lost a race for its address; its
@@ -71,7 +74,7 @@ func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) error {
 var errAddressTaken = errors.New("")
 
 // IsAddressTaken reports whether CreateVM failed only because another VM
-// took the address meanwhile, so that a retry with a new one may succeed.
+// took the address or MAC meanwhile, so that a retry with a new one may succeed.
 func IsAddressTaken(err error) bool { return errors.Is(err, errAddressTaken) }
 
 // GetVM reads a VM's spec.
@@ -86,6 +89,7 @@ func (s *Store) ListVMs(ctx context.Context) ([]api.VMSpec, int64, error) {
 }
 
 // UpdateVM changes a VM's spec with compare-and-swap.
+// The returned spec's Rev is the revision it was written at.
 func (s *Store) UpdateVM(ctx context.Context, name string, fn func(*api.VMSpec) error) (api.VMSpec, error) {
 	return update(ctx, s.c, vmKey(name), vmWhat(name), fn)
 }
@@ -100,9 +104,12 @@ func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
 	if cur.ID != v.ID {
 		return api.Errorf(api.ErrConflict, "vm %q was replaced meanwhile", v.Name)
 	}
-	ops := []clientv3.Op{clientv3.OpDelete(vmKey(v.Name)), clientv3.OpDelete(statusKey(v.Name))}
+	ops := []clientv3.Op{clientv3.OpDelete(vmKey(v.Name)), clientv3.OpDelete(statusKey(cur.ID))}
 	if cur.IP != "" {
 		ops = append(ops, clientv3.OpDelete(ipKey(cur.Network, cur.IP)))
+	}
+	if cur.MAC != "" {
+		ops = append(ops, clientv3.OpDelete(macKey(cur.MAC)))
 	}
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(v.Name)), "=", rev)).Then(ops...).Commit()
 	if err != nil {
@@ -114,19 +121,22 @@ func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
 	return nil
 }
 
-// PutStatus records what a host reports about a VM.
-func (s *Store) PutStatus(ctx context.Context, name string, st api.VMStatus) error {
+// PutStatus records what a host reports about a VM (keyed by the VM's id,
+// so that a status can never be taken for that of a later VM of the same
+// name).
+func (s *Store) PutStatus(ctx context.Context, st api.VMStatus) error {
 	st.UpdatedAt = time.Now().UTC()
-	return put(ctx, s.c, statusKey(name), st)
+	return put(ctx, s.c, statusKey(st.ID), st)
 }
 
-// GetStatus reads a VM's reported status (api.ErrNotFound if none yet).
-func (s *Store) GetStatus(ctx context.Context, name string) (api.VMStatus, error) {
-	v, _, err := get[api.VMStatus](ctx, s.c, statusKey(name), "status of "+vmWhat(name))
+// GetStatus reads the reported status of the VM with this id
+// (api.ErrNotFound if none yet).
+func (s *Store) GetStatus(ctx context.Context, id string) (api.VMStatus, error) {
+	v, _, err := get[api.VMStatus](ctx, s.c, statusKey(id), "status of vm "+id)
 	return v, err
 }
 
-// ListStatuses returns every reported VM status keyed by VM name.
+// ListStatuses returns every reported VM status keyed by VM id.
 func (s *Store) ListStatuses(ctx context.Context) (map[string]api.VMStatus, error) {
 	resp, err := s.c.Get(ctx, StatusPrefix, clientv3.WithPrefix())
 	if err != nil {
@@ -160,6 +170,30 @@ func (s *Store) UsedIPs(ctx context.Context, network string) ([]string, error) {
 // PutHost registers or refreshes a host record.
 func (s *Store) PutHost(ctx context.Context, h api.Host) error {
 	return put(ctx, s.c, hostKey(h.Name), h)
+}
+
+// ClaimHost creates or refreshes a host record for the machine whose
+// identity is h.ID: fn decides, given the current record (nil if none),
+// whether the claim may proceed and what to write.
+func (s *Store) ClaimHost(ctx context.Context, h api.Host, fn func(cur *api.Host) (api.Host, error)) error {
+	if _, err := s.GetHost(ctx, h.Name); api.IsNotFound(err) {
+		nh, err := fn(nil)
+		if err != nil {
+			return err
+		}
+		if err := create(ctx, s.c, hostKey(h.Name), fmt.Sprintf("host %q", h.Name), nh); err == nil || !errors.Is(err, api.ErrConflict) {
+			return err
+		}
+	}
+	_, err := update(ctx, s.c, hostKey(h.Name), fmt.Sprintf("host %q", h.Name), func(cur *api.Host) error {
+		nh, err := fn(cur)
+		if err != nil {
+			return err
+		}
+		*cur = nh
+		return nil
+	})
+	return err
 }
 
 // GetHost reads a host record.

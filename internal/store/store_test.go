@@ -13,27 +13,32 @@ import (
 func TestVMLifecycleRecords(t *testing.T) {
 	ctx := context.Background()
 	s := storetest.New(t)
-	v := api.VMSpec{Name: "web1", ID: "a1", Network: "default", IP: "10.0.0.10", Power: api.PowerStopped}
-	if err := s.CreateVM(ctx, v); err != nil {
+	v := api.VMSpec{Name: "web1", ID: "a1", Network: "default", IP: "10.0.0.10", MAC: "52:54:00:00:00:01", Power: api.PowerStopped}
+	if _, err := s.CreateVM(ctx, v); err != nil {
 		t.Fatal(err)
 	}
 	dup := v
-	dup.ID, dup.IP = "a2", "10.0.0.11"
-	if err := s.CreateVM(ctx, dup); !errors.Is(err, api.ErrConflict) || err.Error() != `vm "web1" already exists` {
+	dup.ID, dup.IP, dup.MAC = "a2", "10.0.0.11", "52:54:00:00:00:02"
+	if _, err := s.CreateVM(ctx, dup); !errors.Is(err, api.ErrConflict) || err.Error() != `vm "web1" already exists` {
 		t.Fatalf("duplicate name: got %v", err)
 	}
-	other := api.VMSpec{Name: "web2", ID: "b1", Network: "default", IP: "10.0.0.10"}
-	if err := s.CreateVM(ctx, other); !errors.Is(err, api.ErrConflict) {
+	other := api.VMSpec{Name: "web2", ID: "b1", Network: "default", IP: "10.0.0.10", MAC: "52:54:00:00:00:03"}
+	if _, err := s.CreateVM(ctx, other); !errors.Is(err, api.ErrConflict) {
 		t.Fatalf("taken address: got %v", err)
 	}
 	if _, err := s.GetVM(ctx, "web2"); !api.IsNotFound(err) {
 		t.Fatalf("failed create left a record: %v", err)
 	}
+	sameMAC := api.VMSpec{Name: "web4", ID: "d1", Network: "default", IP: "10.0.0.13", MAC: v.MAC}
+	if _, err := s.CreateVM(ctx, sameMAC); !store.IsAddressTaken(err) {
+		t.Fatalf("duplicate MAC: got %v", err)
+	}
+	before, _ := s.GetVM(ctx, "web1")
 	got, err := s.UpdateVM(ctx, "web1", func(v *api.VMSpec) error { v.Power = api.PowerRunning; return nil })
-	if err != nil || got.Power != api.PowerRunning {
+	if err != nil || got.Power != api.PowerRunning || got.Rev <= before.Rev || before.Rev == 0 {
 		t.Fatalf("update: %v %+v", err, got)
 	}
-	if err := s.PutStatus(ctx, "web1", api.VMStatus{ID: "a1", State: api.StateRunning}); err != nil {
+	if err := s.PutStatus(ctx, api.VMStatus{ID: "a1", State: api.StateRunning}); err != nil {
 		t.Fatal(err)
 	}
 	ips, _ := s.UsedIPs(ctx, "default")
@@ -46,10 +51,13 @@ func TestVMLifecycleRecords(t *testing.T) {
 	if err := s.RemoveVM(ctx, v); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetStatus(ctx, "web1"); !api.IsNotFound(err) {
+	if _, err := s.GetStatus(ctx, "a1"); !api.IsNotFound(err) {
 		t.Fatalf("status left behind: %v", err)
 	}
-	if ips, _ := s.UsedIPs(ctx, "default"); len(ips) != 0 {
+	if _, err := s.CreateVM(ctx, api.VMSpec{Name: "web3", ID: "c1", Network: "default", IP: "10.0.0.12", MAC: v.MAC}); err != nil {
+		t.Fatalf("MAC of a removed VM not reusable: %v", err)
+	}
+	if ips, _ := s.UsedIPs(ctx, "default"); len(ips) != 1 || ips[0] != "10.0.0.12" {
 		t.Fatalf("address left allocated: %v", ips)
 	}
 }
