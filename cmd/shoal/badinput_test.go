@@ -78,7 +78,7 @@ func TestIntegrationBadInput(t *testing.T) {
 		{"unknown field", "POST", "/v1/vms", `{"name":"x","image":"tiny","colour":"red"}`, token, http.StatusBadRequest},
 		{"empty body", "POST", "/v1/vms", ``, token, http.StatusBadRequest},
 		{"trailing data", "POST", "/v1/vms", `{"name":"x","image":"tiny"} {}`, token, http.StatusBadRequest},
-		{"unknown action", "POST", "/v1/vms/exists/explode", ``, token, http.StatusNotFound},
+		{"unknown action", "POST", "/v1/vms/exists/explode", ``, token, http.StatusBadRequest},
 		{"unknown endpoint", "GET", "/v1/nothing", ``, token, http.StatusNotFound},
 	}
 	for _, c := range raw {

@@ -30,18 +30,18 @@ type VMSpec struct {
 
 // VMStatus is what the VM's host reports about it.
 type VMStatus struct {
-	ID         string    `json:"id"`
-	Host       string    `json:"host"`
-	State      string    `json:"state"`
-	PID        int       `json:"pid,omitempty"`
-	Accel      string    `json:"accel,omitempty"`
-	Error      string    `json:"error,omitempty"`
-	RestartGen int       `json:"restart_gen,omitempty"`
+	ID         string `json:"id"`
+	Host       string `json:"host"`
+	State      string `json:"state"`
+	PID        int    `json:"pid,omitempty"`
+	Accel      string `json:"accel,omitempty"`
+	Error      string `json:"error,omitempty"`
+	RestartGen int    `json:"restart_gen,omitempty"`
 	// ObservedRev is the spec revision the host last acted on; API calls
 	// wait for it to reach the revision their change was written at.
-	ObservedRev int64 `json:"observed_rev,omitempty"`
-	StartedAt  time.Time `json:"started_at,omitzero"`
-	UpdatedAt  time.Time `json:"updated_at"`
+	ObservedRev int64     `json:"observed_rev,omitempty"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // MergeVM builds the API view of a VM from its spec and its host's status

@@ -33,9 +33,9 @@ func TestMergeVMStatus(t *testing.T) {
 	started := time.Date(2025, 1, 2, 3, 5, 0, 0, time.UTC)
 	updated := started.Add(time.Minute)
 	current := &api.VMStatus{ID: "abc123", Host: "host1", State: api.StateRunning, PID: 4242,
-		Accel: "kvm", Error: "", RestartGen: 3, StartedAt: started, UpdatedAt: updated}
+		Accel: "kvm", Error: "", RestartGen: 3, ObservedRev: 17, StartedAt: started, UpdatedAt: updated}
 	stale := &api.VMStatus{ID: "old999", Host: "host2", State: api.StateFailed, PID: 1,
-		Accel: "tcg", Error: "qemu died", RestartGen: 7, StartedAt: started, UpdatedAt: updated}
+		Accel: "tcg", Error: "qemu died", RestartGen: 7, ObservedRev: 99, StartedAt: started, UpdatedAt: updated}
 
 	tests := []struct {
 		name     string
@@ -45,12 +45,12 @@ func TestMergeVMStatus(t *testing.T) {
 	}{
 		{"no status yet", false, nil, api.VM{State: api.StateCreating}},
 		{"status of this VM", false, current, api.VM{State: api.StateRunning, PID: 4242, Accel: "kvm",
-			RestartGen: 3, StartedAt: started, UpdatedAt: updated}},
+			RestartGen: 3, ObservedRev: 17, StartedAt: started, UpdatedAt: updated}},
 		{"stale status of an earlier VM with the same name", false, stale, api.VM{State: api.StateCreating}},
 		{"status with empty id", false, &api.VMStatus{State: api.StateRunning}, api.VM{State: api.StateCreating}},
 		{"deleting, no status", true, nil, api.VM{State: api.StateDeleting}},
 		{"deleting overrides running", true, current, api.VM{State: api.StateDeleting, PID: 4242, Accel: "kvm",
-			RestartGen: 3, StartedAt: started, UpdatedAt: updated}},
+			RestartGen: 3, ObservedRev: 17, StartedAt: started, UpdatedAt: updated}},
 		{"deleting with stale status", true, stale, api.VM{State: api.StateDeleting}},
 	}
 	for _, tc := range tests {
@@ -59,7 +59,7 @@ func TestMergeVMStatus(t *testing.T) {
 			s.Deleting = tc.deleting
 			vm := api.MergeVM(s, tc.st)
 			got := api.VM{State: vm.State, PID: vm.PID, Accel: vm.Accel, Error: vm.Error,
-				RestartGen: vm.RestartGen, StartedAt: vm.StartedAt, UpdatedAt: vm.UpdatedAt}
+				RestartGen: vm.RestartGen, ObservedRev: vm.ObservedRev, StartedAt: vm.StartedAt, UpdatedAt: vm.UpdatedAt}
 			if got != tc.want {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}

@@ -57,18 +57,22 @@ func ParseSize(s string) (int64, error) {
 	return int64(b), nil
 }
 
-// FormatSize renders bytes in the largest binary unit that keeps it exact
-// to one decimal, e.g. 268435456 -> "256M".
+// FormatSize renders bytes exactly, in the largest binary unit that
+// shows them with at most one decimal, e.g. 268435456 -> "256M",
+// 1610612736 -> "1.5G", 1025 -> "1025".
 func FormatSize(b int64) string {
-	units := []string{"", "K", "M", "G", "T"}
-	f := float64(b)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
+	units := []string{"T", "G", "M", "K"}
+	for i, u := range units {
+		size := int64(1) << (10 * (len(units) - i))
+		rem := b % size
+		switch {
+		case b < size:
+			continue
+		case rem == 0:
+			return fmt.Sprintf("%d%s", b/size, u)
+		case rem*10%size == 0:
+			return fmt.Sprintf("%d.%d%s", b/size, rem*10/size, u)
+		}
 	}
-	if f == float64(int64(f)) {
-		return fmt.Sprintf("%d%s", int64(f), units[i])
-	}
-	return fmt.Sprintf("%.1f%s", f, units[i])
+	return fmt.Sprint(b)
 }

@@ -189,3 +189,23 @@ func TestFormatSizeRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FormatSize promises "the largest binary unit that keeps it exact to one
+// decimal"; sizes that no unit renders exactly must not be rounded.
+func TestFormatSizeNeverRounds(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{1025, "1025"},
+		{1100, "1100"},
+		{1048575, "1048575"},
+		{1<<30 + 1<<20, "1025M"},
+		{64<<20 + 1, "67108865"},
+	}
+	for _, tc := range tests {
+		if got := api.FormatSize(tc.in); got != tc.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -74,7 +74,7 @@ type StopRequest struct {
 type Host struct {
 	Name          string    `json:"name"`
 	ID            string    `json:"id,omitempty"` // identity of the machine that claimed the name
-	State         string    `json:"state"` // up, down, maintenance
+	State         string    `json:"state"`        // up, down, maintenance
 	Address       string    `json:"address,omitempty"`
 	CPUModel      string    `json:"cpu_model,omitempty"`
 	CPUs          int       `json:"cpus"`

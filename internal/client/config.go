@@ -55,6 +55,7 @@ func SaveConfig(path string, c Config) error {
 	}
 	b, _ := json.MarshalIndent(c, "", "  ")
 	tmp := path + ".tmp"
+	_ = os.Remove(tmp) // a leftover could carry looser permissions
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -21,6 +22,9 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 	name, action := r.PathValue("name"), r.PathValue("action")
 	ws, err := s.wantWait(r)
 	if err != nil {
+		return err
+	}
+	if _, err := applyAction(&api.VMSpec{Power: api.PowerStopped}, "", action, true); errors.Is(err, api.ErrInvalid) {
 		return err
 	}
 	var stop api.StopRequest
@@ -89,7 +93,7 @@ func applyAction(sp *api.VMSpec, state, action string, force bool) (func(api.VM)
 		sp.Power = api.PowerRunning
 		return is(api.StateRunning), nil
 	}
-	return nil, api.Errorf(api.ErrNotFound, "unknown action %q: use start, stop, restart, pause or resume", action)
+	return nil, api.Errorf(api.ErrInvalid, "unknown action %q: use start, stop, restart, pause or resume", action)
 }
 
 func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {

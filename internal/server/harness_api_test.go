@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,14 +21,18 @@ import (
 const apiTestToken = "test-token-0123456789"
 
 // apiHarness is a Server over a throwaway etcd, seeded by hand: a token,
-// the default network, hosts and the 64 MiB "tiny" image. No agent runs,
-// so nothing converges unless the test plays the host itself.
+// the default network, hosts and the 64 MiB "tiny" image. No agent runs;
+// a fake host loop (see fakeHost) plays the hosts' part in the store so
+// that calls that wait for convergence return.
 type apiHarness struct {
 	t   *testing.T
 	st  *store.Store
 	srv *Server
 	cfg Config
 	url string
+
+	mu     sync.Mutex
+	frozen map[string]bool // VMs the fake host leaves alone
 }
 
 func testHost(name string, memMiB int64, cpus int) api.Host {
@@ -60,7 +65,96 @@ func newAPIHarnessHosts(t *testing.T, hosts ...api.Host) *apiHarness {
 	srv := New(cfg, st, slog.New(slog.DiscardHandler))
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)
-	return &apiHarness{t: t, st: st, srv: srv, cfg: cfg, url: ts.URL}
+	h := &apiHarness{t: t, st: st, srv: srv, cfg: cfg, url: ts.URL, frozen: map[string]bool{}}
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); h.fakeHost(fctx) }()
+	// Cleanups run last-in first-out: the loop stops before etcd does.
+	t.Cleanup(func() { cancel(); <-done })
+	return h
+}
+
+// freeze makes the fake host ignore a VM from now on: its status stays
+// what it was (or what the test writes with report) and it is not
+// removed when deleting.
+func (h *apiHarness) freeze(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.frozen[name] = true
+}
+
+func (h *apiHarness) unfreeze(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.frozen, name)
+}
+
+func (h *apiHarness) isFrozen(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.frozen[name]
+}
+
+// fakeHost stands in for the agents, through the store only: every few
+// milliseconds it reports each VM in the state its desired power asks
+// for (having "observed" the spec's revision), carries out restarts, and
+// removes VMs marked for deletion. It is a test fake, not a model of the
+// agent's timing.
+func (h *apiHarness) fakeHost(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		specs, _, err := h.st.ListVMs(ctx)
+		if err != nil {
+			continue
+		}
+		sts, err := h.st.ListStatuses(ctx)
+		if err != nil {
+			continue
+		}
+		for _, sp := range specs {
+			if h.isFrozen(sp.Name) {
+				continue
+			}
+			if sp.Deleting {
+				_ = h.st.RemoveVM(ctx, sp)
+				continue
+			}
+			want := map[string]string{
+				api.PowerStopped: api.StateStopped,
+				api.PowerRunning: api.StateRunning,
+				api.PowerPaused:  api.StatePaused,
+			}[sp.Power]
+			cur, ok := sts[sp.ID]
+			if ok && cur.ID == sp.ID && cur.State == want && cur.RestartGen == sp.RestartGen && cur.ObservedRev >= sp.Rev {
+				continue
+			}
+			_ = h.st.PutStatus(ctx, api.VMStatus{ID: sp.ID, Host: sp.Host, State: want,
+				Accel: "kvm", RestartGen: sp.RestartGen, ObservedRev: sp.Rev})
+		}
+	}
+}
+
+// report writes a host's report about VM name, as of its current spec
+// revision; st.ID defaults to the spec's id.
+func (h *apiHarness) report(name string, st api.VMStatus) {
+	h.t.Helper()
+	sp := h.spec(name)
+	if st.ID == "" {
+		st.ID = sp.ID
+	}
+	if st.Host == "" {
+		st.Host = sp.Host
+	}
+	if st.ObservedRev == 0 {
+		st.ObservedRev = sp.Rev
+	}
+	must(h.t, h.st.PutStatus(context.Background(), st))
 }
 
 func must(t testing.TB, err error) {
@@ -153,11 +247,12 @@ func (r apiResp) decodeOK(t *testing.T, code int, v any) {
 	}
 }
 
-// createVM creates a VM without waiting and returns what the API answered.
+// createVM creates a VM, waiting (by default) for the fake host to
+// report it, and returns what the API answered.
 func (h *apiHarness) createVM(req api.CreateVMRequest) api.VM {
 	h.t.Helper()
 	var vm api.VM
-	h.call("POST", "/v1/vms?wait=false", req).decodeOK(h.t, http.StatusCreated, &vm)
+	h.call("POST", "/v1/vms?timeout=10s", req).decodeOK(h.t, http.StatusCreated, &vm)
 	return vm
 }
 

@@ -93,7 +93,12 @@ func (s *Server) routes() {
 
 // ServeHTTP authenticates every request, then routes it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	hdr := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(hdr, "Bearer ")
+	if !ok && hdr != "" {
+		s.writeError(w, r, api.Errorf(api.ErrUnauthorized, "invalid API token: send 'Authorization: Bearer TOKEN'"))
+		return
+	}
 	if _, err := s.st.CheckToken(r.Context(), strings.TrimSpace(tok)); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -127,7 +132,7 @@ func decode(r *http.Request, v any) error {
 		}
 		return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return api.Errorf(api.ErrInvalid, "malformed JSON body: trailing data after the object")
 	}
 	return nil

@@ -185,12 +185,12 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if _, err := s.st.GetVM(ctx, req.Name); err == nil {
+		return api.Errorf(api.ErrConflict, "vm %q already exists", req.Name)
+	}
 	sp, err := s.planVM(ctx, req)
 	if err != nil {
 		return err
-	}
-	if _, err := s.st.GetVM(ctx, sp.Name); err == nil {
-		return api.Errorf(api.ErrConflict, "vm %q already exists", sp.Name)
 	}
 	if req.Start {
 		sp.Power = api.PowerRunning

@@ -26,8 +26,8 @@ func New(c *clientv3.Client) *Store { return &Store{c: c} }
 func (s *Store) Client() *clientv3.Client { return s.c }
 
 func vmKey(name string) string        { return key("vms", name) }
-func statusKey(id string) string { return key("vmstatus", id) }
-func macKey(mac string) string  { return key("macs", mac) }
+func statusKey(id string) string      { return key("vmstatus", id) }
+func macKey(mac string) string        { return key("macs", mac) }
 func ipKey(network, ip string) string { return key("ipam", network, ip) }
 func hostKey(name string) string      { return key("hosts", name) }
 func imageKey(name string) string     { return key("images", name) }
