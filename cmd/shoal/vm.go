@@ -67,6 +67,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Pool, "pool", "", "storage pool (default: local)")
 	f.StringVar(&req.Host, "host", "", "pin to this host")
 	f.BoolVar(&req.HA, "ha", false, "restart on another host if its host fails")
+	f.StringVar(&req.AntiAffinity, "anti-affinity", "", "never place two VMs of this group on one host")
 	f.BoolVar(&req.Start, "start", false, "start it once created")
 	f.StringVar(&userData, "user-data", "", "cloud-init user-data file")
 	return cmd

@@ -5,24 +5,25 @@ import "time"
 // VMSpec is the desired state of a VM as kept in the store. The API writes
 // it; the VM's host reads it and converges on it.
 type VMSpec struct {
-	Name       string    `json:"name"`
-	ID         string    `json:"id"` // short random id; names may be reused, ids never
-	Image      string    `json:"image"`
-	CPUs       int       `json:"cpus"`
-	MemoryMiB  int64     `json:"memory_mib"`
-	DiskBytes  int64     `json:"disk_bytes"`
-	Network    string    `json:"network"`
-	Pool       string    `json:"pool"`
-	Host       string    `json:"host"` // the owner: the only host that may run it
-	HA         bool      `json:"ha,omitempty"`
-	MAC        string    `json:"mac"`
-	IP         string    `json:"ip"`
-	UserData   string    `json:"user_data,omitempty"`
-	Power      string    `json:"power"`                 // PowerRunning, PowerStopped, PowerPaused
-	StopForce  bool      `json:"stop_force,omitempty"`  // the pending stop skips the ACPI grace period
-	RestartGen int       `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
-	Deleting   bool      `json:"deleting,omitempty"`
-	CreatedAt  time.Time `json:"created_at"`
+	Name         string    `json:"name"`
+	ID           string    `json:"id"` // short random id; names may be reused, ids never
+	Image        string    `json:"image"`
+	CPUs         int       `json:"cpus"`
+	MemoryMiB    int64     `json:"memory_mib"`
+	DiskBytes    int64     `json:"disk_bytes"`
+	Network      string    `json:"network"`
+	Pool         string    `json:"pool"`
+	Host         string    `json:"host"` // the owner: the only host that may run it
+	HA           bool      `json:"ha,omitempty"`
+	AntiAffinity string    `json:"anti_affinity,omitempty"` // VMs of one group never share a host
+	MAC          string    `json:"mac"`
+	IP           string    `json:"ip"`
+	UserData     string    `json:"user_data,omitempty"`
+	Power        string    `json:"power"`                 // PowerRunning, PowerStopped, PowerPaused
+	StopForce    bool      `json:"stop_force,omitempty"`  // the pending stop skips the ACPI grace period
+	RestartGen   int       `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
+	Deleting     bool      `json:"deleting,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
 
 	// Rev is the store revision this spec was read at (not stored).
 	Rev int64 `json:"-"`
@@ -50,7 +51,7 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 	vm := VM{
 		Name: s.Name, ID: s.ID, Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
 		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
-		Network: s.Network, Pool: s.Pool, HA: s.HA, Power: s.Power,
+		Network: s.Network, Pool: s.Pool, HA: s.HA, AntiAffinity: s.AntiAffinity, Power: s.Power,
 		CreatedAt: s.CreatedAt, State: StateCreating,
 	}
 	if st != nil && st.ID == s.ID {

@@ -25,26 +25,27 @@ const (
 // VM is a virtual machine as the API shows it: its spec merged with the
 // status its host reports.
 type VM struct {
-	Name      string    `json:"name"`
-	ID        string    `json:"id"`
-	State     string    `json:"state"`
-	Host      string    `json:"host"`
-	IP        string    `json:"ip"`
-	MAC       string    `json:"mac"`
-	Image     string    `json:"image"`
-	CPUs      int       `json:"cpus"`
-	MemoryMiB int64     `json:"memory_mib"`
-	DiskBytes int64     `json:"disk_bytes"`
-	Network   string    `json:"network"`
-	Pool      string    `json:"pool"`
-	HA        bool      `json:"ha"`
-	Power     string    `json:"power"` // desired power state
-	Accel     string    `json:"accel,omitempty"`
-	PID       int       `json:"pid,omitempty"`
-	Error     string    `json:"error,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	StartedAt time.Time `json:"started_at,omitzero"`
-	UpdatedAt time.Time `json:"updated_at,omitzero"` // of the host's last report
+	Name         string    `json:"name"`
+	ID           string    `json:"id"`
+	State        string    `json:"state"`
+	Host         string    `json:"host"`
+	IP           string    `json:"ip"`
+	MAC          string    `json:"mac"`
+	Image        string    `json:"image"`
+	CPUs         int       `json:"cpus"`
+	MemoryMiB    int64     `json:"memory_mib"`
+	DiskBytes    int64     `json:"disk_bytes"`
+	Network      string    `json:"network"`
+	Pool         string    `json:"pool"`
+	HA           bool      `json:"ha"`
+	AntiAffinity string    `json:"anti_affinity,omitempty"`
+	Power        string    `json:"power"` // desired power state
+	Accel        string    `json:"accel,omitempty"`
+	PID          int       `json:"pid,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	UpdatedAt    time.Time `json:"updated_at,omitzero"` // of the host's last report
 
 	RestartGen  int   `json:"restart_gen,omitempty"`  // restarts the host has carried out
 	ObservedRev int64 `json:"observed_rev,omitempty"` // spec revision the host has acted on
@@ -52,17 +53,18 @@ type VM struct {
 
 // CreateVMRequest is the body of POST /v1/vms.
 type CreateVMRequest struct {
-	Name     string `json:"name"`
-	Image    string `json:"image"`
-	CPUs     int    `json:"cpus,omitempty"`
-	Memory   string `json:"memory,omitempty"` // e.g. "256M"; default 256M
-	Disk     string `json:"disk,omitempty"`   // e.g. "2G"; default: the image's size
-	Network  string `json:"network,omitempty"`
-	Pool     string `json:"pool,omitempty"`
-	Host     string `json:"host,omitempty"`
-	HA       bool   `json:"ha,omitempty"`
-	Start    bool   `json:"start,omitempty"`
-	UserData string `json:"user_data,omitempty"`
+	Name         string `json:"name"`
+	Image        string `json:"image"`
+	CPUs         int    `json:"cpus,omitempty"`
+	Memory       string `json:"memory,omitempty"` // e.g. "256M"; default 256M
+	Disk         string `json:"disk,omitempty"`   // e.g. "2G"; default: the image's size
+	Network      string `json:"network,omitempty"`
+	Pool         string `json:"pool,omitempty"`
+	Host         string `json:"host,omitempty"`
+	HA           bool   `json:"ha,omitempty"`
+	AntiAffinity string `json:"anti_affinity,omitempty"`
+	Start        bool   `json:"start,omitempty"`
+	UserData     string `json:"user_data,omitempty"`
 }
 
 // StopRequest is the body of POST /v1/vms/{name}/stop.

@@ -33,7 +33,7 @@ func (p *placer) explain(hs []Host, rejs []reject) []Rejection {
 	n := 0
 	for _, r := range rejs {
 		switch r.why {
-		case rNotUp, rFeatures, rMemory, rCPU:
+		case rNotUp, rFeatures, rMemory, rCPU, rCPUCount:
 			n++
 		}
 	}
@@ -67,6 +67,11 @@ func (p *placer) explain(hs []Host, rejs []reject) []Rejection {
 		case rCPU:
 			b.Write(strconv.AppendInt(num[:0], max(r.free, 0), 10))
 			b.WriteString(" vCPUs free, needs ")
+			b.Write(strconv.AppendInt(num[:0], int64(p.req.CPUs), 10))
+		case rCPUCount:
+			b.WriteString("has ")
+			b.Write(strconv.AppendInt(num[:0], int64(h.CPUs), 10))
+			b.WriteString(" CPUs, needs ")
 			b.Write(strconv.AppendInt(num[:0], int64(p.req.CPUs), 10))
 		default:
 			if same[r.why] == "" {
@@ -158,6 +163,8 @@ func (p *placer) summary(why reason) string {
 		return "short of memory"
 	case rCPU:
 		return "short of vCPUs"
+	case rCPUCount:
+		return "with too few CPUs"
 	}
 	return "rejected"
 }

@@ -15,6 +15,7 @@
 //	CPU compatibility  "CPU lacks feature(s) a, b"
 //	anti-affinity      `already runs a VM of group "g"`
 //	memory             "180 MiB free, needs 256 MiB"
+//	CPU count          "has 4 CPUs, needs 8" (a VM never gets more vCPUs than its host has CPUs)
 //	CPU                "2 vCPUs free, needs 4"
 //
 // A pinned request (Request.Host) considers only that host.
@@ -202,6 +203,7 @@ const (
 	rAntiAffinity
 	rMemory
 	rCPU
+	rCPUCount // the VM has more vCPUs than the host has CPUs
 	numReasons
 )
 
@@ -362,6 +364,9 @@ func (p *placer) check(h *Host, r *room) reason {
 	}
 	if p.req.AntiAffinity != "" && h.Groups[p.req.AntiAffinity] > 0 {
 		return rAntiAffinity
+	}
+	if p.req.CPUs > h.CPUs {
+		return rCPUCount
 	}
 	r.memCap = h.MemoryMiB
 	if p.memOC != 1 {

@@ -29,6 +29,7 @@ func used(mib int64) func(*Host)       { return func(h *Host) { h.AllocatedMiB =
 func usedCPUs(n int) func(*Host)       { return func(h *Host) { h.AllocatedCPUs = n } }
 func memory(mib int64) func(*Host)     { return func(h *Host) { h.MemoryMiB = mib } }
 func cpus(n int) func(*Host)           { return func(h *Host) { h.CPUs = n } }
+func allocCPUs(n int) func(*Host)      { return func(h *Host) { h.AllocatedCPUs = n } }
 func networks(n ...string) func(*Host) { return func(h *Host) { h.Networks = n } }
 func pools(p ...string) func(*Host)    { return func(h *Host) { h.Pools = p } }
 func features(f ...string) func(*Host) { return func(h *Host) { h.CPUFeatures = f } }
@@ -71,7 +72,7 @@ func TestFilters(t *testing.T) {
 		{"cpu default overcommit fits", host("h1", usedCPUs(12)), vm("v", 256, 4), Policy{}, ""},
 		{"cpu default overcommit short", host("h1", usedCPUs(14)), vm("v", 256, 4), Policy{}, "2 vCPUs free, needs 4"},
 		{"cpu no overcommit", host("h1", usedCPUs(2)), vm("v", 256, 4), Policy{CPUOvercommit: 1}, "2 vCPUs free, needs 4"},
-		{"cpu fractional overcommit", host("h1", cpus(3)), vm("v", 256, 5), Policy{CPUOvercommit: 1.5}, "4 vCPUs free, needs 5"},
+		{"cpu fractional overcommit", host("h1", cpus(3), allocCPUs(2)), vm("v", 256, 3), Policy{CPUOvercommit: 1.5}, "2 vCPUs free, needs 3"},
 		{"network present", host("h1", networks("default", "prod")), Request{Name: "v", Network: "prod"}, Policy{}, ""},
 		{"network missing", host("h1"), Request{Name: "v", Network: "prod"}, Policy{}, `no network "prod"`},
 		{"pool present", host("h1"), Request{Name: "v", Pool: "shared"}, Policy{}, ""},
@@ -568,10 +569,22 @@ func TestSummaryText(t *testing.T) {
 		rExcluded: "excluded", rDown: "down", rMaintenance: "in maintenance", rNotUp: "not up",
 		rNetwork: `without network "n"`, rPool: `without pool "p"`, rFeatures: "lacking CPU features",
 		rAntiAffinity: `already running group "g"`, rMemory: "short of memory", rCPU: "short of vCPUs",
+		rCPUCount: "with too few CPUs",
 	}
 	for why := fits + 1; why < numReasons; why++ {
 		if got := p.summary(why); got != want[why] {
 			t.Errorf("summary(%d) = %q, want %q", why, got, want[why])
 		}
+	}
+}
+
+func TestVMWiderThanHost(t *testing.T) {
+	hosts := []Host{{Name: "h1", State: "up", CPUs: 4, MemoryMiB: 4096}}
+	_, err := Place(hosts, Request{Name: "wide", CPUs: 8, MemoryMiB: 256}, Policy{})
+	if err == nil || err.Error() != `no host fits vm "wide": h1: has 4 CPUs, needs 8` {
+		t.Fatalf("got %v", err)
+	}
+	if d, err := Place(hosts, Request{Name: "ok", CPUs: 4, MemoryMiB: 256}, Policy{}); err != nil || d.Host != "h1" {
+		t.Fatalf("a VM as wide as its host: %v %+v", err, d)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
 )
 
@@ -33,6 +34,7 @@ type Config struct {
 	Hosts       map[string]HostAccess // hosts reachable from this server
 	HostTimeout time.Duration         // a host silent this long is down
 	WaitTimeout time.Duration         // longest an API call waits for a host
+	Policy      scheduler.Policy      // placement: spread or pack, overcommit
 	DefaultPool string
 	DefaultNet  string
 }

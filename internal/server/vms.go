@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
 )
 
@@ -72,11 +71,16 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
 // planVM validates a create request and turns it into a spec, without
 // side effects.
 func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpec, error) {
-	sp := api.VMSpec{Name: req.Name, Image: req.Image, CPUs: req.CPUs, HA: req.HA,
+	sp := api.VMSpec{Name: req.Name, Image: req.Image, CPUs: req.CPUs, HA: req.HA, AntiAffinity: req.AntiAffinity,
 		Network: req.Network, Pool: req.Pool, Host: req.Host, UserData: req.UserData,
 		Power: api.PowerStopped, CreatedAt: time.Now().UTC()}
 	if err := api.ValidateName("vm", sp.Name); err != nil {
 		return sp, err
+	}
+	if sp.AntiAffinity != "" {
+		if err := api.ValidateName("anti-affinity group", sp.AntiAffinity); err != nil {
+			return sp, err
+		}
 	}
 	if sp.CPUs == 0 {
 		sp.CPUs = 1
@@ -137,42 +141,54 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpe
 	return sp, nil
 }
 
-// placeVM picks the host for a new VM: the requested one, else the up host
-// with the most unallocated memory.
+// placeVM picks the host for a new VM with the scheduler.
 func (s *Server) placeVM(ctx context.Context, sp api.VMSpec) (string, error) {
-	hosts, err := s.hostViews(ctx)
+	hosts, err := s.st.ListHosts(ctx)
 	if err != nil {
 		return "", err
 	}
-	var why []string
-	best, bestFree := "", int64(-1)
-	for _, h := range hosts {
-		if sp.Host != "" && h.Name != sp.Host {
+	specs, _, err := s.st.ListVMs(ctx)
+	if err != nil {
+		return "", err
+	}
+	snap := placementSnapshot(hosts, specs, s.cfg.Pools, time.Now(), s.cfg.HostTimeout)
+	d, err := scheduler.Place(snap, scheduler.Request{
+		// Networks are cluster-wide (checked in planVM), so no host lacks one.
+		Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
+		Pool: sp.Pool, Host: sp.Host, AntiAffinity: sp.AntiAffinity,
+	}, s.cfg.Policy)
+	if err != nil {
+		return "", err
+	}
+	return d.Host, nil
+}
+
+// placementSnapshot turns host records and VM specs into what the
+// scheduler needs. Pure. Networks are cluster-wide; every host has the
+// given pools.
+func placementSnapshot(hosts []api.Host, specs []api.VMSpec, pools []string, now time.Time, timeout time.Duration) []scheduler.Host {
+	byName := make(map[string]int, len(hosts))
+	out := make([]scheduler.Host, len(hosts))
+	for i, h := range hosts {
+		byName[h.Name] = i
+		out[i] = scheduler.Host{Name: h.Name, State: hostState(h, now, timeout), CPUs: h.CPUs,
+			MemoryMiB: h.MemoryMiB, Pools: pools}
+	}
+	for _, v := range specs {
+		i, ok := byName[v.Host]
+		if !ok || v.Power == api.PowerStopped {
 			continue
 		}
-		free := h.MemoryMiB - h.AllocatedMiB
-		switch {
-		case h.State != api.HostUp:
-			why = append(why, fmt.Sprintf("%s: %s", h.Name, h.State))
-		case sp.MemoryMiB > h.MemoryMiB:
-			why = append(why, fmt.Sprintf("%s: has %d MiB of memory in all, needs %d MiB", h.Name, h.MemoryMiB, sp.MemoryMiB))
-		case sp.CPUs > h.CPUs:
-			why = append(why, fmt.Sprintf("%s: has %d CPUs, needs %d", h.Name, h.CPUs, sp.CPUs))
-		case free > bestFree:
-			best, bestFree = h.Name, free
+		out[i].AllocatedMiB += v.MemoryMiB
+		out[i].AllocatedCPUs += v.CPUs
+		if v.AntiAffinity != "" {
+			if out[i].Groups == nil {
+				out[i].Groups = map[string]int{}
+			}
+			out[i].Groups[v.AntiAffinity]++
 		}
 	}
-	if best != "" {
-		return best, nil
-	}
-	if sp.Host != "" && len(why) == 0 {
-		return "", api.Errorf(api.ErrNotFound, "host %q not found: see 'shoal host list'", sp.Host)
-	}
-	if len(why) == 0 {
-		return "", api.Errorf(api.ErrUnavailable, "no hosts have joined yet")
-	}
-	sort.Strings(why)
-	return "", api.Errorf(api.ErrCapacity, "no host fits vm %q: %s", sp.Name, strings.Join(why, "; "))
+	return out
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {

@@ -306,7 +306,7 @@ func TestAPIPlacementAndAllocation(t *testing.T) {
 		t.Errorf("vm e placed on %s, want host1", e.Host)
 	}
 	h.call("POST", "/v1/vms?wait=false", api.CreateVMRequest{Name: "f", Image: "tiny", Host: "host3"}).
-		wantError(t, http.StatusInsufficientStorage, "capacity", "host3: maintenance")
+		wantError(t, http.StatusInsufficientStorage, "capacity", "host3: in maintenance")
 	h.call("POST", "/v1/vms?wait=false", api.CreateVMRequest{Name: "f", Image: "tiny", Host: "host9"}).
 		wantError(t, http.StatusNotFound, "not_found", `host "host9" not found`)
 
