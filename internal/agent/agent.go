@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,11 +16,9 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
+	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/storage"
-	"github.com/shoalvm/shoal/internal/store"
 )
 
 // Config configures an agent.
@@ -34,13 +31,15 @@ type Config struct {
 	Accel       string        // "kvm" or "tcg"
 	AccelReason string        // why TCG, when it is
 	StopTimeout time.Duration // ACPI grace period before a stop is forced
-	Heartbeat   time.Duration
+	Address     string        // URL of this agent's own API, for the server (console, logs)
+	Heartbeat   time.Duration // how often the host renews its liveness
+	LeaseTTL    time.Duration // a host silent this long is down
 }
 
 // Agent runs the VMs of one host.
 type Agent struct {
 	cfg Config
-	st  *store.Store
+	cp  agentapi.ControlPlane
 	log *slog.Logger
 	mu  sync.Mutex
 	vms map[string]*worker // by VM id
@@ -52,17 +51,20 @@ type Agent struct {
 }
 
 // New returns an agent; Run starts it.
-func New(cfg Config, st *store.Store, log *slog.Logger) *Agent {
+func New(cfg Config, cp agentapi.ControlPlane, log *slog.Logger) *Agent {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 30 * time.Second
 	}
 	if cfg.Heartbeat == 0 {
-		cfg.Heartbeat = 5 * time.Second
+		cfg.Heartbeat = time.Second
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = max(3*cfg.Heartbeat, 3*time.Second)
 	}
 	if cfg.QEMU == "" {
 		cfg.QEMU = "qemu-system-x86_64"
 	}
-	return &Agent{cfg: cfg, st: st, log: log.With("host", cfg.Host), vms: map[string]*worker{}}
+	return &Agent{cfg: cfg, cp: cp, log: log.With("host", cfg.Host), vms: map[string]*worker{}}
 }
 
 func (a *Agent) vmDir(id string) string { return filepath.Join(a.cfg.Dir, "vms", id) }
@@ -78,7 +80,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, ErrHostClaimed) || ctx.Err() != nil {
+		if errors.Is(err, ErrHostClaimed) || errors.Is(err, api.ErrConflict) || ctx.Err() != nil {
 			return err
 		}
 		a.log.Warn("cannot register the host yet; retrying", "err", err)
@@ -88,24 +90,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
 	defer a.wg.Wait()
 	for ctx.Err() == nil {
-		rev, err := a.resync(ctx)
-		if err != nil {
-			a.log.Warn("resync failed, retrying", "err", err)
+		err := a.cp.WatchVMs(ctx, a.cfg.Host, func(ev agentapi.Event) error {
+			switch {
+			case ev.Snapshot:
+				a.resync(ctx, ev.Specs)
+			case ev.Spec != nil:
+				a.deliver(ctx, ev.Spec.ID, ev.Spec)
+			case ev.Gone != "":
+				a.deliver(ctx, ev.Gone, nil)
+			}
+			return nil
+		})
+		if ctx.Err() == nil {
+			a.log.Warn("lost the VM stream from the control plane; resyncing", "err", err)
 			sleep(ctx, time.Second)
-			continue
 		}
-		a.watch(ctx, rev+1)
 	}
 	return nil
 }
 
-// resync reads every VM spec and hands each local VM (and each leftover
-// state dir or disk) to its worker.
-func (a *Agent) resync(ctx context.Context) (int64, error) {
-	specs, rev, err := a.st.ListVMs(ctx)
-	if err != nil {
-		return 0, err
-	}
+// resync hands every VM of a fresh snapshot to its worker, and tells the
+// workers of VMs that are no longer ours (or leftovers with no VM at all).
+func (a *Agent) resync(ctx context.Context, specs []api.VMSpec) {
 	mine := map[string]api.VMSpec{}
 	for _, s := range specs {
 		if s.Host == a.cfg.Host {
@@ -127,10 +133,11 @@ func (a *Agent) resync(ctx context.Context) (int64, error) {
 		}
 	}
 	a.mu.Unlock()
-	return rev, nil
 }
 
-// localIDs lists the ids of VMs with a state dir or a disk on this host.
+// localIDs lists the ids of VMs with a state dir or a disk in a local
+// pool of this host. (Disks in shared pools belong to whichever host owns
+// their VM.)
 func (a *Agent) localIDs() map[string]bool {
 	ids := map[string]bool{}
 	ents, _ := os.ReadDir(filepath.Join(a.cfg.Dir, "vms"))
@@ -138,6 +145,9 @@ func (a *Agent) localIDs() map[string]bool {
 		ids[e.Name()] = true
 	}
 	for _, p := range a.cfg.Pools {
+		if p.Shared {
+			continue
+		}
 		files, _ := os.ReadDir(p.Dir)
 		for _, f := range files {
 			if id, ok := storage.DiskOwner(f.Name()); ok {
@@ -146,36 +156,6 @@ func (a *Agent) localIDs() map[string]bool {
 		}
 	}
 	return ids
-}
-
-func (a *Agent) watch(ctx context.Context, rev int64) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for resp := range a.st.Client().Watch(wctx, store.VMPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV()) {
-		if err := resp.Err(); err != nil {
-			a.log.Warn("watch ended, resyncing", "err", err)
-			return
-		}
-		for _, ev := range resp.Events {
-			var s api.VMSpec
-			if ev.Type == clientv3.EventTypeDelete {
-				if ev.PrevKv != nil && json.Unmarshal(ev.PrevKv.Value, &s) == nil {
-					a.deliver(ctx, s.ID, nil)
-				}
-				continue
-			}
-			if err := json.Unmarshal(ev.Kv.Value, &s); err != nil {
-				a.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
-				continue
-			}
-			s.Rev = ev.Kv.ModRevision
-			if s.Host == a.cfg.Host {
-				a.deliver(ctx, s.ID, &s)
-			} else {
-				a.deliver(ctx, s.ID, nil) // it moved away, or never was ours
-			}
-		}
-	}
 }
 
 // deliver hands the latest spec (nil: not ours any more) to the VM's

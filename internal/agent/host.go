@@ -24,16 +24,15 @@ func (w *worker) now() time.Time { return time.Now().UTC() }
 // ErrHostClaimed means another machine uses this host name.
 var ErrHostClaimed = errors.New("host name claimed by another machine")
 
-// claimGrace is how long a host record must have been silent before a
-// machine with another identity may take the name over.
-const claimGrace = 2 * time.Minute
-
 // HostInfo describes this machine as a Shoal host.
 func (a *Agent) HostInfo(ctx context.Context) api.Host {
 	a.infoOnce.Do(func() {
 		a.info = api.Host{
 			Name: a.cfg.Host, ID: a.id, State: api.HostUp, CPUs: runtime.NumCPU(),
-			CPUModel: cpuModel(), MemoryMiB: memTotalMiB(),
+			CPUModel: cpuModel(), MemoryMiB: memTotalMiB(), Address: a.cfg.Address,
+		}
+		for _, p := range a.cfg.Pools {
+			a.info.Pools = append(a.info.Pools, p.Name)
 		}
 		if out, err := exec.CommandContext(ctx, a.cfg.QEMU, "--version").Output(); err == nil {
 			a.info.QEMUVersion = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
@@ -54,20 +53,7 @@ func (a *Agent) register(ctx context.Context) error {
 	}
 	h := a.HostInfo(ctx)
 	h.LastHeartbeat = time.Now().UTC()
-	err := a.st.ClaimHost(ctx, h, func(cur *api.Host) (api.Host, error) {
-		if cur == nil {
-			return h, nil
-		}
-		if cur.ID != "" && cur.ID != h.ID && time.Since(cur.LastHeartbeat) < claimGrace {
-			return h, fmt.Errorf("%w: host %q is in use by another machine (id %s, heartbeat %s ago); give this one another --host name",
-				ErrHostClaimed, h.Name, cur.ID, time.Since(cur.LastHeartbeat).Round(time.Second))
-		}
-		if cur.State == api.HostMaintenance {
-			h.State = cur.State // set by an operator; not the agent's to change
-		}
-		return h, nil
-	})
-	if err != nil {
+	if err := a.cp.Register(ctx, h, a.cfg.LeaseTTL); err != nil {
 		return fmt.Errorf("register host %s: %w", h.Name, err)
 	}
 	a.log.Debug("host registered", "cpus", h.CPUs, "memory_mib", h.MemoryMiB, "accel", h.Accel)

@@ -54,8 +54,12 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		return err
 	} else if missing {
 		base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
-		if _, err := os.Stat(base); err != nil {
-			return api.Errorf(api.ErrNotFound, "image %q is not on host %s (%s missing)", s.Image, w.a.cfg.Host, base)
+		if missing, err := absent(base); err != nil {
+			return err
+		} else if missing {
+			if err := w.a.cp.FetchImage(ctx, s.Image, filepath.Join(w.a.cfg.ImageDir, s.Image)); err != nil {
+				return fmt.Errorf("bring image %q to host %s: %w", s.Image, w.a.cfg.Host, err)
+			}
 		}
 		if err := storage.CreateOverlay(ctx, base, disk, s.DiskBytes); err != nil {
 			return err
@@ -66,7 +70,7 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	if missing, err := absent(seed); err != nil {
 		return err
 	} else if missing {
-		n, err := w.a.st.GetNetwork(ctx, s.Network)
+		n, err := w.a.cp.Network(ctx, s.Network)
 		if err != nil {
 			return err
 		}
@@ -87,7 +91,7 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 // start launches the VM's QEMU. The tap is created here and handed to QEMU
 // as an open fd, so it disappears with QEMU and can never be orphaned.
 func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
-	n, err := w.a.st.GetNetwork(ctx, s.Network)
+	n, err := w.a.cp.Network(ctx, s.Network)
 	if err != nil {
 		return err
 	}
@@ -118,7 +122,7 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 		NICs:   []qemu.NIC{{MAC: s.MAC, TapFD: tap, ID: "net0"}},
 		Paused: s.Power == api.PowerPaused,
 	}
-	img, err := w.a.st.GetImage(ctx, s.Image)
+	img, err := w.a.cp.Image(ctx, s.Image)
 	if err != nil {
 		return err
 	}

@@ -156,7 +156,7 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	alive := w.alive()
 	if w.gen < 0 {
 		w.gen = s.RestartGen
-		if st, err := w.a.st.GetStatus(ctx, s.ID); err == nil {
+		if st, err := w.a.cp.Status(ctx, s.ID); err == nil {
 			w.gen = st.RestartGen // a restart asked for while we were away is still due
 		}
 	}
@@ -210,7 +210,7 @@ func (w *worker) remove(ctx context.Context, s *api.VMSpec) (bool, error) {
 		return false, err
 	}
 	if deleting {
-		if err := w.a.st.RemoveVM(ctx, *s); err != nil && !api.IsNotFound(err) {
+		if err := w.a.cp.Removed(ctx, *s); err != nil {
 			return false, fmt.Errorf("remove records: %w", err)
 		}
 		w.log.Info("vm deleted", "name", s.Name)
@@ -223,15 +223,9 @@ func (w *worker) remove(ctx context.Context, s *api.VMSpec) (bool, error) {
 // A newer intent (a start or restart written since) wins over it.
 func (w *worker) guestStopped(ctx context.Context, s *api.VMSpec) error {
 	w.log.Info("QEMU exited on its own; marking the VM stopped", "name", s.Name)
-	v, err := w.a.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
-		if v.ID != s.ID || v.Rev != s.Rev {
-			return errSuperseded
-		}
-		v.Power, v.StopForce = api.PowerStopped, false
-		return nil
-	})
+	v, err := w.a.cp.GuestStopped(ctx, *s)
 	switch {
-	case errors.Is(err, errSuperseded) || api.IsNotFound(err):
+	case errors.Is(err, api.ErrConflict) || api.IsNotFound(err):
 		w.guestExit = false // the newer spec decides; the next pass acts on it
 		w.poke()
 		return nil
@@ -241,8 +235,6 @@ func (w *worker) guestStopped(ctx context.Context, s *api.VMSpec) error {
 	w.guestExit = false
 	return w.report(ctx, &v, api.StateStopped, "the guest powered off (or QEMU exited): "+qemuLogTail(w.a.vmDir(w.id)))
 }
-
-var errSuperseded = errors.New("spec changed meanwhile")
 
 func (w *worker) setPaused(ctx context.Context, s *api.VMSpec) error {
 	qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
@@ -335,7 +327,7 @@ func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) e
 	if st == w.status && !w.dirty {
 		return nil
 	}
-	if err := w.a.st.PutStatus(ctx, st); err != nil {
+	if err := w.a.cp.Report(ctx, st); err != nil {
 		w.dirty = true
 		return fmt.Errorf("report status: %w", err)
 	}

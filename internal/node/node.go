@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shoalvm/shoal/internal/agent"
+	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/client"
 	"github.com/shoalvm/shoal/internal/hostcheck"
@@ -96,6 +97,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	defer closeEtcd()
 	st := store.New(etcd)
+	local := agentapi.NewLocal(st, log)
 	if err := ensureNetwork(ctx, st, o); err != nil {
 		return err
 	}
@@ -105,10 +107,10 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	ag := agent.New(agent.Config{
 		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
 		StopTimeout: o.StopTimeout,
-	}, st, log)
+	}, local, log)
 	srv := server.New(server.Config{
-		ImageDir: imageDir, Pools: []string{"local"},
-		Hosts: map[string]server.HostAccess{o.Host: ag},
+		ImageDir: imageDir,
+		Hosts: map[string]server.HostAccess{o.Host: ag}, Heartbeats: local,
 	}, st, log)
 	if _, err := st.GetImage(ctx, "tiny"); err != nil || !fileExists(filepath.Join(imageDir, "tiny", "disk.qcow2")) {
 		log.Info("building the tiny image")

@@ -37,7 +37,19 @@ type apiHarness struct {
 
 func testHost(name string, memMiB int64, cpus int) api.Host {
 	return api.Host{Name: name, State: api.HostUp, CPUs: cpus, MemoryMiB: memMiB,
-		Accel: "kvm", LastHeartbeat: time.Now().UTC()}
+		Accel: "kvm", LastHeartbeat: time.Now().UTC(), Pools: []string{"local"}}
+}
+
+// putHost records a host; one whose heartbeat is recent also gets a
+// liveness lease, as a registering agent would.
+func putHost(t *testing.T, st *store.Store, h api.Host) {
+	t.Helper()
+	ctx := context.Background()
+	must(t, st.PutHost(ctx, h))
+	if time.Since(h.LastHeartbeat) < time.Minute {
+		_, err := st.MarkAlive(ctx, h.Name, 30*time.Second)
+		must(t, err)
+	}
 }
 
 // newAPIHarness starts a server. Without hosts it seeds one: host1 with
@@ -58,10 +70,10 @@ func newAPIHarnessHosts(t *testing.T, hosts ...api.Host) *apiHarness {
 	must(t, st.PutToken(ctx, apiTestToken, store.TokenInfo{Name: "admin", Role: "admin", CreatedAt: time.Now()}))
 	must(t, st.PutNetwork(ctx, api.Network{Name: "default", Bridge: "shoal0", Subnet: "10.57.0.0/24", Gateway: "10.57.0.1"}))
 	for _, h := range hosts {
-		must(t, st.PutHost(ctx, h))
+		putHost(t, st, h)
 	}
 	must(t, st.PutImage(ctx, api.Image{Name: "tiny", Format: "qcow2", Source: "built: tiny", SizeBytes: 64 << 20, Kernel: true}))
-	cfg := Config{ImageDir: t.TempDir(), Pools: []string{"local"}, Hosts: nil}
+	cfg := Config{ImageDir: t.TempDir(), Hosts: nil}
 	srv := New(cfg, st, slog.New(slog.DiscardHandler))
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 )
@@ -18,10 +17,18 @@ func (s *Server) hostViews(ctx context.Context) ([]api.Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	alive, err := s.st.AliveHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
 	for i := range hosts {
 		h := &hosts[i]
-		h.State = hostState(*h, now, s.cfg.HostTimeout)
+		h.State = hostState(*h, alive[h.Name])
+		if s.cfg.Heartbeats != nil {
+			if t, ok := s.cfg.Heartbeats.LastHeartbeat(h.Name); ok {
+				h.LastHeartbeat = t.UTC()
+			}
+		}
 		for _, v := range specs {
 			if v.Host != h.Name {
 				continue
@@ -35,12 +42,13 @@ func (s *Server) hostViews(ctx context.Context) ([]api.Host, error) {
 	return hosts, nil
 }
 
-// hostState derives a host's state from its last heartbeat. Pure.
-func hostState(h api.Host, now time.Time, timeout time.Duration) string {
-	if h.State == api.HostMaintenance {
+// hostState derives a host's state from its record and whether its
+// liveness lease holds. Pure.
+func hostState(h api.Host, alive bool) string {
+	switch {
+	case h.State == api.HostMaintenance:
 		return h.State
-	}
-	if now.Sub(h.LastHeartbeat) > timeout {
+	case !alive:
 		return api.HostDown
 	}
 	return api.HostUp

@@ -27,11 +27,17 @@ type HostAccess interface {
 	LogPath(vmID string) string
 }
 
+// Heartbeats tells when a host last renewed its liveness through this
+// server.
+type Heartbeats interface {
+	LastHeartbeat(host string) (time.Time, bool)
+}
+
 // Config configures a Server.
 type Config struct {
 	ImageDir    string                // image library on this machine
-	Pools       []string              // storage pools VMs may use
 	Hosts       map[string]HostAccess // hosts reachable from this server
+	Heartbeats  Heartbeats            // when hosts last renewed their liveness here (optional)
 	HostTimeout time.Duration         // a host silent this long is down
 	WaitTimeout time.Duration         // longest an API call waits for a host
 	Policy      scheduler.Policy      // placement: spread or pack, overcommit

@@ -130,8 +130,10 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpe
 	if sp.Pool == "" {
 		sp.Pool = s.cfg.DefaultPool
 	}
-	if !contains(s.cfg.Pools, sp.Pool) {
-		return sp, api.Errorf(api.ErrNotFound, "storage pool %q not found: pools are %v", sp.Pool, s.cfg.Pools)
+	if pools, err := s.knownPools(ctx); err != nil {
+		return sp, err
+	} else if len(pools) > 0 && !contains(pools, sp.Pool) { // no pools at all: no hosts, said below
+		return sp, api.Errorf(api.ErrNotFound, "storage pool %q not found: pools are %v", sp.Pool, pools)
 	}
 	host, err := s.placeVM(ctx, sp)
 	if err != nil {
@@ -151,7 +153,11 @@ func (s *Server) placeVM(ctx context.Context, sp api.VMSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	snap := placementSnapshot(hosts, specs, s.cfg.Pools, time.Now(), s.cfg.HostTimeout)
+	alive, err := s.st.AliveHosts(ctx)
+	if err != nil {
+		return "", err
+	}
+	snap := placementSnapshot(hosts, specs, alive)
 	d, err := scheduler.Place(snap, scheduler.Request{
 		// Networks are cluster-wide (checked in planVM), so no host lacks one.
 		Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
@@ -163,16 +169,15 @@ func (s *Server) placeVM(ctx context.Context, sp api.VMSpec) (string, error) {
 	return d.Host, nil
 }
 
-// placementSnapshot turns host records and VM specs into what the
-// scheduler needs. Pure. Networks are cluster-wide; every host has the
-// given pools.
-func placementSnapshot(hosts []api.Host, specs []api.VMSpec, pools []string, now time.Time, timeout time.Duration) []scheduler.Host {
+// placementSnapshot turns host records, VM specs and liveness into what
+// the scheduler needs. Pure. Networks are cluster-wide.
+func placementSnapshot(hosts []api.Host, specs []api.VMSpec, alive map[string]bool) []scheduler.Host {
 	byName := make(map[string]int, len(hosts))
 	out := make([]scheduler.Host, len(hosts))
 	for i, h := range hosts {
 		byName[h.Name] = i
-		out[i] = scheduler.Host{Name: h.Name, State: hostState(h, now, timeout), CPUs: h.CPUs,
-			MemoryMiB: h.MemoryMiB, Pools: pools}
+		out[i] = scheduler.Host{Name: h.Name, State: hostState(h, alive[h.Name]), CPUs: h.CPUs,
+			MemoryMiB: h.MemoryMiB, Pools: h.Pools}
 	}
 	for _, v := range specs {
 		i, ok := byName[v.Host]
@@ -260,6 +265,23 @@ func (s *Server) allocateIP(ctx context.Context, network string) (string, error)
 		return "", api.Errorf(api.ErrCapacity, "network %s: %v", network, err)
 	}
 	return a.String(), nil
+}
+
+// knownPools lists the storage pools any host offers.
+func (s *Server) knownPools(ctx context.Context) ([]string, error) {
+	hosts, err := s.st.ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var pools []string
+	for _, h := range hosts {
+		for _, p := range h.Pools {
+			if !contains(pools, p) {
+				pools = append(pools, p)
+			}
+		}
+	}
+	return pools, nil
 }
 
 func newID() string {

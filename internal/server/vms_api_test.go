@@ -256,7 +256,7 @@ func TestAPIHostDown(t *testing.T) {
 	}
 
 	// The host heartbeats again: it is up and takes the VM.
-	must(t, h.st.PutHost(context.Background(), testHost("host1", 4096, 4)))
+	putHost(t, h.st, testHost("host1", 4096, 4))
 	h.call("GET", "/v1/hosts/host1", nil).decodeOK(t, http.StatusOK, &one)
 	if one.State != api.HostUp {
 		t.Fatalf("after a heartbeat state %q, want up", one.State)

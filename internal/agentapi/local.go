@@ -1,0 +1,178 @@
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/store"
+)
+
+// Local is the control plane as seen from inside the server: the store.
+type Local struct {
+	st  *store.Store
+	log *slog.Logger
+
+	mu     sync.Mutex
+	leases map[string]clientv3.LeaseID // host -> liveness lease
+	beats  map[string]time.Time        // host -> last heartbeat seen here
+}
+
+// NewLocal returns a control plane backed by the store.
+func NewLocal(st *store.Store, log *slog.Logger) *Local {
+	return &Local{st: st, log: log, leases: map[string]clientv3.LeaseID{}, beats: map[string]time.Time{}}
+}
+
+// LastHeartbeat returns when host last registered through this process.
+func (l *Local) LastHeartbeat(host string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.beats[host]
+	return t, ok
+}
+
+// claimGrace is how long a host record must have been silent before a
+// machine with another identity may take the name over.
+const claimGrace = 2 * time.Minute
+
+// Register implements Reporter. The host record is written when it
+// changes; liveness is an etcd lease renewed on every call.
+func (l *Local) Register(ctx context.Context, h api.Host, ttl time.Duration) error {
+	l.mu.Lock()
+	lease, known := l.leases[h.Name]
+	l.mu.Unlock()
+	if known {
+		if err := l.st.KeepAlive(ctx, lease); err == nil {
+			l.beat(h.Name)
+			return nil
+		}
+	}
+	alive, _ := l.st.HostAlive(ctx, h.Name)
+	err := l.st.ClaimHost(ctx, h, func(cur *api.Host) (api.Host, error) {
+		if cur == nil {
+			return h, nil
+		}
+		if cur.ID != "" && cur.ID != h.ID && (alive || time.Since(cur.LastHeartbeat) < claimGrace) {
+			return h, api.Errorf(api.ErrConflict, "host %q is in use by another machine (id %s); give this one another --host name", h.Name, cur.ID)
+		}
+		if cur.State == api.HostMaintenance {
+			h.State = cur.State // an operator's decision, not the agent's
+		}
+		return h, nil
+	})
+	if err != nil {
+		return fmt.Errorf("register host %s: %w", h.Name, err)
+	}
+	lease, err = l.st.MarkAlive(ctx, h.Name, ttl)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.leases[h.Name] = lease
+	l.mu.Unlock()
+	l.beat(h.Name)
+	return nil
+}
+
+func (l *Local) beat(host string) {
+	l.mu.Lock()
+	l.beats[host] = time.Now()
+	l.mu.Unlock()
+}
+
+// Report implements Reporter.
+func (l *Local) Report(ctx context.Context, st api.VMStatus) error { return l.st.PutStatus(ctx, st) }
+
+// Status implements Reporter.
+func (l *Local) Status(ctx context.Context, id string) (api.VMStatus, error) {
+	return l.st.GetStatus(ctx, id)
+}
+
+// GuestStopped implements Reporter.
+func (l *Local) GuestStopped(ctx context.Context, s api.VMSpec) (api.VMSpec, error) {
+	return l.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
+		if v.ID != s.ID || v.Rev != s.Rev {
+			return api.Errorf(api.ErrConflict, "vm %q changed meanwhile", s.Name)
+		}
+		v.Power, v.StopForce = api.PowerStopped, false
+		return nil
+	})
+}
+
+// Removed implements Reporter.
+func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
+	if err := l.st.RemoveVM(ctx, s); err != nil && !api.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// Network implements Catalog.
+func (l *Local) Network(ctx context.Context, name string) (api.Network, error) {
+	return l.st.GetNetwork(ctx, name)
+}
+
+// Image implements Catalog.
+func (l *Local) Image(ctx context.Context, name string) (api.Image, error) {
+	return l.st.GetImage(ctx, name)
+}
+
+// FetchImage implements Catalog: a local agent shares the library.
+func (l *Local) FetchImage(context.Context, string, string) error { return nil }
+
+// WatchVMs implements Source with an etcd watch on the VM specs.
+func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error) error {
+	specs, rev, err := l.st.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	mine := make([]api.VMSpec, 0)
+	for _, s := range specs {
+		if s.Host == host {
+			mine = append(mine, s)
+		}
+	}
+	if err := fn(Event{Snapshot: true, Specs: mine}); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := l.st.Client().Watch(wctx, store.VMPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watch vms: %w", err)
+		}
+		for _, ev := range resp.Events {
+			var prev, cur api.VMSpec
+			if ev.PrevKv != nil {
+				_ = json.Unmarshal(ev.PrevKv.Value, &prev)
+			}
+			if ev.Type == clientv3.EventTypePut {
+				if err := json.Unmarshal(ev.Kv.Value, &cur); err != nil {
+					l.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
+					continue
+				}
+				cur.Rev = ev.Kv.ModRevision
+			}
+			var out Event
+			switch {
+			case cur.ID != "" && cur.Host == host:
+				out.Spec = &cur
+			case prev.ID != "" && prev.Host == host:
+				out.Gone = prev.ID // deleted, or moved to another host
+			default:
+				continue
+			}
+			if err := fn(out); err != nil {
+				return err
+			}
+		}
+	}
+	return ctx.Err()
+}
