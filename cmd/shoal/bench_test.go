@@ -77,7 +77,7 @@ func BenchmarkNodeMemory(b *testing.B) {
 }
 
 // plainLaunch starts the same VM with qemu-system-x86_64 directly.
-func (l *lab) plainLaunch(i int) (toRunning, toHTTP time.Duration) {
+func (l *testNode) plainLaunch(i int) (toRunning, toHTTP time.Duration) {
 	l.t.Helper()
 	ctx := context.Background()
 	dir := filepath.Join(l.dir, fmt.Sprintf("plain%d", i))
@@ -121,7 +121,7 @@ func (l *lab) plainLaunch(i int) (toRunning, toHTTP time.Duration) {
 }
 
 // pollHTTP asks the guest every 10 ms until it answers.
-func (l *lab) pollHTTP(ip string) {
+func (l *testNode) pollHTTP(ip string) {
 	l.t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {

@@ -56,8 +56,8 @@ func requireRoot(t testing.TB) {
 
 var nsSeq atomic.Int32
 
-// lab is one isolated Shoal node for a test.
-type lab struct {
+// testNode is one isolated Shoal node for a test.
+type testNode struct {
 	t    testing.TB
 	ns   string
 	dir  string
@@ -66,7 +66,7 @@ type lab struct {
 	env  []string
 }
 
-func newLab(t testing.TB) *lab {
+func newLab(t testing.TB) *testNode {
 	t.Helper()
 	requireRoot(t)
 	ns := fmt.Sprintf("shoalt%d-%d", os.Getpid(), nsSeq.Add(1))
@@ -77,14 +77,14 @@ func newLab(t testing.TB) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, ns: ns, dir: dir, env: []string{"SHOAL_CONFIG=" + filepath.Join(dir, "config.json")}}
+	l := &testNode{t: t, ns: ns, dir: dir, env: []string{"SHOAL_CONFIG=" + filepath.Join(dir, "config.json")}}
 	l.run("ip", "link", "set", "lo", "up")
 	t.Cleanup(l.cleanup)
 	return l
 }
 
 // run executes a command inside the lab's namespace.
-func (l *lab) run(args ...string) string {
+func (l *testNode) run(args ...string) string {
 	l.t.Helper()
 	out, err := exec.Command("ip", append([]string{"netns", "exec", l.ns}, args...)...).CombinedOutput()
 	if err != nil {
@@ -94,13 +94,13 @@ func (l *lab) run(args ...string) string {
 }
 
 // start runs 'shoal up' and waits until its API answers.
-func (l *lab) start(extraEnv ...string) {
+func (l *testNode) start(extraEnv ...string) {
 	l.t.Helper()
 	l.startWith(nil, extraEnv...)
 }
 
 // startWith runs 'shoal up' with extra flags and environment.
-func (l *lab) startWith(flags []string, extraEnv ...string) {
+func (l *testNode) startWith(flags []string, extraEnv ...string) {
 	l.t.Helper()
 	l.log = &bytes.Buffer{}
 	args := []string{"netns", "exec", l.ns, shoalBin, "up", "--data-dir", filepath.Join(l.dir, "data"),
@@ -126,7 +126,7 @@ func (l *lab) startWith(flags []string, extraEnv ...string) {
 
 // startFails runs 'shoal up' with flags that must make it fail, and
 // returns what it printed.
-func (l *lab) startFails(flags ...string) string {
+func (l *testNode) startFails(flags ...string) string {
 	l.t.Helper()
 	args := []string{"netns", "exec", l.ns, shoalBin, "up", "--data-dir", filepath.Join(l.dir, "data"), "--no-demo", "--accel", "tcg"}
 	cmd := exec.Command("ip", append(args, flags...)...)
@@ -149,7 +149,7 @@ func (l *lab) startFails(flags ...string) string {
 }
 
 // kill ends the node with SIGKILL, as a crash would.
-func (l *lab) kill() {
+func (l *testNode) kill() {
 	if l.node == nil || l.node.Process == nil {
 		return
 	}
@@ -159,7 +159,7 @@ func (l *lab) kill() {
 }
 
 // waitExit waits for a node that is expected to die (a crash point).
-func (l *lab) waitExit(d time.Duration) {
+func (l *testNode) waitExit(d time.Duration) {
 	l.t.Helper()
 	done := make(chan struct{})
 	go func() { _ = l.node.Wait(); close(done) }()
@@ -172,7 +172,7 @@ func (l *lab) waitExit(d time.Duration) {
 }
 
 // shoal runs the CLI inside the namespace against the node.
-func (l *lab) shoal(args ...string) (stdout, stderr string, err error) {
+func (l *testNode) shoal(args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns, shoalBin}, args...)...)
 	cmd.Env = append(os.Environ(), l.env...)
 	var o, e bytes.Buffer
@@ -181,7 +181,7 @@ func (l *lab) shoal(args ...string) (stdout, stderr string, err error) {
 	return o.String(), e.String(), err
 }
 
-func (l *lab) mustShoal(args ...string) string {
+func (l *testNode) mustShoal(args ...string) string {
 	l.t.Helper()
 	out, errOut, err := l.shoal(args...)
 	if err != nil {
@@ -190,7 +190,7 @@ func (l *lab) mustShoal(args ...string) string {
 	return out
 }
 
-func (l *lab) vm(name string) api.VM {
+func (l *testNode) vm(name string) api.VM {
 	l.t.Helper()
 	var vm api.VM
 	if err := json.Unmarshal([]byte(l.mustShoal("vm", "show", name, "-o", "json")), &vm); err != nil {
@@ -199,7 +199,7 @@ func (l *lab) vm(name string) api.VM {
 	return vm
 }
 
-func (l *lab) vmNames() []string {
+func (l *testNode) vmNames() []string {
 	l.t.Helper()
 	var vms []api.VM
 	if err := json.Unmarshal([]byte(l.mustShoal("vm", "list", "-o", "json")), &vms); err != nil {
@@ -219,7 +219,7 @@ type reply struct {
 }
 
 // get fetches http://ip/ from inside the namespace, as a client there would.
-func (l *lab) get(ip string) (reply, error) {
+func (l *testNode) get(ip string) (reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+ip+"/", nil)
@@ -251,14 +251,14 @@ func (l *lab) get(ip string) (reply, error) {
 }
 
 // httpClient makes its connections from inside the lab's namespace.
-func (l *lab) httpClient() *http.Client {
+func (l *testNode) httpClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: l.dial}}
 }
 
 // dial opens a TCP connection from inside the namespace: the socket is
 // made on an OS thread moved into the namespace, a thread that is then
 // thrown away rather than returned to Go's pool.
-func (l *lab) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+func (l *testNode) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	type result struct {
 		c   net.Conn
 		err error
@@ -285,7 +285,7 @@ func (l *lab) dial(ctx context.Context, network, addr string) (net.Conn, error) 
 }
 
 // waitServing polls the VM until it answers HTTP.
-func (l *lab) waitServing(ip string, d time.Duration) reply {
+func (l *testNode) waitServing(ip string, d time.Duration) reply {
 	l.t.Helper()
 	deadline := time.Now().Add(d)
 	var err error
@@ -301,7 +301,7 @@ func (l *lab) waitServing(ip string, d time.Duration) reply {
 }
 
 // qemuPids lists the QEMU processes whose command line mentions the lab's dir.
-func (l *lab) qemuPids() []int {
+func (l *testNode) qemuPids() []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -318,7 +318,7 @@ func (l *lab) qemuPids() []int {
 }
 
 // files lists what is left in the lab's VM state dirs and pools.
-func (l *lab) files() []string {
+func (l *testNode) files() []string {
 	var out []string
 	for _, d := range []string{"data/agent/vms", "data/pools/local"} {
 		ents, _ := os.ReadDir(filepath.Join(l.dir, d))
@@ -330,7 +330,7 @@ func (l *lab) files() []string {
 }
 
 // taps lists the tap devices in the namespace.
-func (l *lab) taps() []string {
+func (l *testNode) taps() []string {
 	out, _ := exec.Command("ip", "netns", "exec", l.ns, "ip", "-o", "link", "show", "type", "tun").CombinedOutput()
 	var taps []string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
@@ -341,7 +341,7 @@ func (l *lab) taps() []string {
 	return taps
 }
 
-func (l *lab) cleanup() {
+func (l *testNode) cleanup() {
 	l.kill()
 	for _, pid := range l.qemuPids() {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -355,7 +355,7 @@ func (l *lab) cleanup() {
 }
 
 // shoalStdin runs the CLI with the given standard input.
-func (l *lab) shoalStdin(stdin string, args ...string) (stdout, stderr string, err error) {
+func (l *testNode) shoalStdin(stdin string, args ...string) (stdout, stderr string, err error) {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", l.ns, shoalBin}, args...)...)
 	cmd.Env = append(os.Environ(), l.env...)
 	cmd.Stdin = strings.NewReader(stdin)
@@ -374,7 +374,7 @@ func unixClient(sock string) *http.Client {
 }
 
 // token reads the admin token 'shoal up' wrote to the CLI settings.
-func (l *lab) token() string {
+func (l *testNode) token() string {
 	l.t.Helper()
 	b, err := os.ReadFile(filepath.Join(l.dir, "config.json"))
 	if err != nil {

@@ -39,6 +39,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.server, "server", "", "API server: https://HOST:PORT or unix:///PATH (env SHOAL_SERVER)")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "API token (env SHOAL_TOKEN)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd())
+	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd(), serverCmd(), agentCmd(), clusterCmd(g))
+	root.AddCommand(labCmd(g))
 	return root
 }

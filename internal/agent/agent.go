@@ -32,6 +32,8 @@ type Config struct {
 	AccelReason string        // why TCG, when it is
 	StopTimeout time.Duration // ACPI grace period before a stop is forced
 	Address     string        // URL of this agent's own API, for the server (console, logs)
+	BridgeAddr  string        // this host's address on the VM bridge (CIDR); "" = the network's gateway
+	Uplink      string        // NIC to put into the VM bridge, joining it to the physical network
 	Heartbeat   time.Duration // how often the host renews its liveness
 	LeaseTTL    time.Duration // a host silent this long is down
 }

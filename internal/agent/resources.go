@@ -95,12 +95,8 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	if err != nil {
 		return err
 	}
-	subnet, err := netip.ParsePrefix(n.Subnet)
-	if err != nil {
-		return fmt.Errorf("network %s: bad subnet: %w", n.Name, err)
-	}
-	if err := netdev.EnsureBridge(ctx, n.Bridge, fmt.Sprintf("%s/%d", n.Gateway, subnet.Bits())); err != nil {
-		return fmt.Errorf("network %s: %w", n.Name, err)
+	if err := w.a.EnsureNetwork(ctx, n); err != nil {
+		return err
 	}
 	tap, err := netdev.OpenTap(ctx, netdev.TapName(s.ID), n.Bridge)
 	if err != nil {
@@ -138,6 +134,28 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	w.proc = p
 	w.status.StartedAt = w.now()
 	w.log.Info("vm started", "name", s.Name, "pid", p.Pid, "accel", cfg.Accel)
+	return nil
+}
+
+// EnsureNetwork makes the network's bridge on this host, with the host's
+// address on it and the uplink in it.
+func (a *Agent) EnsureNetwork(ctx context.Context, n api.Network) error {
+	addr := a.cfg.BridgeAddr
+	if addr == "" {
+		subnet, err := netip.ParsePrefix(n.Subnet)
+		if err != nil {
+			return fmt.Errorf("network %s: bad subnet: %w", n.Name, err)
+		}
+		addr = fmt.Sprintf("%s/%d", n.Gateway, subnet.Bits())
+	}
+	if err := netdev.EnsureBridge(ctx, n.Bridge, addr); err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	if a.cfg.Uplink != "" {
+		if err := netdev.AttachLink(ctx, a.cfg.Uplink, n.Bridge); err != nil {
+			return fmt.Errorf("network %s: %w", n.Name, err)
+		}
+	}
 	return nil
 }
 

@@ -16,9 +16,9 @@ import (
 // snapshot of all of them, then each change.
 type Event struct {
 	Snapshot  bool          `json:"snapshot,omitempty"`
-	Specs     []api.VMSpec  `json:"specs,omitempty"`      // with Snapshot
-	Spec      *api.VMSpec   `json:"spec,omitempty"`       // created or changed, with Rev set
-	Gone      string        `json:"gone,omitempty"`       // id of a VM no longer assigned here
+	Specs     []api.VMSpec  `json:"specs,omitempty"`     // with Snapshot
+	Spec      *api.VMSpec   `json:"spec,omitempty"`      // created or changed, with Rev set
+	Gone      string        `json:"gone,omitempty"`      // id of a VM no longer assigned here
 	Heartbeat time.Duration `json:"heartbeat,omitempty"` // keep-alive of the stream; ignore
 }
 

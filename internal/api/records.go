@@ -25,8 +25,9 @@ type VMSpec struct {
 	Deleting     bool      `json:"deleting,omitempty"`
 	CreatedAt    time.Time `json:"created_at"`
 
-	// Rev is the store revision this spec was read at (not stored).
-	Rev int64 `json:"-"`
+	// Rev is the store revision this spec was read at. The store never
+	// keeps it (it is the record's own revision); it travels to hosts.
+	Rev int64 `json:"rev,omitempty"`
 }
 
 // VMStatus is what the VM's host reports about it.

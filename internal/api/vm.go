@@ -85,7 +85,7 @@ type Host struct {
 	Accel         string    `json:"accel"` // kvm or tcg
 	AccelReason   string    `json:"accel_reason,omitempty"`
 	QEMUVersion   string    `json:"qemu_version,omitempty"`
-	Pools         []string  `json:"pools,omitempty"`   // storage pools the host has
+	Pools         []string  `json:"pools,omitempty"` // storage pools the host has
 	VMs           int       `json:"vms"`
 	LastHeartbeat time.Time `json:"last_heartbeat,omitzero"`
 }

@@ -267,3 +267,15 @@ func (c *Client) ImportImage(ctx context.Context, name string, r io.Reader) (api
 func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/images/"+esc(name), nil, nil)
 }
+
+// JoinToken is a one-time token for a machine to join as a host.
+type JoinToken struct {
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// CreateJoinToken makes a join token valid for ttl ("" = 1h).
+func (c *Client) CreateJoinToken(ctx context.Context, ttl string) (JoinToken, error) {
+	var out JoinToken
+	return out, c.do(ctx, "POST", "/v1/cluster/tokens", map[string]string{"ttl": ttl}, &out)
+}

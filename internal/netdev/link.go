@@ -183,3 +183,35 @@ func lookupLink(name string) (netlink.Link, error) {
 	}
 	return nil, fmt.Errorf("look up link: %w", err)
 }
+
+// AttachLink puts an existing link (e.g. a host's uplink NIC) into a
+// bridge and sets it up, so the bridge's VMs share its layer-2 network.
+// Idempotent.
+func AttachLink(ctx context.Context, name, bridge string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", name, bridge, err)
+	}
+	link, err := lookupLink(name)
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", name, bridge, err)
+	}
+	if link == nil {
+		return fmt.Errorf("attach %s to %s: there is no link %s", name, bridge, name)
+	}
+	br, err := lookupLink(bridge)
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", name, bridge, err)
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return fmt.Errorf("attach %s to %s: %w", name, bridge, ErrNotBridge)
+	}
+	if link.Attrs().MasterIndex != br.Attrs().Index {
+		if err := netlink.LinkSetMaster(link, br); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", name, bridge, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}

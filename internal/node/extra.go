@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,8 +17,15 @@ import (
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
-func tlsConfig(cert tls.Certificate) *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+// tlsConfig serves the API: any client may connect (users prove who they
+// are with a token), and agents present certificates of the cluster CA.
+func tlsConfig(cert tls.Certificate, caPEM []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("cluster CA does not parse")
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}, nil
 }
 
 type accelResult struct {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,7 +44,10 @@ type Options struct {
 	Accel         string   // auto, kvm or tcg
 	StopTimeout   time.Duration
 	ConfigPath    string // CLI settings file to write; "" = don't
+	ConfigSocket  bool   // point the CLI settings at the unix socket, not HTTPS
 	Demo          bool   // create and start the demo VM
+	NoAgent       bool   // control plane only ('shoal server')
+	Advertise     string // URL where agents reach this server (its address goes in the certificate)
 }
 
 // Info is what a started node tells its user.
@@ -88,7 +92,8 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	if _, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen)); err != nil {
+	pkiDir := filepath.Join(o.DataDir, "pki")
+	if _, _, err := pki.Ensure(pkiDir, certHosts(o)); err != nil {
 		return err
 	}
 	etcd, closeEtcd, err := openStore(ctx, log, o)
@@ -103,45 +108,53 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	imageDir := filepath.Join(o.DataDir, "images")
 	server.CleanImageDir(imageDir)
-	pools := []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}
-	ag := agent.New(agent.Config{
-		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
-		StopTimeout: o.StopTimeout,
-	}, local, log)
-	srv := server.New(server.Config{
-		ImageDir: imageDir,
-		Hosts: map[string]server.HostAccess{o.Host: ag}, Heartbeats: local,
-	}, st, log)
+	hostTLS, err := pki.ClientConfig(pkiDir)
+	if err != nil {
+		return err
+	}
+	scfg := server.Config{ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir,
+		AgentAPI: agentapi.NewHandler(local, imageDir, log)}
+	var ag *agent.Agent
+	if !o.NoAgent {
+		ag = agent.New(agent.Config{
+			Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir,
+			Pools: []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}, StopTimeout: o.StopTimeout,
+		}, local, log)
+		scfg.Hosts = map[string]agentapi.Host{o.Host: agentapi.Direct{LocalHost: ag}}
+	}
+	srv := server.New(scfg, st, log)
 	if _, err := st.GetImage(ctx, "tiny"); err != nil || !fileExists(filepath.Join(imageDir, "tiny", "disk.qcow2")) {
 		log.Info("building the tiny image")
 		if _, err := server.BuildTinyImage(ctx, srv); err != nil {
 			return fmt.Errorf("build tiny image: %w", err)
 		}
 	}
-	accel, reason := probeAccel(ctx, log, o, imageDir)
-	ag.SetAccel(accel, reason)
-	report := hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: accel, AccelReason: reason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
-	if !report.OK() {
-		return fmt.Errorf("this machine is not ready to be a Shoal host:\n%s", report)
+	info := Info{API: "https://" + o.Listen, Socket: socketPath(o), Host: o.Host}
+	if ag != nil {
+		info.Accel, info.AccelReason = probeAccel(ctx, log, o, imageDir)
+		ag.SetAccel(info.Accel, info.AccelReason)
+		info.Check = hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: info.Accel, AccelReason: info.AccelReason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
+		if !info.Check.OK() {
+			return fmt.Errorf("this machine is not ready to be a Shoal host:\n%s", info.Check)
+		}
+		if err := ag.Register(ctx); err != nil {
+			return err
+		}
 	}
-	if err := ag.Register(ctx); err != nil {
+	if info.Token, err = ensureToken(ctx, st, o); err != nil {
 		return err
 	}
-	token, err := ensureToken(ctx, st, o)
-	if err != nil {
-		return err
-	}
-	stop, err := serve(ctx, log, o, srv, token)
+	stop, err := serve(ctx, log, o, srv)
 	if err != nil {
 		return err
 	}
 	defer stop()
 	agentDone := make(chan error, 1)
-	go func() { agentDone <- ag.Run(ctx) }()
-	info := Info{API: "https://" + o.Listen, Socket: socketPath(o), Token: token, Host: o.Host,
-		Accel: accel, AccelReason: reason, Check: report}
-	if o.Demo {
-		vm, err := ensureDemo(ctx, "unix://"+socketPath(o), token)
+	if ag != nil {
+		go func() { agentDone <- ag.Run(ctx) }()
+	}
+	if o.Demo && ag != nil {
+		vm, err := ensureDemo(ctx, "unix://"+socketPath(o), info.Token)
 		if err != nil {
 			log.Warn("demo VM did not start", "err", err)
 		} else {
@@ -153,7 +166,10 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	select {
 	case <-ctx.Done():
-		return <-agentDone
+		if ag != nil {
+			return <-agentDone
+		}
+		return nil
 	case err := <-agentDone:
 		return fmt.Errorf("the agent stopped: %w", err)
 	}
@@ -209,20 +225,29 @@ func ensureToken(ctx context.Context, st *store.Store, o Options) (string, error
 	}
 	caPEM, err := os.ReadFile(filepath.Join(o.DataDir, "pki", pki.CACert))
 	if err != nil {
-		if _, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen)); err != nil {
+		if _, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o)); err != nil {
 			return "", err
 		}
 		caPEM, _ = os.ReadFile(filepath.Join(o.DataDir, "pki", pki.CACert))
 	}
-	return token, client.SaveConfig(o.ConfigPath, client.Config{Server: "https://" + o.Listen, Token: token, CA: string(caPEM)})
+	cfg = client.Config{Server: "https://" + o.Listen, Token: token, CA: string(caPEM)}
+	if o.ConfigSocket {
+		cfg.Server = "unix://" + socketPath(o)
+	}
+	return token, client.SaveConfig(o.ConfigPath, cfg)
 }
 
 func socketPath(o Options) string { return filepath.Join(o.DataDir, "shoal.sock") }
 
-func certHosts(listen string) []string {
+// certHosts lists the names and addresses the server's certificate must
+// be valid for.
+func certHosts(o Options) []string {
 	hosts := []string{"localhost", "127.0.0.1", "::1"}
-	if h, _, err := net.SplitHostPort(listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
+	if h, _, err := net.SplitHostPort(o.Listen); err == nil && h != "" && h != "0.0.0.0" && h != "::" {
 		hosts = append(hosts, h)
+	}
+	if u, err := url.Parse(o.Advertise); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
 	}
 	if hn, err := os.Hostname(); err == nil {
 		hosts = append(hosts, hn)
@@ -231,8 +256,8 @@ func certHosts(listen string) []string {
 }
 
 // serve starts the HTTPS listener and the unix socket; both need a token.
-func serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, _ string) (func(), error) {
-	cert, _, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o.Listen))
+func serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler) (func(), error) {
+	cert, caPEM, err := pki.Ensure(filepath.Join(o.DataDir, "pki"), certHosts(o))
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +274,12 @@ func serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler, _ s
 	}
 	_ = os.Chmod(sock, 0o600)
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	hs.TLSConfig = tlsConfig(cert)
+	hs.TLSConfig, err = tlsConfig(cert, caPEM)
+	if err != nil {
+		tl.Close()
+		ul.Close()
+		return nil, err
+	}
 	go func() {
 		if err := hs.ServeTLS(tl, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("https server", "err", err)

@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -49,7 +48,7 @@ func Ensure(dir string, hosts []string) (tls.Certificate, []byte, error) {
 	}
 	sc, sk := filepath.Join(dir, ServerCert), filepath.Join(dir, ServerKey)
 	if cert, err := tls.LoadX509KeyPair(sc, sk); err == nil && covers(cert, hosts) {
-		return cert, caPEM, nil
+		return withCA(cert, ca), caPEM, nil
 	}
 	if err := newLeaf(ca, sc, sk, hosts); err != nil {
 		return tls.Certificate{}, nil, err
@@ -58,12 +57,13 @@ func Ensure(dir string, hosts []string) (tls.Certificate, []byte, error) {
 	if err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("load server certificate: %w", err)
 	}
-	return cert, caPEM, nil
+	return withCA(cert, ca), caPEM, nil
 }
 
 func covers(cert tls.Certificate, hosts []string) bool {
 	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil || time.Until(leaf.NotAfter) < 30*24*time.Hour {
+	if err != nil || time.Until(leaf.NotAfter) < 30*24*time.Hour ||
+		len(leaf.Subject.OrganizationalUnit) == 0 || leaf.Subject.OrganizationalUnit[0] != OUServer {
 		return false
 	}
 	for _, h := range hosts {
@@ -106,19 +106,13 @@ func newLeaf(ca tls.Certificate, certPath, keyPath string, hosts []string) error
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "shoal server"},
+		Subject:      pkix.Name{CommonName: "shoal server", OrganizationalUnit: []string{OUServer}},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else if h != "" {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
+	addHosts(&tmpl.DNSNames, &tmpl.IPAddresses, hosts)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
 	if err != nil {
 		return fmt.Errorf("server certificate: %w", err)
@@ -143,4 +137,11 @@ func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) erro
 func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	return n
+}
+
+// withCA appends the CA to a certificate's chain, so that a peer that
+// pins the CA (a joining agent) sees it.
+func withCA(cert, ca tls.Certificate) tls.Certificate {
+	cert.Certificate = append(cert.Certificate[:len(cert.Certificate):len(cert.Certificate)], ca.Certificate[0])
+	return cert
 }

@@ -3,25 +3,26 @@ package server
 import (
 	"io"
 	"net/http"
-	"os"
 
+	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 )
 
-// ConsoleProtocol is the Upgrade token of the console endpoint: after the
-// 101 response the connection carries the raw serial console both ways.
-const ConsoleProtocol = "shoal-console"
-
-func (s *Server) hostOf(r *http.Request) (HostAccess, api.VM, error) {
+// hostOf finds the VM of the request and a way to reach its host: in this
+// process, or over the host's own API.
+func (s *Server) hostOf(r *http.Request) (agentapi.Host, api.VM, error) {
 	vm, _, err := s.loadVM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return nil, vm, err
 	}
-	h, ok := s.cfg.Hosts[vm.Host]
-	if !ok {
+	if h, ok := s.cfg.Hosts[vm.Host]; ok {
+		return h, vm, nil
+	}
+	rec, err := s.st.GetHost(r.Context(), vm.Host)
+	if err != nil || rec.Address == "" || s.cfg.HostTLS == nil {
 		return nil, vm, api.Errorf(api.ErrUnavailable, "host %s of vm %q is not reachable from this server", vm.Host, vm.Name)
 	}
-	return h, vm, nil
+	return agentapi.HostClient{Addr: rec.Address, TLS: s.cfg.HostTLS}, vm, nil
 }
 
 func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {
@@ -29,8 +30,8 @@ func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(h.LogPath(vm.ID))
-	if os.IsNotExist(err) {
+	f, err := h.OpenLog(r.Context(), vm.ID)
+	if api.IsNotFound(err) {
 		return api.Errorf(api.ErrNotFound, "vm %q has no console log yet: it has not been started", vm.Name)
 	}
 	if err != nil {
@@ -43,8 +44,8 @@ func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) vmConsole(w http.ResponseWriter, r *http.Request) error {
-	if r.Header.Get("Upgrade") != ConsoleProtocol {
-		return api.Errorf(api.ErrInvalid, "the console endpoint needs 'Upgrade: %s'", ConsoleProtocol)
+	if r.Header.Get("Upgrade") != agentapi.ConsoleProtocol {
+		return api.Errorf(api.ErrInvalid, "the console endpoint needs 'Upgrade: %s'", agentapi.ConsoleProtocol)
 	}
 	h, vm, err := s.hostOf(r)
 	if err != nil {
@@ -58,22 +59,5 @@ func (s *Server) vmConsole(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer backend.Close()
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		return api.Errorf(api.ErrInternal, "connection cannot be upgraded")
-	}
-	conn, buf, err := hj.Hijack()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_, _ = buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + ConsoleProtocol + "\r\n\r\n")
-	if err := buf.Flush(); err != nil {
-		return nil
-	}
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(backend, buf); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(conn, backend); done <- struct{}{} }()
-	<-done
-	return nil
+	return agentapi.Splice(w, backend)
 }

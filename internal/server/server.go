@@ -4,28 +4,21 @@
 package server
 
 import (
-	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
 )
-
-// HostAccess reaches the parts of a host that are not in the store: the
-// serial console and the console log of its VMs.
-type HostAccess interface {
-	DialConsole(ctx context.Context, vmID string) (net.Conn, error)
-	LogPath(vmID string) string
-}
 
 // Heartbeats tells when a host last renewed its liveness through this
 // server.
@@ -35,12 +28,15 @@ type Heartbeats interface {
 
 // Config configures a Server.
 type Config struct {
-	ImageDir    string                // image library on this machine
-	Hosts       map[string]HostAccess // hosts reachable from this server
-	Heartbeats  Heartbeats            // when hosts last renewed their liveness here (optional)
-	HostTimeout time.Duration         // a host silent this long is down
-	WaitTimeout time.Duration         // longest an API call waits for a host
-	Policy      scheduler.Policy      // placement: spread or pack, overcommit
+	ImageDir    string                   // image library on this machine
+	Hosts       map[string]agentapi.Host // hosts inside this server's process
+	HostTLS     *tls.Config              // reaches other hosts' own API (nil: none)
+	AgentAPI    http.Handler             // serves /v1/agent/ to agents (nil: none)
+	PKIDir      string                   // the cluster CA, to sign joining agents
+	Heartbeats  Heartbeats               // when hosts last renewed their liveness here (optional)
+	HostTimeout time.Duration            // a host silent this long is down
+	WaitTimeout time.Duration            // longest an API call waits for a host
+	Policy      scheduler.Policy         // placement: spread or pack, overcommit
 	DefaultPool string
 	DefaultNet  string
 }
@@ -94,13 +90,26 @@ func (s *Server) routes() {
 	h("POST /v1/images/build", s.buildImage)
 	h("PUT /v1/images/{name}", s.importImage)
 	h("DELETE /v1/images/{name}", s.deleteImage)
+	h("POST /v1/cluster/tokens", s.createJoinToken)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
 	})
 }
 
-// ServeHTTP authenticates every request, then routes it.
+// ServeHTTP authenticates every request, then routes it: agents by their
+// certificates, a joining machine by its join token, everyone else by API
+// token.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, agentapi.Prefix) && s.cfg.AgentAPI != nil:
+		s.cfg.AgentAPI.ServeHTTP(w, r)
+		return
+	case r.URL.Path == "/v1/join" && r.Method == http.MethodPost && s.cfg.PKIDir != "":
+		if err := s.join(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+		return
+	}
 	hdr := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(hdr, "Bearer ")
 	if !ok && hdr != "" {

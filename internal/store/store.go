@@ -46,6 +46,7 @@ var (
 // transaction and returns the revision it was written at. It fails with
 // api.ErrConflict if the name exists or the IP or MAC was taken.
 func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
+	v.Rev = 0
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("encode vm: %w", err)
@@ -91,7 +92,11 @@ func (s *Store) ListVMs(ctx context.Context) ([]api.VMSpec, int64, error) {
 // UpdateVM changes a VM's spec with compare-and-swap.
 // The returned spec's Rev is the revision it was written at.
 func (s *Store) UpdateVM(ctx context.Context, name string, fn func(*api.VMSpec) error) (api.VMSpec, error) {
-	return update(ctx, s.c, vmKey(name), vmWhat(name), fn)
+	return update(ctx, s.c, vmKey(name), vmWhat(name), func(v *api.VMSpec) error {
+		err := fn(v)
+		v.Rev = 0 // the record's own revision is not part of it
+		return err
+	})
 }
 
 // RemoveVM deletes the records of a VM (spec, status, IP allocation) if the

@@ -1,0 +1,260 @@
+package agentapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/pki"
+)
+
+// Handler serves the agent API (/v1/agent/...) on the server. Every call
+// must come with an agent certificate signed by the cluster CA, and an
+// agent speaks only for the host its certificate names.
+type Handler struct {
+	Local    *Local
+	ImageDir string // the server's image library, which agents copy from
+	Log      *slog.Logger
+	mux      *http.ServeMux
+}
+
+// Prefix is the path prefix of the agent API.
+const Prefix = "/v1/agent/"
+
+// NewHandler returns the agent API on top of a Local control plane.
+func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
+	h := &Handler{Local: l, ImageDir: imageDir, Log: log, mux: http.NewServeMux()}
+	route := func(pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
+		h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			name, role, ok := pki.PeerRole(r.TLS)
+			if !ok || role != pki.OUAgent {
+				writeErr(w, api.Errorf(api.ErrUnauthorized, "the agent API needs an agent certificate of this cluster"))
+				return
+			}
+			if err := fn(r.Context(), name, w, r); err != nil {
+				writeErr(w, err)
+			}
+		})
+	}
+	route("POST /v1/agent/register", h.register)
+	route("GET /v1/agent/watch", h.watch)
+	route("POST /v1/agent/status", h.report)
+	route("GET /v1/agent/status/{id}", h.status)
+	route("POST /v1/agent/guest-stopped", h.guestStopped)
+	route("POST /v1/agent/removed", h.removed)
+	route("GET /v1/agent/networks/{name}", h.network)
+	route("GET /v1/agent/images/{name}", h.image)
+	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func writeErr(w http.ResponseWriter, err error) {
+	code, kind := api.HTTPStatus(err)
+	writeJSON(w, code, api.ErrorBody{Error: err.Error(), Kind: kind})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(r *http.Request, v any) error {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
+		return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
+	}
+	return nil
+}
+
+func notYours(host, what string) error {
+	return api.Errorf(api.ErrUnauthorized, "agent of host %s may not speak for %s", host, what)
+}
+
+func (h *Handler) register(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var in api.Host
+	if err := readJSON(r, &in); err != nil {
+		return err
+	}
+	if in.Name != host {
+		return notYours(host, "host "+in.Name)
+	}
+	ttl, err := time.ParseDuration(r.URL.Query().Get("ttl"))
+	if err != nil || ttl <= 0 {
+		return api.Errorf(api.ErrInvalid, "ttl must be a duration")
+	}
+	if err := h.Local.Register(ctx, in, ttl); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// watch streams Events as JSON lines, with a keep-alive line every 10 s so
+// that both ends notice a dead connection.
+func (h *Handler) watch(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	fl, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan Event, 64)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- h.Local.WatchVMs(ctx, host, func(ev Event) error {
+			select {
+			case events <- ev:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	enc := json.NewEncoder(w)
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		var ev Event
+		select {
+		case ev = <-events:
+		case <-tick.C:
+			ev = Event{Heartbeat: 10 * time.Second}
+		case err := <-errc:
+			h.Log.Debug("agent watch ended", "host", host, "err", err)
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+		if err := enc.Encode(ev); err != nil {
+			return nil
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+}
+
+func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var st api.VMStatus
+	if err := readJSON(r, &st); err != nil {
+		return err
+	}
+	if st.Host != host {
+		return notYours(host, "a VM of host "+st.Host)
+	}
+	if err := h.Local.Report(ctx, st); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) status(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
+	st, err := h.Local.Status(ctx, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// mine reads a spec from the body and checks the host owns that VM now.
+func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.VMSpec, error) {
+	var s api.VMSpec
+	if err := readJSON(r, &s); err != nil {
+		return s, err
+	}
+	cur, err := h.Local.st.GetVM(ctx, s.Name)
+	if err != nil {
+		return s, err
+	}
+	if cur.Host != host || cur.ID != s.ID {
+		return s, notYours(host, "vm "+s.Name)
+	}
+	return s, nil
+}
+
+func (h *Handler) guestStopped(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	s, err := h.mine(ctx, host, r)
+	if err != nil {
+		return err
+	}
+	v, err := h.Local.GuestStopped(ctx, s)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	s, err := h.mine(ctx, host, r)
+	if api.IsNotFound(err) {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := h.Local.Removed(ctx, s); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) network(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
+	n, err := h.Local.Network(ctx, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (h *Handler) image(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
+	im, err := h.Local.Image(ctx, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, im)
+	return nil
+}
+
+// imageFiles are the files an image may have.
+var imageFiles = map[string]bool{"disk.qcow2": true, "vmlinuz": true, "initrd.img": true}
+
+func (h *Handler) imageFile(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
+	name, file := r.PathValue("name"), r.PathValue("file")
+	if _, err := h.Local.Image(ctx, name); err != nil {
+		return err
+	}
+	if !imageFiles[file] {
+		return api.Errorf(api.ErrNotFound, "image %q has no file %q", name, file)
+	}
+	f, err := os.Open(filepath.Join(h.ImageDir, name, file))
+	if errors.Is(err, os.ErrNotExist) {
+		return api.Errorf(api.ErrNotFound, "image %q has no file %q", name, file)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(fi.Size(), 10))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_, err = io.Copy(w, f)
+	return err
+}

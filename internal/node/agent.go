@@ -1,0 +1,265 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/agent"
+	"github.com/shoalvm/shoal/internal/agentapi"
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/hostcheck"
+	"github.com/shoalvm/shoal/internal/image"
+	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/qemu"
+	"github.com/shoalvm/shoal/internal/server"
+	"github.com/shoalvm/shoal/internal/storage"
+)
+
+// AgentOptions configures 'shoal agent': a host that joins a server.
+type AgentOptions struct {
+	DataDir     string
+	Join        string // https://SERVER:PORT
+	Token       string // join token; needed only the first time
+	Host        string
+	Listen      string // address of this agent's own API (console, logs)
+	Bridge      string // the VM bridge (the default network's), made before joining
+	BridgeAddr  string // this host's address on the VM bridge (CIDR)
+	Uplink      string // NIC to put into the VM bridge
+	SharedPools map[string]string
+	Accel       string // auto, kvm or tcg
+	Heartbeat   time.Duration
+	StopTimeout time.Duration
+}
+
+// joined is what an agent keeps of its join.
+type joined struct {
+	Server string `json:"server"`
+}
+
+// RunAgent joins the cluster (the first time), then runs the host's agent
+// until ctx ends. VMs keep running after it returns.
+func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(api.Host)) error {
+	if err := api.ValidateName("host", o.Host); err != nil {
+		return fmt.Errorf("%w (set --host)", err)
+	}
+	// The host's address may live on the VM bridge (its uplink inside):
+	// make it first, or the server cannot be reached to join.
+	if o.BridgeAddr != "" {
+		if err := netdev.EnsureBridge(ctx, o.Bridge, o.BridgeAddr); err != nil {
+			return err
+		}
+		if o.Uplink != "" {
+			if err := netdev.AttachLink(ctx, o.Uplink, o.Bridge); err != nil {
+				return err
+			}
+		}
+	}
+	pkiDir := filepath.Join(o.DataDir, "pki")
+	srvURL, err := ensureJoined(ctx, log, o, pkiDir)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := pki.AgentConfig(pkiDir)
+	if err != nil {
+		return err
+	}
+	cp, err := agentapi.NewRemote(srvURL, tlsCfg)
+	if err != nil {
+		return err
+	}
+	pools := []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}
+	for name, dir := range o.SharedPools {
+		pools = append(pools, storage.Pool{Name: name, Dir: dir, Shared: true})
+	}
+	imageDir := filepath.Join(o.DataDir, "images")
+	ag := agent.New(agent.Config{
+		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
+		Address: "https://" + o.Listen, BridgeAddr: o.BridgeAddr, Uplink: o.Uplink,
+		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout,
+	}, cp, log)
+	n, err := waitNetwork(ctx, log, cp)
+	if err != nil {
+		return err
+	}
+	if err := ag.EnsureNetwork(ctx, n); err != nil {
+		return err
+	}
+	accel, reason := agentAccel(ctx, log, o, cp, imageDir)
+	ag.SetAccel(accel, reason)
+	report := hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: accel, AccelReason: reason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
+	if !report.OK() {
+		return fmt.Errorf("this machine is not ready to be a Shoal host:\n%s", report)
+	}
+	stop, err := serveHostAPI(log, o.Listen, tlsCfg, agentapi.HostHandler(ag))
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if ready != nil {
+		ready(ag.HostInfo(ctx))
+	}
+	return ag.Run(ctx)
+}
+
+// ensureJoined returns the server URL, joining first if this machine has
+// no agent certificate yet.
+func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir string) (string, error) {
+	statePath := filepath.Join(o.DataDir, "joined.json")
+	var j joined
+	if b, err := os.ReadFile(statePath); err == nil && json.Unmarshal(b, &j) == nil && fileExists(filepath.Join(pkiDir, pki.AgentCert)) {
+		if o.Join != "" && strings.TrimRight(o.Join, "/") != j.Server {
+			log.Warn("already joined to another server; keeping it", "joined", j.Server, "asked", o.Join)
+		}
+		return j.Server, nil
+	}
+	if o.Join == "" || o.Token == "" {
+		return "", api.Errorf(api.ErrInvalid, "this host has not joined a cluster yet: pass --join https://SERVER:PORT and --token (from 'shoal cluster token')")
+	}
+	_, caHash, ok := strings.Cut(o.Token, ".")
+	if !ok || caHash == "" {
+		return "", api.Errorf(api.ErrInvalid, "the join token is malformed: copy it whole from 'shoal cluster token'")
+	}
+	host, _, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return "", fmt.Errorf("--listen %q: %w", o.Listen, err)
+	}
+	csr, err := pki.NewCSR(pkiDir, o.Host, []string{host})
+	if err != nil {
+		return "", err
+	}
+	body, _ := json.Marshal(server.JoinRequest{Token: o.Token, Host: o.Host, CSR: string(csr)})
+	// The server is not trusted yet: accept its certificate only if its
+	// chain ends in the CA whose fingerprint the token carries.
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12,
+		VerifyConnection: func(cs tls.ConnectionState) error { return pinnedCA(cs, caHash) }}}
+	srvURL := strings.TrimRight(o.Join, "/")
+	req, err := http.NewRequestWithContext(ctx, "POST", srvURL+"/v1/join", bytes.NewReader(body))
+	if err != nil {
+		return "", fmt.Errorf("--join %q: %w", o.Join, err)
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return "", fmt.Errorf("join %s: %w", srvURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var eb api.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&eb)
+		return "", api.FromHTTP(resp.StatusCode, "join refused: "+eb.Error)
+	}
+	var jr server.JoinResponse
+	if err := json.NewDecoder(resp.Body).Decode(&jr); err != nil {
+		return "", fmt.Errorf("join answer: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(pkiDir, pki.CACert), []byte(jr.CA), 0o644); err != nil {
+		return "", fmt.Errorf("write CA: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(pkiDir, pki.AgentCert), []byte(jr.Cert), 0o644); err != nil {
+		return "", fmt.Errorf("write certificate: %w", err)
+	}
+	b, _ := json.Marshal(joined{Server: srvURL})
+	if err := os.WriteFile(statePath, b, 0o600); err != nil {
+		return "", fmt.Errorf("write %s: %w", statePath, err)
+	}
+	log.Info("joined the cluster", "server", srvURL, "host", o.Host)
+	return srvURL, nil
+}
+
+// pinnedCA accepts a server whose certificate chains to the CA with the
+// given fingerprint.
+func pinnedCA(cs tls.ConnectionState, hash string) error {
+	if len(cs.PeerCertificates) < 1 {
+		return errors.New("server sent no certificate")
+	}
+	roots := x509.NewCertPool()
+	inter := x509.NewCertPool()
+	var found bool
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	for _, c := range cs.PeerCertificates {
+		h, err := pki.CAHash(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+		if err == nil && h == hash && c.IsCA {
+			roots.AddCert(c)
+			found = true
+		}
+	}
+	if !found {
+		return errors.New("the server's CA does not match the join token: wrong server, or a token of another cluster")
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
+	return err
+}
+
+func waitNetwork(ctx context.Context, log *slog.Logger, cp agentapi.ControlPlane) (api.Network, error) {
+	for {
+		n, err := cp.Network(ctx, "default")
+		if err == nil || !errors.Is(err, api.ErrUnavailable) {
+			return n, err
+		}
+		log.Warn("server not reachable yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return n, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// agentAccel picks KVM or TCG like probeAccel, with the tiny image fetched
+// from the server.
+func agentAccel(ctx context.Context, log *slog.Logger, o AgentOptions, cp agentapi.Catalog, imageDir string) (string, string) {
+	switch o.Accel {
+	case "kvm":
+		return "kvm", ""
+	case "tcg":
+		return "tcg", "chosen with --accel tcg"
+	}
+	if a, r, ok := CachedAccel(o.DataDir); ok {
+		return a, r
+	}
+	dir := filepath.Join(imageDir, "tiny")
+	if !fileExists(filepath.Join(dir, image.TinyDiskFile)) {
+		if err := cp.FetchImage(ctx, "tiny", dir); err != nil {
+			return "tcg", "could not test KVM: " + err.Error()
+		}
+	}
+	accel, reason := qemu.ProbeAccel(ctx, log, "qemu-system-x86_64", filepath.Join(dir, image.TinyKernelFile), filepath.Join(dir, image.TinyInitrdFile), image.TinyCmdline, 8*time.Second)
+	b, _ := json.Marshal(accelResult{Accel: accel, Reason: reason, Kernel: fileStamp(filepath.Join(dir, image.TinyKernelFile))})
+	_ = os.WriteFile(filepath.Join(o.DataDir, "accel.json"), b, 0o640)
+	return accel, reason
+}
+
+// serveHostAPI serves the agent's own API (for servers only) on listen.
+func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Handler) (func(), error) {
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	hs := &http.Server{Handler: h, TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go func() {
+		if err := hs.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("host API", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(ctx)
+	}, nil
+}
