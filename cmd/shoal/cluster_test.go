@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -81,7 +82,8 @@ func (c *clusterRig) addHostNS(name string, k int) {
 func (c *clusterRig) agentArgs(name string, k int, token string) []string {
 	args := []string{"netns", "exec", c.hostNS[name], shoalBin, "agent", "--join", "https://10.57.0.1:7443",
 		"--host", name, "--data-dir", filepath.Join(c.dir, name), "--listen", fmt.Sprintf("10.57.0.%d:7444", 1+k),
-		"--network-addr", fmt.Sprintf("10.57.0.%d/24", 1+k), "--uplink", "eth0", "--accel", "tcg", "-v"}
+		"--network-addr", fmt.Sprintf("10.57.0.%d/24", 1+k), "--uplink", "eth0", "--accel", "tcg", "-v",
+		"--shared-pool", "shared=" + filepath.Join(c.dir, "shared")}
 	if token != "" {
 		args = append(args, "--token", token)
 	}
@@ -173,7 +175,36 @@ func TestIntegrationCluster(t *testing.T) {
 	if r, err := c.get(vm.IP); err != nil || r.Boot != r1.Boot || r.Count != r1.Count+2 {
 		t.Fatalf("VM after the agent came back: %+v %v (first %+v)", r, err, r1)
 	}
-	c.mustShoal("vm", "delete", "--force", "web1")
+
+	// A second host; a VM on the shared pool keeps its disk (and the
+	// image's base) where every host sees them; placement spreads.
+	c.startAgent("host2", 2, strings.TrimSpace(c.mustShoal("cluster", "token")))
+	c.mustShoal("vm", "create", "s1", "--image", "tiny", "--pool", "shared", "--host", "host2", "--start")
+	s1 := c.vm("s1")
+	if _, err := os.Stat(filepath.Join(c.dir, "shared", s1.ID+"-disk0.qcow2")); err != nil || s1.Host != "host2" {
+		t.Fatalf("shared-pool disk: %v (vm on %s)", err, s1.Host)
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, "shared", ".images", "tiny", "disk.qcow2")); err != nil {
+		t.Fatalf("shared-pool base image: %v", err)
+	}
+	placed := map[string]int{}
+	for _, n := range []string{"p1", "p2"} {
+		c.mustShoal("vm", "create", n, "--image", "tiny", "--memory", "128M", "--start")
+		placed[c.vm(n).Host]++
+	}
+	if placed["host1"] != 1 || placed["host2"] != 1 {
+		t.Fatalf("placement did not spread: %v", placed)
+	}
+	_, errOut, err := c.shoal("vm", "create", "big", "--image", "tiny", "--memory", "100T")
+	if err == nil || !strings.Contains(errOut, "host1: ") || !strings.Contains(errOut, "host2: ") || !strings.Contains(errOut, "needs") {
+		t.Fatalf("no-fit message does not name each host: %s", errOut)
+	}
+	for _, n := range []string{"web1", "s1", "p1", "p2"} {
+		c.mustShoal("vm", "delete", "--force", n)
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, "shared", s1.ID+"-disk0.qcow2")); !os.IsNotExist(err) {
+		t.Fatalf("deleting a shared-pool VM left its disk: %v", err)
+	}
 	if pids := c.qemuPids(); len(pids) != 0 {
 		t.Fatalf("QEMU left: %v", pids)
 	}

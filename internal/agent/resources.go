@@ -50,16 +50,26 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	disk := pool.DiskPath(s.ID)
+	// The image (kernel too) must be on this host even when the disk
+	// exists already, as after a move to this host on a shared pool.
+	base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
+	if missing, err := absent(base); err != nil {
+		return err
+	} else if missing {
+		if err := w.a.cp.FetchImage(ctx, s.Image, filepath.Join(w.a.cfg.ImageDir, s.Image)); err != nil {
+			return fmt.Errorf("bring image %q to host %s: %w", s.Image, w.a.cfg.Host, err)
+		}
+	}
 	if missing, err := absent(disk); err != nil {
 		return err
 	} else if missing {
-		base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
-		if missing, err := absent(base); err != nil {
-			return err
-		} else if missing {
-			if err := w.a.cp.FetchImage(ctx, s.Image, filepath.Join(w.a.cfg.ImageDir, s.Image)); err != nil {
-				return fmt.Errorf("bring image %q to host %s: %w", s.Image, w.a.cfg.Host, err)
+		if pool.Shared {
+			// Every host must find the overlay's base at the same path.
+			shared := pool.ImageBase(s.Image)
+			if err := storage.EnsureCopy(base, shared); err != nil {
+				return err
 			}
+			base = shared
 		}
 		if err := storage.CreateOverlay(ctx, base, disk, s.DiskBytes); err != nil {
 			return err

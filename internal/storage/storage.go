@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,48 @@ type Pool struct {
 
 // DiskPath returns where the first disk of the VM with this id lives.
 func (p Pool) DiskPath(vmID string) string { return filepath.Join(p.Dir, vmID+"-disk0.qcow2") }
+
+// ImageBase is where a shared pool keeps the base disk of an image, so
+// that overlays in the pool name a path every host sees.
+func (p Pool) ImageBase(image string) string {
+	return filepath.Join(p.Dir, ".images", image, "disk.qcow2")
+}
+
+// EnsureCopy copies src to dst unless dst exists. The copy appears
+// atomically, so concurrent callers (several hosts) are safe.
+func EnsureCopy(src, dst string) error {
+	if _, err := os.Stat(dst); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".copy-")
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("copy %s: %w", dst, err)
+	}
+	return nil
+}
 
 // DiskOwner returns the VM id a file name in the pool belongs to, if it is
 // a VM disk (or a half-made one).

@@ -39,3 +39,28 @@ func TestOverlay(t *testing.T) {
 		t.Fatal("disk still there")
 	}
 }
+
+func TestEnsureCopy(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, []byte("base"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := Pool{Name: "shared", Dir: filepath.Join(dir, "shared"), Shared: true}
+	dst := p.ImageBase("tiny")
+	if err := EnsureCopy(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, []byte("changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureCopy(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "base" {
+		t.Fatalf("an existing copy was replaced: %q", b)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(dst)); len(ents) != 1 {
+		t.Fatalf("temp files left: %v", ents)
+	}
+}
