@@ -147,7 +147,7 @@ func TestIntegrationCluster(t *testing.T) {
 
 	c.mustShoal("vm", "create", "web1", "--image", "tiny", "--start")
 	vm := c.vm("web1")
-	if vm.Host != "host1" || vm.State != api.StateRunning {
+	if vm.Host != "host1" || vm.State != api.StateRunning || vm.CPUModel != "Nehalem" {
 		t.Fatalf("vm: %+v", vm)
 	}
 	r1 := c.waitServing(vm.IP, 90*time.Second)

@@ -43,6 +43,9 @@ func vmCreateCmd(g *globals) *cobra.Command {
 				}
 				req.UserData = string(b)
 			}
+			if req.CPU == "host" {
+				fmt.Fprintln(os.Stderr, "warning: --cpu host ties the VM to hosts with this same CPU: live migration or failover to another CPU may fail")
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -61,6 +64,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&req.Image, "image", "", "image to clone (see 'shoal image list')")
 	f.IntVar(&req.CPUs, "cpus", 1, "virtual CPUs")
+	f.StringVar(&req.CPU, "cpu", "", "CPU model (default: the best one every host runs, so the VM can move anywhere); 'host' passes this host's CPU through")
 	f.StringVar(&req.Memory, "memory", "256M", "memory, e.g. 256M or 2G")
 	f.StringVar(&req.Disk, "disk", "", "disk size, e.g. 2G (default: the image's size)")
 	f.StringVar(&req.Network, "network", "", "network (default: default)")
@@ -116,7 +120,7 @@ func vmShowCmd(g *globals) *cobra.Command {
 				row("IP", dash(v.IP))
 				row("MAC", v.MAC)
 				row("Image", v.Image)
-				row("CPUs", fmt.Sprint(v.CPUs))
+				row("CPUs", fmt.Sprintf("%d x %s", v.CPUs, dash(v.CPUModel)))
 				row("Memory", api.FormatSize(v.MemoryMiB<<20))
 				row("Disk", api.FormatSize(v.DiskBytes)+" on pool "+v.Pool)
 				row("Network", v.Network)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/cpumodel"
 )
 
 func (w *worker) now() time.Time { return time.Now().UTC() }
@@ -29,7 +30,8 @@ func (a *Agent) HostInfo(ctx context.Context) api.Host {
 	a.infoOnce.Do(func() {
 		a.info = api.Host{
 			Name: a.cfg.Host, ID: a.id, State: api.HostUp, CPUs: runtime.NumCPU(),
-			CPUModel: cpuModel(), MemoryMiB: memTotalMiB(), Address: a.cfg.Address,
+			CPUModel: cpuInfo("model name"), CPUFlags: strings.Fields(cpuInfo("flags")),
+			MemoryMiB: memTotalMiB(), Address: a.cfg.Address,
 		}
 		for _, p := range a.cfg.Pools {
 			a.info.Pools = append(a.info.Pools, p.Name)
@@ -40,6 +42,9 @@ func (a *Agent) HostInfo(ctx context.Context) api.Host {
 	})
 	h := a.info
 	h.Accel, h.AccelReason = a.cfg.Accel, a.cfg.AccelReason
+	if h.Accel != "kvm" {
+		h.CPUFlags = cpumodel.TCGFlags() // what software emulation offers
+	}
 	return h
 }
 
@@ -118,7 +123,8 @@ func (a *Agent) loadIdentity() error {
 	return nil
 }
 
-func cpuModel() string {
+// cpuInfo returns a field of the first CPU in /proc/cpuinfo.
+func cpuInfo(field string) string {
 	f, err := os.Open("/proc/cpuinfo")
 	if err != nil {
 		return ""
@@ -126,7 +132,7 @@ func cpuModel() string {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == field {
 			return strings.TrimSpace(v)
 		}
 	}

@@ -120,7 +120,7 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	dir := w.a.vmDir(s.ID)
 	cfg := qemu.Config{
 		Name: s.Name, UUID: uuidFromID(s.ID), Dir: dir, Accel: w.a.cfg.Accel,
-		CPUs: s.CPUs, MemoryMiB: int(s.MemoryMiB),
+		CPUs: s.CPUs, CPUModel: s.CPUModel, MemoryMiB: int(s.MemoryMiB),
 		Disks: []qemu.Disk{
 			{Path: pool.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"},
 			{Path: filepath.Join(dir, "seed.iso"), Format: "raw", ReadOnly: true, Serial: "cidata"},

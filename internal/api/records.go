@@ -9,6 +9,7 @@ type VMSpec struct {
 	ID           string    `json:"id"` // short random id; names may be reused, ids never
 	Image        string    `json:"image"`
 	CPUs         int       `json:"cpus"`
+	CPUModel string `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
 	MemoryMiB    int64     `json:"memory_mib"`
 	DiskBytes    int64     `json:"disk_bytes"`
 	Network      string    `json:"network"`
@@ -51,7 +52,7 @@ type VMStatus struct {
 func MergeVM(s VMSpec, st *VMStatus) VM {
 	vm := VM{
 		Name: s.Name, ID: s.ID, Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
-		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
+		CPUs: s.CPUs, CPUModel: s.CPUModel, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
 		Network: s.Network, Pool: s.Pool, HA: s.HA, AntiAffinity: s.AntiAffinity, Power: s.Power,
 		CreatedAt: s.CreatedAt, State: StateCreating,
 	}

@@ -80,6 +80,7 @@ type Config struct {
 
 	Accel     string // "kvm" or "tcg"
 	CPUs      int
+	CPUModel  string // QEMU -cpu model; "" = host under KVM, max under TCG
 	MemoryMiB int
 
 	// Optional direct kernel boot.
@@ -123,9 +124,12 @@ func Args(cfg Config) ([]string, error) {
 	dir := cfg.Dir
 	path := func(name string) string { return filepath.Join(dir, name) }
 
-	cpu := "max"
-	if cfg.Accel == "kvm" {
+	cpu := cfg.CPUModel
+	switch {
+	case cpu == "" && cfg.Accel == "kvm":
 		cpu = "host"
+	case cpu == "" || cpu == "host" && cfg.Accel != "kvm":
+		cpu = "max" // software emulation has no host CPU to pass through
 	}
 	name := escapeOpt(cfg.Name)
 	a := []string{

@@ -182,3 +182,25 @@ func TestMaxDirLen(t *testing.T) {
 		t.Fatalf("longest socket path is %d bytes", n)
 	}
 }
+
+func TestArgsCPUModel(t *testing.T) {
+	tests := []struct{ accel, model, want string }{
+		{"kvm", "", "host"},
+		{"tcg", "", "max"},
+		{"kvm", "host", "host"},
+		{"tcg", "host", "max"},
+		{"kvm", "Nehalem", "Nehalem"},
+		{"tcg", "Nehalem", "Nehalem"},
+	}
+	for _, tc := range tests {
+		a, err := Args(Config{Name: "v", Dir: "/tmp/x", Accel: tc.accel, CPUs: 1, MemoryMiB: 64, CPUModel: tc.model})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range a {
+			if a[i] == "-cpu" && a[i+1] != tc.want {
+				t.Errorf("accel %s model %q: -cpu %s, want %s", tc.accel, tc.model, a[i+1], tc.want)
+			}
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/cpumodel"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
@@ -71,7 +72,7 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
 // planVM validates a create request and turns it into a spec, without
 // side effects.
 func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpec, error) {
-	sp := api.VMSpec{Name: req.Name, Image: req.Image, CPUs: req.CPUs, HA: req.HA, AntiAffinity: req.AntiAffinity,
+	sp := api.VMSpec{Name: req.Name, Image: req.Image, CPUs: req.CPUs, CPUModel: req.CPU, HA: req.HA, AntiAffinity: req.AntiAffinity,
 		Network: req.Network, Pool: req.Pool, Host: req.Host, UserData: req.UserData,
 		Power: api.PowerStopped, CreatedAt: time.Now().UTC()}
 	if err := api.ValidateName("vm", sp.Name); err != nil {
@@ -134,6 +135,14 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpe
 		return sp, err
 	} else if len(pools) > 0 && !contains(pools, sp.Pool) { // no pools at all: no hosts, said below
 		return sp, api.Errorf(api.ErrNotFound, "storage pool %q not found: pools are %v", sp.Pool, pools)
+	}
+	if sp.CPUModel != "" && !cpumodel.Valid(sp.CPUModel) {
+		return sp, api.Errorf(api.ErrInvalid, "unknown CPU model %q: use host or one of %s", sp.CPUModel, cpumodel.Names())
+	}
+	if sp.CPUModel == "" {
+		if sp.CPUModel, err = s.baselineCPU(ctx); err != nil {
+			return sp, err
+		}
 	}
 	host, err := s.placeVM(ctx, sp)
 	if err != nil {
@@ -265,6 +274,20 @@ func (s *Server) allocateIP(ctx context.Context, network string) (string, error)
 		return "", api.Errorf(api.ErrCapacity, "network %s: %v", network, err)
 	}
 	return a.String(), nil
+}
+
+// baselineCPU is the most capable CPU model every host can run, so that a
+// VM may move to any of them.
+func (s *Server) baselineCPU(ctx context.Context) (string, error) {
+	hosts, err := s.st.ListHosts(ctx)
+	if err != nil {
+		return "", err
+	}
+	flags := make([][]string, 0, len(hosts))
+	for _, h := range hosts {
+		flags = append(flags, h.CPUFlags)
+	}
+	return cpumodel.Choose(flags), nil
 }
 
 // knownPools lists the storage pools any host offers.
