@@ -30,9 +30,9 @@ func hostCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.print(hosts, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tSTATE\tACCEL\tCPUS\tMEMORY\tALLOCATED\tVMS\tLAST HEARTBEAT")
+				fmt.Fprintln(w, "NAME\tSTATE\tACCEL\tCPUS\tCPU MODEL\tMEMORY\tALLOCATED\tVMS\tLAST HEARTBEAT")
 				for _, h := range hosts {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", h.Name, h.State, h.Accel, h.CPUs,
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\n", h.Name, h.State, h.Accel, h.CPUs, short(h.CPUModel, 28),
 						api.FormatSize(h.MemoryMiB<<20), api.FormatSize(h.AllocatedMiB<<20), h.VMs, ago(h.LastHeartbeat))
 				}
 			})
@@ -100,6 +100,13 @@ func hostCheckCmd() *cobra.Command {
 	cmd.Flags().StringVar(&dataDir, "data-dir", "/var/lib/shoal", "where Shoal keeps its data")
 	cmd.Flags().BoolVar(&probe, "probe", false, "boot a tiny guest to test whether KVM really works, even if an earlier shoal up already did")
 	return cmd
+}
+
+func short(s string, n int) string {
+	if len(s) <= n {
+		return dash(s)
+	}
+	return s[:n-1] + "…"
 }
 
 func ago(t time.Time) string {
