@@ -49,15 +49,9 @@ func serverCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.DataDir, "data-dir", "/var/lib/shoal", "where the server keeps its state and images")
-	f.StringVar(&o.Listen, "listen", "0.0.0.0:7443", "HTTPS address of the API (for users and agents)")
+	controlPlaneFlags(f, &o, &etcd, "0.0.0.0:7443")
 	f.StringVar(&o.Advertise, "advertise", "", "URL at which hosts reach this server, e.g. https://10.0.0.1:7443")
 	f.StringVar(&o.Host, "name", "", "this server's name (default: the hostname)")
-	f.StringVar(&etcd, "etcd-endpoints", "", "use this external etcd cluster instead of the embedded one")
-	f.StringVar(&o.EtcdClient, "etcd-client-url", "https://127.0.0.1:7379", "embedded etcd: client URL")
-	f.StringVar(&o.EtcdPeer, "etcd-peer-url", "https://127.0.0.1:7380", "embedded etcd: peer URL")
-	f.StringVar(&o.Subnet, "subnet", "10.57.0.0/24", "subnet of the default network")
-	f.StringVar(&o.Bridge, "bridge", "shoal0", "bridge of the default network on each host")
 	f.StringVar(&config, "config", "", "where to write the CLI settings (default $SHOAL_CONFIG or ~/.config/shoal/config.json)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
 	return cmd

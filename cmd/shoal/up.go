@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/shoalvm/shoal/internal/client"
 	"github.com/shoalvm/shoal/internal/node"
@@ -24,11 +24,7 @@ func upCmd() *cobra.Command {
 		Short: "Run an all-in-one Shoal node in the foreground (embedded etcd, server, agent, default network)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			level := slog.LevelInfo
-			if !verbose {
-				level = slog.LevelWarn
-			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log := newLog(verbose)
 			if etcd != "" {
 				o.EtcdEndpoints = strings.Split(etcd, ",")
 			}
@@ -43,19 +39,25 @@ func upCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.DataDir, "data-dir", "/var/lib/shoal", "where Shoal keeps its state, images and disks")
-	f.StringVar(&o.Listen, "listen", "127.0.0.1:7443", "HTTPS address of the API")
+	controlPlaneFlags(f, &o, &etcd, "127.0.0.1:7443")
 	f.StringVar(&o.Host, "host", "", "this host's name (default: the hostname)")
-	f.StringVar(&etcd, "etcd-endpoints", "", "use this external etcd cluster (comma-separated URLs) instead of the embedded one")
-	f.StringVar(&o.EtcdClient, "etcd-client-url", "https://127.0.0.1:7379", "embedded etcd: client URL (mutual TLS with the cluster CA)")
-	f.StringVar(&o.EtcdPeer, "etcd-peer-url", "https://127.0.0.1:7380", "embedded etcd: peer URL (mutual TLS with the cluster CA)")
-	f.StringVar(&o.Subnet, "subnet", "10.57.0.0/24", "subnet of the default network")
-	f.StringVar(&o.Bridge, "bridge", "shoal0", "bridge of the default network")
 	f.StringVar(&o.Accel, "accel", "auto", "accelerator: auto (probe KVM, else TCG), kvm or tcg")
 	f.DurationVar(&o.StopTimeout, "stop-timeout", 30*time.Second, "how long 'vm stop' waits for an ACPI shutdown before forcing")
 	f.BoolVar(&noDemo, "no-demo", false, "do not create the demo VM")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
 	return cmd
+}
+
+// controlPlaneFlags are the flags of every command that runs a control
+// plane (up, server).
+func controlPlaneFlags(f *pflag.FlagSet, o *node.Options, etcd *string, listen string) {
+	f.StringVar(&o.DataDir, "data-dir", "/var/lib/shoal", "where Shoal keeps its state, images and disks")
+	f.StringVar(&o.Listen, "listen", listen, "HTTPS address of the API (for users and agents)")
+	f.StringVar(etcd, "etcd-endpoints", "", "use this external etcd cluster (comma-separated URLs) instead of the embedded one")
+	f.StringVar(&o.EtcdClient, "etcd-client-url", "https://127.0.0.1:7379", "embedded etcd: client URL (mutual TLS with the cluster CA)")
+	f.StringVar(&o.EtcdPeer, "etcd-peer-url", "https://127.0.0.1:7380", "embedded etcd: peer URL (mutual TLS with the cluster CA)")
+	f.StringVar(&o.Subnet, "subnet", "10.57.0.0/24", "subnet of the default network")
+	f.StringVar(&o.Bridge, "bridge", "shoal0", "bridge of the default network on each host")
 }
 
 func printWelcome(i node.Info, o node.Options) {
