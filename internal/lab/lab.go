@@ -107,7 +107,7 @@ func checkFree(l Layout, o Options) error {
 	names := (&State{Hosts: o.Hosts}).Members()
 	for _, n := range names {
 		if nsExists(n) {
-			return fmt.Errorf("network namespace %s already exists: another lab runs (remove it with 'shoal lab down --dir ITS_DIR'), or something else uses the name; a lab needs the namespaces ctl, client and host1..host%d", n, o.Hosts)
+			return fmt.Errorf("network namespace %s already exists: another lab runs (remove it with 'shoal lab down --dir ITS_DIR'), or something else uses the name; a lab needs the namespaces ctl, client and %s", n, hostRange(o.Hosts))
 		}
 	}
 	if o.UserConfig != "" {

@@ -27,7 +27,7 @@ func openHost(dir, host string) (*State, int, *os.File, error) {
 	}
 	k, ok := HostIndex(host)
 	if !ok || k > s.Hosts {
-		return nil, 0, nil, fmt.Errorf("no host %q in the lab: its hosts are host1..host%d", host, s.Hosts)
+		return nil, 0, nil, fmt.Errorf("no host %q in the lab: its hosts are %s", host, hostRange(s.Hosts))
 	}
 	lk, err := lock(s.Layout())
 	if err != nil {
@@ -141,7 +141,7 @@ func Exec(ctx context.Context, dir, member string, argv []string, stdio Stdio) (
 		return 0, err
 	}
 	if !slices.Contains(s.Members(), member) {
-		return 0, fmt.Errorf("no %q in the lab: use ctl, client or host1..host%d", member, s.Hosts)
+		return 0, fmt.Errorf("no %q in the lab: use ctl, client or %s", member, hostRange(s.Hosts))
 	}
 	if !nsExists(member) {
 		return 0, fmt.Errorf("the lab's namespace %s is gone: rebuild the lab (shoal lab down, then up)", member)

@@ -59,9 +59,10 @@ func startDetached(ns string, argv []string, logPath string, env []string) (int,
 	}
 	go func() { _ = cmd.Wait() }()
 	pid := cmd.Process.Pid
-	// Wait (briefly) for ip to exec argv, so that what is recorded is argv.
+	// Wait (briefly) for ip to exec argv, so that what runs under pid is
+	// argv, inside ns. (An empty cmdline is an exec in progress: ip's own.)
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if a := cmdline(pid); len(a) == 0 || !slices.Equal(a, cmd.Args) || !alive(pid) {
+		if a := cmdline(pid); len(a) > 0 && !slices.Equal(a, cmd.Args) || !alive(pid) {
 			break
 		}
 	}

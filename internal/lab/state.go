@@ -41,6 +41,14 @@ const (
 // HostName is the name (and namespace) of host k, counted from 1.
 func HostName(k int) string { return "host" + strconv.Itoa(k) }
 
+// hostRange names a lab's hosts for messages: "host1..host3".
+func hostRange(n int) string {
+	if n == 1 {
+		return HostName(1)
+	}
+	return HostName(1) + ".." + HostName(n)
+}
+
 // HostIndex parses "hostK" (1 <= K <= MaxHosts); ok is false for anything
 // else.
 func HostIndex(name string) (k int, ok bool) {

@@ -1,0 +1,122 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLabIntegrationRealShoal builds a lab with the real shoal binary
+// (server, agents, QEMU in TCG), reaches a VM on the shared pool from the
+// client namespace, cuts the power of its host, heals it, and takes the
+// lab down.
+func TestLabIntegrationRealShoal(t *testing.T) {
+	requireRoot(t)
+	requireNoLab(t)
+	for _, tool := range []string{"qemu-system-x86_64", "busybox", "wget"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing: run 'make deps'", tool)
+		}
+	}
+	ctx, log := context.Background(), testLog(t)
+	base := t.TempDir()
+	bin := filepath.Join(base, "shoal")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shoal").CombinedOutput(); err != nil {
+		t.Fatalf("build shoal: %v\n%s", err, out)
+	}
+	dir := filepath.Join(base, "lab")
+	t.Cleanup(func() { _ = Down(ctx, log, dir) })
+	s, err := Up(ctx, log, Options{Dir: dir, Hosts: 2, Binary: bin})
+	if err != nil {
+		for _, name := range []string{"server", "agent-host1", "agent-host2"} {
+			b, _ := os.ReadFile(Layout{dir}.Log(name))
+			t.Logf("%s log:\n%s", name, b)
+		}
+		t.Fatal(err)
+	}
+	l := s.Layout()
+	shoal := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = labEnv(l)
+		var out, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("shoal %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	var hosts []struct{ Name, State string }
+	if err := json.Unmarshal([]byte(shoal("host", "list", "-o", "json")), &hosts); err != nil || len(hosts) != 2 {
+		t.Fatalf("host list: %v %+v", err, hosts)
+	}
+
+	shoal("vm", "create", "web1", "--image", "tiny", "--memory", "256M", "--disk", "1G", "--pool", "shared", "--start")
+	var vm struct {
+		Host, IP string
+		Pid      int
+	}
+	if err := json.Unmarshal([]byte(shoal("vm", "show", "web1", "-o", "json")), &vm); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(vm.IP, "10.57.0.") || vm.Pid == 0 {
+		t.Fatalf("vm: %+v", vm)
+	}
+	if !inNS(vm.Pid, vm.Host) || !mentions(cmdline(vm.Pid), dir) {
+		t.Errorf("the VM's QEMU (%d) does not run in %s under the lab dir", vm.Pid, vm.Host)
+	}
+	var answer string
+	deadline := time.Now().Add(45 * time.Second)
+	for answer == "" && time.Now().Before(deadline) {
+		var out bytes.Buffer
+		code, err := Exec(ctx, dir, "client", []string{"wget", "-T", "2", "-qO-", "http://" + vm.IP + "/"}, Stdio{Out: &out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code == 0 && strings.HasPrefix(out.String(), "boot=") {
+			answer = out.String()
+		} else {
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if answer == "" {
+		t.Fatalf("the client never reached the VM at %s", vm.IP)
+	}
+
+	// Power cut: the VM's host's agent and QEMU die at once; the other
+	// host is untouched. Heal brings the agent back and the host up.
+	agent := s.proc("agent-" + vm.Host).Pid
+	if err := Fail(ctx, log, dir, vm.Host, Power); err != nil {
+		t.Fatal(err)
+	}
+	if alive(agent) || alive(vm.Pid) {
+		t.Errorf("after the power cut: agent alive %v, QEMU alive %v", alive(agent), alive(vm.Pid))
+	}
+	if err := Heal(ctx, log, dir, vm.Host); err != nil {
+		t.Fatal(err)
+	}
+	if p := mustLoad(t, dir).proc("agent-" + vm.Host); p.Pid == agent || !alive(p.Pid) || !inNS(p.Pid, vm.Host) {
+		t.Errorf("the agent of %s after heal: pid %d (was %d), alive %v", vm.Host, p.Pid, agent, alive(p.Pid))
+	}
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := (Shoal{Binary: bin}).WaitHosts(hctx, l, 2); err != nil {
+		b, _ := os.ReadFile(l.Log("agent-" + vm.Host))
+		t.Fatalf("%v\nagent log:\n%s", err, b)
+	}
+
+	pids := []int{vm.Pid, agent}
+	for _, p := range mustLoad(t, dir).Procs {
+		pids = append(pids, p.Pid)
+	}
+	if err := Down(ctx, log, dir); err != nil {
+		t.Fatal(err)
+	}
+	requireGone(t, dir, pids)
+}
