@@ -9,7 +9,7 @@ type VMSpec struct {
 	ID           string    `json:"id"` // short random id; names may be reused, ids never
 	Image        string    `json:"image"`
 	CPUs         int       `json:"cpus"`
-	CPUModel string `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
+	CPUModel     string    `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
 	MemoryMiB    int64     `json:"memory_mib"`
 	DiskBytes    int64     `json:"disk_bytes"`
 	Network      string    `json:"network"`

@@ -33,7 +33,7 @@ type VM struct {
 	MAC          string    `json:"mac"`
 	Image        string    `json:"image"`
 	CPUs         int       `json:"cpus"`
-	CPUModel string `json:"cpu_model,omitempty"`
+	CPUModel     string    `json:"cpu_model,omitempty"`
 	MemoryMiB    int64     `json:"memory_mib"`
 	DiskBytes    int64     `json:"disk_bytes"`
 	Network      string    `json:"network"`
@@ -57,7 +57,7 @@ type CreateVMRequest struct {
 	Name         string `json:"name"`
 	Image        string `json:"image"`
 	CPUs         int    `json:"cpus,omitempty"`
-	CPU string `json:"cpu,omitempty"` // CPU model; "" = the cluster baseline, "host" = pass the host CPU through
+	CPU          string `json:"cpu,omitempty"`    // CPU model; "" = the cluster baseline, "host" = pass the host CPU through
 	Memory       string `json:"memory,omitempty"` // e.g. "256M"; default 256M
 	Disk         string `json:"disk,omitempty"`   // e.g. "2G"; default: the image's size
 	Network      string `json:"network,omitempty"`
