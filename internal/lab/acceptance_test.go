@@ -23,10 +23,7 @@ func TestLabAcceptance(t *testing.T) {
 	requireNoLab(t)
 	ctx, log := context.Background(), testLog(t)
 	base := t.TempDir()
-	bin := filepath.Join(base, "shoal")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shoal").CombinedOutput(); err != nil {
-		t.Fatalf("build shoal: %v\n%s", err, out)
-	}
+	bin := buildShoal(t, base)
 	dir := filepath.Join(base, "lab")
 	t.Cleanup(func() { _ = Down(ctx, log, dir) })
 	s, err := Up(ctx, log, Options{Dir: dir, Hosts: 3, Binary: bin})

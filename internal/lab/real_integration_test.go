@@ -26,10 +26,7 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 	}
 	ctx, log := context.Background(), testLog(t)
 	base := t.TempDir()
-	bin := filepath.Join(base, "shoal")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shoal").CombinedOutput(); err != nil {
-		t.Fatalf("build shoal: %v\n%s", err, out)
-	}
+	bin := buildShoal(t, base)
 	dir := filepath.Join(base, "lab")
 	t.Cleanup(func() { _ = Down(ctx, log, dir) })
 	s, err := Up(ctx, log, Options{Dir: dir, Hosts: 2, Binary: bin})
@@ -119,4 +116,14 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireGone(t, dir, pids)
+}
+
+// buildShoal builds the real binary into dir.
+func buildShoal(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "shoal")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shoal").CombinedOutput(); err != nil {
+		t.Fatalf("build shoal: %v\n%s", err, out)
+	}
+	return bin
 }
