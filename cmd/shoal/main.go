@@ -41,5 +41,6 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd(), serverCmd(), agentCmd(), clusterCmd(g))
 	root.AddCommand(labCmd(g))
+	root.AddCommand(benchCmd(g))
 	return root
 }

@@ -7,39 +7,14 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 )
 
-// hostViews returns every host with its liveness and allocations filled in.
+// hostViews returns every host with its liveness and allocations filled
+// in, from the placement cache once it has caught up with the store.
 func (s *Server) hostViews(ctx context.Context) ([]api.Host, error) {
-	hosts, err := s.st.ListHosts(ctx)
+	rev, err := s.st.Revision(ctx)
 	if err != nil {
 		return nil, err
 	}
-	specs, _, err := s.st.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	alive, err := s.st.AliveHosts(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for i := range hosts {
-		h := &hosts[i]
-		h.State = hostState(*h, alive[h.Name])
-		if s.cfg.Heartbeats != nil {
-			if t, ok := s.cfg.Heartbeats.LastHeartbeat(h.Name); ok {
-				h.LastHeartbeat = t.UTC()
-			}
-		}
-		for _, v := range specs {
-			if v.Host != h.Name {
-				continue
-			}
-			h.VMs++
-			if v.Power != api.PowerStopped {
-				h.AllocatedMiB += v.MemoryMiB
-			}
-		}
-	}
-	return hosts, nil
+	return s.cache.hostViews(ctx, rev, s.cfg.Heartbeats)
 }
 
 // hostState derives a host's state from its record and whether its
@@ -64,17 +39,19 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) getHost(w http.ResponseWriter, r *http.Request) error {
-	hosts, err := s.hostViews(r.Context())
+	rev, err := s.st.Revision(r.Context())
 	if err != nil {
 		return err
 	}
-	for _, h := range hosts {
-		if h.Name == r.PathValue("name") {
-			writeJSON(w, http.StatusOK, h)
-			return nil
-		}
+	h, ok, err := s.cache.hostView(r.Context(), rev, r.PathValue("name"), s.cfg.Heartbeats)
+	if err != nil {
+		return err
 	}
-	return api.Errorf(api.ErrNotFound, "host %q not found: see 'shoal host list'", r.PathValue("name"))
+	if !ok {
+		return api.Errorf(api.ErrNotFound, "host %q not found: see 'shoal host list'", r.PathValue("name"))
+	}
+	writeJSON(w, http.StatusOK, h)
+	return nil
 }
 
 func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) error {

@@ -47,6 +47,8 @@ type Server struct {
 	st  *store.Store
 	log *slog.Logger
 	mux *http.ServeMux
+
+	cache *placeCache // hosts, allocations, networks and images, for creates
 }
 
 // New builds the API server.
@@ -63,7 +65,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	if cfg.DefaultNet == "" {
 		cfg.DefaultNet = "default"
 	}
-	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log)}
 	s.routes()
 	return s
 }

@@ -6,13 +6,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/cpumodel"
 	"github.com/shoalvm/shoal/internal/netdev"
-	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
 )
 
@@ -70,8 +68,10 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
 }
 
 // planVM validates a create request and turns it into a spec, without
-// side effects.
-func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpec, error) {
+// side effects. rev is the revision of the caller's check that the name is
+// free: what planVM reads from the cache is at least that recent. The
+// host and address are chosen later, by reserve.
+func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest, rev int64) (api.VMSpec, error) {
 	sp := api.VMSpec{Name: req.Name, Image: req.Image, CPUs: req.CPUs, CPUModel: req.CPU, HA: req.HA, AntiAffinity: req.AntiAffinity,
 		Network: req.Network, Pool: req.Pool, Host: req.Host, UserData: req.UserData,
 		Power: api.PowerStopped, CreatedAt: time.Now().UTC()}
@@ -104,10 +104,21 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpe
 	if req.Image == "" {
 		return sp, api.Errorf(api.ErrInvalid, "an image is required: --image NAME (see 'shoal image list')")
 	}
-	img, err := s.st.GetImage(ctx, req.Image)
-	if err != nil {
-		return sp, notFoundHint(err, "see 'shoal image list' or build one with 'shoal image build tiny'")
+	if sp.Network == "" {
+		sp.Network = s.cfg.DefaultNet
 	}
+	if sp.Pool == "" {
+		sp.Pool = s.cfg.DefaultPool
+	}
+	cat, err := s.cache.lookup(ctx, rev, req.Image, sp.Network, sp.Pool)
+	if err != nil {
+		return sp, err
+	}
+	if !cat.imageOK {
+		return sp, notFoundHint(api.Errorf(api.ErrNotFound, "image %q not found", req.Image),
+			"see 'shoal image list' or build one with 'shoal image build tiny'")
+	}
+	img := cat.image
 	sp.DiskBytes = img.SizeBytes
 	if req.Disk != "" {
 		d, err := api.ParseSize(req.Disk)
@@ -122,87 +133,19 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest) (api.VMSpe
 		}
 		sp.DiskBytes = (d + 511) &^ 511
 	}
-	if sp.Network == "" {
-		sp.Network = s.cfg.DefaultNet
+	if !cat.network {
+		return sp, notFoundHint(api.Errorf(api.ErrNotFound, "network %q not found", sp.Network), "see 'shoal network list'")
 	}
-	if _, err := s.st.GetNetwork(ctx, sp.Network); err != nil {
-		return sp, notFoundHint(err, "see 'shoal network list'")
-	}
-	if sp.Pool == "" {
-		sp.Pool = s.cfg.DefaultPool
-	}
-	if pools, err := s.knownPools(ctx); err != nil {
-		return sp, err
-	} else if len(pools) > 0 && !contains(pools, sp.Pool) { // no pools at all: no hosts, said below
-		return sp, api.Errorf(api.ErrNotFound, "storage pool %q not found: pools are %v", sp.Pool, pools)
+	if !cat.poolOK { // no pools at all: no hosts, said by placement
+		return sp, api.Errorf(api.ErrNotFound, "storage pool %q not found: pools are %v", sp.Pool, cat.pools)
 	}
 	if sp.CPUModel != "" && !cpumodel.Valid(sp.CPUModel) {
 		return sp, api.Errorf(api.ErrInvalid, "unknown CPU model %q: use host or one of %s", sp.CPUModel, cpumodel.Names())
 	}
 	if sp.CPUModel == "" {
-		if sp.CPUModel, err = s.baselineCPU(ctx); err != nil {
-			return sp, err
-		}
+		sp.CPUModel = cat.baseline
 	}
-	host, err := s.placeVM(ctx, sp)
-	if err != nil {
-		return sp, err
-	}
-	sp.Host = host
 	return sp, nil
-}
-
-// placeVM picks the host for a new VM with the scheduler.
-func (s *Server) placeVM(ctx context.Context, sp api.VMSpec) (string, error) {
-	hosts, err := s.st.ListHosts(ctx)
-	if err != nil {
-		return "", err
-	}
-	specs, _, err := s.st.ListVMs(ctx)
-	if err != nil {
-		return "", err
-	}
-	alive, err := s.st.AliveHosts(ctx)
-	if err != nil {
-		return "", err
-	}
-	snap := placementSnapshot(hosts, specs, alive)
-	d, err := scheduler.Place(snap, scheduler.Request{
-		// Networks are cluster-wide (checked in planVM), so no host lacks one.
-		Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
-		Pool: sp.Pool, Host: sp.Host, AntiAffinity: sp.AntiAffinity,
-	}, s.cfg.Policy)
-	if err != nil {
-		return "", err
-	}
-	return d.Host, nil
-}
-
-// placementSnapshot turns host records, VM specs and liveness into what
-// the scheduler needs. Pure. Networks are cluster-wide.
-func placementSnapshot(hosts []api.Host, specs []api.VMSpec, alive map[string]bool) []scheduler.Host {
-	byName := make(map[string]int, len(hosts))
-	out := make([]scheduler.Host, len(hosts))
-	for i, h := range hosts {
-		byName[h.Name] = i
-		out[i] = scheduler.Host{Name: h.Name, State: hostState(h, alive[h.Name]), CPUs: h.CPUs,
-			MemoryMiB: h.MemoryMiB, Pools: h.Pools}
-	}
-	for _, v := range specs {
-		i, ok := byName[v.Host]
-		if !ok || v.Power == api.PowerStopped {
-			continue
-		}
-		out[i].AllocatedMiB += v.MemoryMiB
-		out[i].AllocatedCPUs += v.CPUs
-		if v.AntiAffinity != "" {
-			if out[i].Groups == nil {
-				out[i].Groups = map[string]int{}
-			}
-			out[i].Groups[v.AntiAffinity]++
-		}
-	}
-	return out
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
@@ -215,10 +158,14 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
-	if _, err := s.st.GetVM(ctx, req.Name); err == nil {
+	exists, rev, err := s.st.VMExists(ctx, req.Name)
+	if err != nil {
+		return err
+	}
+	if exists {
 		return api.Errorf(api.ErrConflict, "vm %q already exists", req.Name)
 	}
-	sp, err := s.planVM(ctx, req)
+	sp, err := s.planVM(ctx, req, rev)
 	if err != nil {
 		return err
 	}
@@ -227,84 +174,43 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	}
 	sp.ID = newID()
 	sp.MAC = netdev.MAC(sp.ID)
-	var rev int64
-	for try := 0; ; try++ {
-		if sp.IP, err = s.allocateIP(ctx, sp.Network); err != nil {
-			return err
-		}
-		rev, err = s.st.CreateVM(ctx, sp)
-		if err == nil || try == 5 || !store.IsAddressTaken(err) {
-			break
-		}
-		sp.ID = newID()
-		sp.MAC = netdev.MAC(sp.ID)
-	}
-	if err != nil {
+	if err := s.cache.reserve(ctx, rev, &sp, s.cfg.Policy); err != nil {
 		return err
 	}
+	for try := 0; ; try++ {
+		rev, err = s.st.CreateVM(ctx, sp)
+		if err == nil {
+			s.cache.commit(sp)
+			break
+		}
+		if try == 5 || !store.IsAddressTaken(err) {
+			s.cache.release(sp)
+			return err
+		}
+		// Another server or tool took the address or MAC: learn which
+		// from the store, then try another.
+		now, rerr := s.st.Revision(ctx)
+		if rerr == nil {
+			rerr = s.cache.readdress(ctx, now, &sp, newID())
+		}
+		if rerr != nil {
+			s.cache.release(sp)
+			return rerr
+		}
+	}
 	s.log.Info("vm created", "name", sp.Name, "host", sp.Host, "ip", sp.IP)
+	if !ws.wait {
+		// What loadVM would read back: the spec as written, with no
+		// status yet (its id is new).
+		sp.Rev = rev
+		writeJSON(w, http.StatusCreated, api.MergeVM(sp, nil))
+		return nil
+	}
 	target := func(vm api.VM) bool { return vm.State == api.StateStopped }
 	if req.Start {
 		target = func(vm api.VM) bool { return vm.State == api.StateRunning }
 	}
 	return s.respondAfter(w, r, http.StatusCreated, sp.Name, rev, ws, target, "was created, but ")
-}
-
-func (s *Server) allocateIP(ctx context.Context, network string) (string, error) {
-	n, err := s.st.GetNetwork(ctx, network)
-	if err != nil {
-		return "", err
-	}
-	pool, err := netdev.ParsePool(n.Subnet)
-	if err != nil {
-		return "", fmt.Errorf("network %s: %w", n.Name, err)
-	}
-	used, err := s.st.UsedIPs(ctx, network)
-	if err != nil {
-		return "", err
-	}
-	m := map[netip.Addr]bool{}
-	for _, u := range used {
-		if a, err := netip.ParseAddr(u); err == nil {
-			m[a] = true
-		}
-	}
-	a, err := pool.Next(m)
-	if err != nil {
-		return "", api.Errorf(api.ErrCapacity, "network %s: %v", network, err)
-	}
-	return a.String(), nil
-}
-
-// baselineCPU is the most capable CPU model every host can run, so that a
-// VM may move to any of them.
-func (s *Server) baselineCPU(ctx context.Context) (string, error) {
-	hosts, err := s.st.ListHosts(ctx)
-	if err != nil {
-		return "", err
-	}
-	flags := make([][]string, 0, len(hosts))
-	for _, h := range hosts {
-		flags = append(flags, h.CPUFlags)
-	}
-	return cpumodel.Choose(flags), nil
-}
-
-// knownPools lists the storage pools any host offers.
-func (s *Server) knownPools(ctx context.Context) ([]string, error) {
-	hosts, err := s.st.ListHosts(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var pools []string
-	for _, h := range hosts {
-		for _, p := range h.Pools {
-			if !contains(pools, p) {
-				pools = append(pools, p)
-			}
-		}
-	}
-	return pools, nil
 }
 
 func newID() string {
