@@ -40,15 +40,22 @@ func newClusterRig(t *testing.T) *clusterRig {
 			_ = exec.Command("ip", "netns", "del", ns).Run()
 		}
 	})
+	c.startServer()
+	return c
+}
+
+// startServer runs 'shoal server' in the rig's namespace.
+func (c *clusterRig) startServer() {
+	c.t.Helper()
+	l := c.testNode
 	l.log = &bytes.Buffer{}
 	l.node = exec.Command("ip", "netns", "exec", l.ns, shoalBin, "server", "--data-dir", filepath.Join(l.dir, "ctl"),
 		"--listen", "10.57.0.1:7443", "--config", filepath.Join(l.dir, "config.json"), "-v")
 	l.node.Stdout, l.node.Stderr = l.log, l.log
 	if err := l.node.Start(); err != nil {
-		t.Fatal(err)
+		c.t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() bool { return strings.Contains(l.log.String(), "Shoal server is up") }, l.log.String)
-	return c
+	waitFor(c.t, 60*time.Second, func() bool { return strings.Contains(l.log.String(), "Shoal server is up") }, l.log.String)
 }
 
 func waitFor(t testing.TB, d time.Duration, ok func() bool, why func() string) {
@@ -174,6 +181,20 @@ func TestIntegrationCluster(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return c.hostState("host1") == api.HostUp }, func() string { return "host1 never came back" })
 	if r, err := c.get(vm.IP); err != nil || r.Boot != r1.Boot || r.Count != r1.Count+2 {
 		t.Fatalf("VM after the agent came back: %+v %v (first %+v)", r, err, r1)
+	}
+
+	// The server dies: the host's VM keeps serving; when the server comes
+	// back the agent catches up by itself and takes orders again.
+	c.kill()
+	time.Sleep(2 * time.Second)
+	if r, err := c.get(vm.IP); err != nil || r.Boot != r1.Boot {
+		t.Fatalf("VM while the server is down: %+v %v", r, err)
+	}
+	c.startServer()
+	waitFor(t, 20*time.Second, func() bool { return c.hostState("host1") == api.HostUp }, func() string { return "host1 not up after the server returned" })
+	c.mustShoal("vm", "restart", "web1")
+	if r := c.waitServing(vm.IP, 90*time.Second); r.Boot == r1.Boot {
+		t.Fatal("restart after the server came back did not reboot the VM")
 	}
 
 	// A second host; a VM on the shared pool keeps its disk (and the

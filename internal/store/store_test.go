@@ -3,7 +3,9 @@ package store_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/store"
@@ -75,5 +77,30 @@ func TestTokens(t *testing.T) {
 		if _, err := s.CheckToken(ctx, tok); !errors.Is(err, api.ErrUnauthorized) {
 			t.Errorf("token %q: got %v", tok, err)
 		}
+	}
+}
+
+func TestJoinTokens(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	now := time.Now()
+	if err := s.PutJoinToken(ctx, "good", store.JoinToken{Expires: now.Add(time.Hour), CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutJoinToken(ctx, "stale", store.JoinToken{Expires: now.Add(10 * time.Millisecond), CreatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := s.UseJoinToken(ctx, "stale"); !errors.Is(err, api.ErrUnauthorized) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired token: %v", err)
+	}
+	if err := s.UseJoinToken(ctx, "good"); err != nil {
+		t.Fatalf("good token: %v", err)
+	}
+	if err := s.UseJoinToken(ctx, "good"); !errors.Is(err, api.ErrUnauthorized) {
+		t.Fatalf("second use: %v", err)
+	}
+	if err := s.UseJoinToken(ctx, "made-up"); !errors.Is(err, api.ErrUnauthorized) {
+		t.Fatalf("unknown token: %v", err)
 	}
 }
