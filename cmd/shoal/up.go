@@ -58,6 +58,9 @@ func controlPlaneFlags(f *pflag.FlagSet, o *node.Options, etcd *string, listen s
 	f.StringVar(&o.EtcdPeer, "etcd-peer-url", "https://127.0.0.1:7380", "embedded etcd: peer URL (mutual TLS with the cluster CA)")
 	f.StringVar(&o.Subnet, "subnet", "10.57.0.0/24", "subnet of the default network")
 	f.StringVar(&o.Bridge, "bridge", "shoal0", "bridge of the default network on each host")
+	f.StringVar(&o.Policy.Strategy, "placement", "spread", "where new VMs go: spread (most free memory) or pack (fill hosts in turn)")
+	f.Float64Var(&o.Policy.MemOvercommit, "mem-overcommit", 1.0, "memory a host may promise to VMs, as a multiple of its RAM")
+	f.Float64Var(&o.Policy.CPUOvercommit, "cpu-overcommit", 4.0, "vCPUs a host may run per CPU")
 }
 
 func printWelcome(i node.Info, o node.Options) {

@@ -26,6 +26,7 @@ import (
 	"github.com/shoalvm/shoal/internal/hostcheck"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/server"
 	"github.com/shoalvm/shoal/internal/storage"
 	"github.com/shoalvm/shoal/internal/store"
@@ -43,11 +44,12 @@ type Options struct {
 	Bridge        string   // default network's bridge, e.g. shoal0
 	Accel         string   // auto, kvm or tcg
 	StopTimeout   time.Duration
-	ConfigPath    string // CLI settings file to write; "" = don't
-	ConfigSocket  bool   // point the CLI settings at the unix socket, not HTTPS
-	Demo          bool   // create and start the demo VM
-	NoAgent       bool   // control plane only ('shoal server')
-	Advertise     string // URL where agents reach this server (its address goes in the certificate)
+	ConfigPath    string           // CLI settings file to write; "" = don't
+	ConfigSocket  bool             // point the CLI settings at the unix socket, not HTTPS
+	Demo          bool             // create and start the demo VM
+	NoAgent       bool             // control plane only ('shoal server')
+	Policy        scheduler.Policy // placement strategy and overcommit
+	Advertise     string           // URL where agents reach this server (its address goes in the certificate)
 }
 
 // Info is what a started node tells its user.
@@ -89,6 +91,9 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if err := api.ValidateName("host", o.Host); err != nil {
 		return fmt.Errorf("%w (set --host)", err)
 	}
+	if _, err := scheduler.Place(nil, scheduler.Request{}, o.Policy); errors.Is(err, api.ErrInvalid) {
+		return fmt.Errorf("placement policy: %w", err)
+	}
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -112,7 +117,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir,
+	scfg := server.Config{ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir, Policy: o.Policy,
 		AgentAPI: agentapi.NewHandler(local, imageDir, log)}
 	var ag *agent.Agent
 	if !o.NoAgent {
