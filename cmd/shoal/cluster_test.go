@@ -199,6 +199,17 @@ func TestIntegrationCluster(t *testing.T) {
 
 	// A second host; a VM on the shared pool keeps its disk (and the
 	// image's base) where every host sees them; placement spreads.
+	// A valid token does not buy a machine the name of an existing host.
+	args := c.agentArgs("host2", 2, strings.TrimSpace(c.mustShoal("cluster", "token")))
+	for i := range args {
+		if args[i] == "--host" {
+			args[i+1] = "host1"
+		}
+	}
+	out, err = exec.Command("ip", args...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "already a member") {
+		t.Fatalf("joining as an existing host: %v\n%s", err, out)
+	}
 	c.startAgent("host2", 2, strings.TrimSpace(c.mustShoal("cluster", "token")))
 	c.mustShoal("vm", "create", "s1", "--image", "tiny", "--pool", "shared", "--host", "host2", "--start")
 	s1 := c.vm("s1")

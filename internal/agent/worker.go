@@ -315,7 +315,7 @@ func (w *worker) powerdown(ctx context.Context) bool {
 // report publishes the VM's state if it changed. A failed write is
 // retried by the run loop.
 func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) error {
-	st := api.VMStatus{ID: s.ID, Host: w.a.cfg.Host, State: state, Error: msg,
+	st := api.VMStatus{ID: s.ID, Name: s.Name, Host: w.a.cfg.Host, State: state, Error: msg,
 		RestartGen: max(w.gen, 0), Accel: w.a.cfg.Accel, ObservedRev: s.Rev}
 	if w.proc != nil {
 		st.PID = w.proc.Pid

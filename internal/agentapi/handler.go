@@ -134,6 +134,8 @@ func (h *Handler) watch(ctx context.Context, host string, w http.ResponseWriter,
 		case <-ctx.Done():
 			return nil
 		}
+		// An agent that stops reading must not pin this stream forever.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if err := enc.Encode(ev); err != nil {
 			return nil
 		}
@@ -148,8 +150,8 @@ func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter
 	if err := readJSON(r, &st); err != nil {
 		return err
 	}
-	if st.Host != host {
-		return notYours(host, "a VM of host "+st.Host)
+	if cur, err := h.Local.st.GetVM(ctx, st.Name); err != nil || st.Host != host || cur.Host != host || cur.ID != st.ID {
+		return notYours(host, "vm "+st.Name)
 	}
 	if err := h.Local.Report(ctx, st); err != nil {
 		return err
@@ -167,24 +169,25 @@ func (h *Handler) status(ctx context.Context, _ string, w http.ResponseWriter, r
 	return nil
 }
 
-// mine reads a spec from the body and checks the host owns that VM now.
-func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.VMSpec, error) {
+// mine reads a spec from the body and checks the host owns that VM now;
+// it returns the spec sent and the one stored.
+func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.VMSpec, api.VMSpec, error) {
 	var s api.VMSpec
 	if err := readJSON(r, &s); err != nil {
-		return s, err
+		return s, s, err
 	}
 	cur, err := h.Local.st.GetVM(ctx, s.Name)
 	if err != nil {
-		return s, err
+		return s, cur, err
 	}
 	if cur.Host != host || cur.ID != s.ID {
-		return s, notYours(host, "vm "+s.Name)
+		return s, cur, notYours(host, "vm "+s.Name)
 	}
-	return s, nil
+	return s, cur, nil
 }
 
 func (h *Handler) guestStopped(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, err := h.mine(ctx, host, r)
+	s, _, err := h.mine(ctx, host, r)
 	if err != nil {
 		return err
 	}
@@ -197,13 +200,16 @@ func (h *Handler) guestStopped(ctx context.Context, host string, w http.Response
 }
 
 func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, err := h.mine(ctx, host, r)
+	s, cur, err := h.mine(ctx, host, r)
 	if api.IsNotFound(err) {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if !cur.Deleting {
+		return api.Errorf(api.ErrConflict, "vm %q is not being deleted", s.Name)
 	}
 	if err := h.Local.Removed(ctx, s); err != nil {
 		return err

@@ -29,8 +29,16 @@ type Host interface {
 // HostClient reaches an agent's own API (served by HostHandler) with the
 // server's certificate.
 type HostClient struct {
+	Name string // the host, whose certificate the agent must present
 	Addr string // https://HOST:PORT of the agent
 	TLS  *tls.Config
+}
+
+// tls returns the settings that accept only the agent of this host.
+func (c HostClient) tls() *tls.Config {
+	cfg := c.TLS.Clone()
+	cfg.VerifyConnection = pki.RequireRole(pki.OUAgent, c.Name)
+	return cfg
 }
 
 func (c HostClient) hostport() (string, error) {
@@ -47,7 +55,7 @@ func (c HostClient) DialConsole(ctx context.Context, vmID string) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	d := tls.Dialer{Config: c.TLS}
+	d := tls.Dialer{Config: c.tls()}
 	conn, err := d.DialContext(ctx, "tcp", hp)
 	if err != nil {
 		return nil, api.Errorf(api.ErrUnavailable, "cannot reach host at %s: %v", c.Addr, err)
@@ -78,7 +86,7 @@ func (c HostClient) OpenLog(ctx context.Context, vmID string) (io.ReadCloser, er
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c.TLS}}).Do(req)
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: c.tls(), DisableKeepAlives: true}}).Do(req)
 	if err != nil {
 		return nil, api.Errorf(api.ErrUnavailable, "cannot reach host at %s: %v", c.Addr, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 
@@ -20,13 +21,13 @@ type Local struct {
 	log *slog.Logger
 
 	mu     sync.Mutex
-	leases map[string]clientv3.LeaseID // host -> liveness lease
-	beats  map[string]time.Time        // host -> last heartbeat seen here
+	leases map[string]lease     // host -> liveness lease and who holds it
+	beats  map[string]time.Time // host -> last heartbeat seen here
 }
 
 // NewLocal returns a control plane backed by the store.
 func NewLocal(st *store.Store, log *slog.Logger) *Local {
-	return &Local{st: st, log: log, leases: map[string]clientv3.LeaseID{}, beats: map[string]time.Time{}}
+	return &Local{st: st, log: log, leases: map[string]lease{}, beats: map[string]time.Time{}}
 }
 
 // LastHeartbeat returns when host last registered through this process.
@@ -37,6 +38,12 @@ func (l *Local) LastHeartbeat(host string) (time.Time, bool) {
 	return t, ok
 }
 
+// lease is a host's liveness lease and the facts it registered with.
+type lease struct {
+	id   clientv3.LeaseID
+	host api.Host // as registered, heartbeat time cleared
+}
+
 // claimGrace is how long a host record must have been silent before a
 // machine with another identity may take the name over.
 const claimGrace = 2 * time.Minute
@@ -44,17 +51,23 @@ const claimGrace = 2 * time.Minute
 // Register implements Reporter. The host record is written when it
 // changes; liveness is an etcd lease renewed on every call.
 func (l *Local) Register(ctx context.Context, h api.Host, ttl time.Duration) error {
+	facts := h
+	facts.LastHeartbeat = time.Time{}
 	l.mu.Lock()
-	lease, known := l.leases[h.Name]
+	cur, known := l.leases[h.Name]
 	l.mu.Unlock()
-	if known {
-		if err := l.st.KeepAlive(ctx, lease); err == nil {
+	// The fast path: the same machine with the same facts only renews.
+	if known && reflect.DeepEqual(cur.host, facts) {
+		if err := l.st.KeepAlive(ctx, cur.id); err == nil {
 			l.beat(h.Name)
 			return nil
 		}
 	}
-	alive, _ := l.st.HostAlive(ctx, h.Name)
-	err := l.st.ClaimHost(ctx, h, func(cur *api.Host) (api.Host, error) {
+	alive, err := l.st.HostAlive(ctx, h.Name)
+	if err != nil {
+		return err
+	}
+	err = l.st.ClaimHost(ctx, h, func(cur *api.Host) (api.Host, error) {
 		if cur == nil {
 			return h, nil
 		}
@@ -69,12 +82,14 @@ func (l *Local) Register(ctx context.Context, h api.Host, ttl time.Duration) err
 	if err != nil {
 		return fmt.Errorf("register host %s: %w", h.Name, err)
 	}
-	lease, err = l.st.MarkAlive(ctx, h.Name, ttl)
-	if err != nil {
-		return err
+	id := cur.id
+	if !known || cur.host.ID != h.ID || l.st.KeepAlive(ctx, id) != nil {
+		if id, err = l.st.MarkAlive(ctx, h.Name, ttl); err != nil {
+			return err
+		}
 	}
 	l.mu.Lock()
-	l.leases[h.Name] = lease
+	l.leases[h.Name] = lease{id: id, host: facts}
 	l.mu.Unlock()
 	l.beat(h.Name)
 	return nil
@@ -128,7 +143,7 @@ func (l *Local) FetchImage(context.Context, string, string) error { return nil }
 
 // WatchVMs implements Source with an etcd watch on the VM specs.
 func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error) error {
-	specs, rev, err := l.st.ListVMs(ctx)
+	specs, rev, err := l.st.ListVMsStrict(ctx)
 	if err != nil {
 		return err
 	}

@@ -12,9 +12,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/pki"
 )
 
 // Remote is the control plane of an agent on another host: the agent API
@@ -24,6 +26,7 @@ type Remote struct {
 	http *http.Client
 	// stream has no overall timeout: the watch lasts as long as it can.
 	stream *http.Client
+	fetch  sync.Mutex // one image download at a time, so two VMs never race for one file
 }
 
 // NewRemote returns a client of the agent API at server (https://HOST:PORT)
@@ -33,6 +36,8 @@ func NewRemote(server string, tlsCfg *tls.Config) (*Remote, error) {
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("server %q must be https://HOST:PORT", server)
 	}
+	tlsCfg = tlsCfg.Clone()
+	tlsCfg.VerifyConnection = pki.RequireRole(pki.OUServer, "") // not another agent posing as the server
 	tr := &http.Transport{TLSClientConfig: tlsCfg, MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second,
 		ResponseHeaderTimeout: 30 * time.Second}
 	return &Remote{base: "https://" + u.Host, http: &http.Client{Transport: tr, Timeout: 30 * time.Second},
@@ -117,6 +122,11 @@ func (c *Remote) Image(ctx context.Context, name string) (api.Image, error) {
 // FetchImage implements Catalog: it downloads the image's files into dir,
 // each atomically, the disk last (its presence marks a complete copy).
 func (c *Remote) FetchImage(ctx context.Context, name, dir string) error {
+	c.fetch.Lock()
+	defer c.fetch.Unlock()
+	if _, err := os.Stat(filepath.Join(dir, "disk.qcow2")); err == nil {
+		return nil // another VM's worker fetched it meanwhile
+	}
 	im, err := c.Image(ctx, name)
 	if err != nil {
 		return err
@@ -149,20 +159,25 @@ func (c *Remote) download(ctx context.Context, path, dst string) error {
 	if resp.StatusCode != http.StatusOK {
 		return readErr(resp)
 	}
-	tmp := dst + ".part"
-	f, err := os.Create(tmp)
+	f, err := os.CreateTemp(filepath.Dir(dst), ".part-")
 	if err != nil {
 		return fmt.Errorf("download %s: %w", path, err)
 	}
-	_, err = io.Copy(f, resp.Body)
+	defer os.Remove(f.Name())
+	n, err := io.Copy(f, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("got %d of %d bytes", n, resp.ContentLength)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, dst)
+		err = os.Rename(f.Name(), dst)
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
 		return fmt.Errorf("download %s: %w", path, err)
 	}
 	return nil

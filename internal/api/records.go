@@ -34,6 +34,7 @@ type VMSpec struct {
 // VMStatus is what the VM's host reports about it.
 type VMStatus struct {
 	ID         string `json:"id"`
+	Name       string `json:"name,omitempty"` // of the VM, so a report can be checked against its owner
 	Host       string `json:"host"`
 	State      string `json:"state"`
 	PID        int    `json:"pid,omitempty"`

@@ -201,8 +201,10 @@ func pinnedCA(cs tls.ConnectionState, hash string) error {
 	if !found {
 		return errors.New("the server's CA does not match the join token: wrong server, or a token of another cluster")
 	}
-	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter})
-	return err
+	if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
+		return err
+	}
+	return pki.RequireRole(pki.OUServer, "")(cs) // not a member agent posing as the server
 }
 
 func waitNetwork(ctx context.Context, log *slog.Logger, cp agentapi.ControlPlane) (api.Network, error) {
@@ -250,7 +252,7 @@ func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Ha
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	hs := &http.Server{Handler: h, TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second,
+	hs := &http.Server{Handler: h, TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {
 		if err := hs.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -67,10 +67,13 @@ func NewCSR(dir, host string, addrs []string) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
-// SignAgent signs an agent's certificate request with the CA in dir. The
-// certificate names host (whatever the request says) as an agent, for
-// both client and server use, and the request's addresses.
-func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
+// CheckCSR parses a certificate request and checks its signature.
+func CheckCSR(csrPEM []byte) error {
+	_, err := parseCSR(csrPEM)
+	return err
+}
+
+func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	b, _ := pem.Decode(csrPEM)
 	if b == nil || b.Type != "CERTIFICATE REQUEST" {
 		return nil, errors.New("certificate request is not PEM")
@@ -81,6 +84,18 @@ func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("certificate request signature: %w", err)
+	}
+	return csr, nil
+}
+
+// SignAgent signs an agent's certificate request with the CA in dir. The
+// certificate names host (whatever the request says) as an agent, for
+// both client and server use (its own API), valid only for the request's
+// IP addresses: never for a DNS name, which could be the server's.
+func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
+	csr, err := parseCSR(csrPEM)
+	if err != nil {
+		return nil, err
 	}
 	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, CACert), filepath.Join(dir, CAKey))
 	if err != nil {
@@ -97,7 +112,6 @@ func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     csr.DNSNames,
 		IPAddresses:  csr.IPAddresses,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, csr.PublicKey, ca.PrivateKey)
@@ -105,6 +119,21 @@ func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
 		return nil, fmt.Errorf("sign agent certificate: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// RequireRole returns a TLS check that the peer's (verified) certificate
+// has the role ou and, if name is set, that name.
+func RequireRole(ou, name string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("peer sent no certificate")
+		}
+		c := cs.PeerCertificates[0]
+		if len(c.Subject.OrganizationalUnit) == 0 || c.Subject.OrganizationalUnit[0] != ou || name != "" && c.Subject.CommonName != name {
+			return fmt.Errorf("peer %q (%v) is not the %s %s of this cluster", c.Subject.CommonName, c.Subject.OrganizationalUnit, ou, name)
+		}
+		return nil
+	}
 }
 
 // PeerRole returns the name and role (OU) of a verified TLS peer.

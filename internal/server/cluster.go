@@ -86,6 +86,14 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	if err := api.ValidateName("host", req.Host); err != nil {
 		return err
 	}
+	if err := pki.CheckCSR([]byte(req.CSR)); err != nil {
+		return api.Errorf(api.ErrInvalid, "cannot sign the certificate request: %v", err)
+	}
+	// A name is joined once: a token must not buy another machine the
+	// identity (and the VMs) of an existing host.
+	if _, err := s.st.GetHost(r.Context(), req.Host); err == nil {
+		return api.Errorf(api.ErrConflict, "host %q is already a member: join this machine under another --host name", req.Host)
+	}
 	secret, _, _ := strings.Cut(req.Token, ".")
 	if err := s.st.UseJoinToken(r.Context(), secret); err != nil {
 		return err

@@ -22,7 +22,7 @@ func (s *Server) hostOf(r *http.Request) (agentapi.Host, api.VM, error) {
 	if err != nil || rec.Address == "" || s.cfg.HostTLS == nil {
 		return nil, vm, api.Errorf(api.ErrUnavailable, "host %s of vm %q is not reachable from this server", vm.Host, vm.Name)
 	}
-	return agentapi.HostClient{Addr: rec.Address, TLS: s.cfg.HostTLS}, vm, nil
+	return agentapi.HostClient{Name: rec.Name, Addr: rec.Address, TLS: s.cfg.HostTLS}, vm, nil
 }
 
 func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {

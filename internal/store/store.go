@@ -89,6 +89,26 @@ func (s *Store) ListVMs(ctx context.Context) ([]api.VMSpec, int64, error) {
 	return list[api.VMSpec](ctx, s.c, VMPrefix)
 }
 
+// ListVMsStrict is ListVMs for hosts: a record that does not decode is an
+// error, never a VM that silently is not there (which a host would take
+// as "delete it here").
+func (s *Store) ListVMsStrict(ctx context.Context) ([]api.VMSpec, int64, error) {
+	resp, err := s.c.Get(ctx, VMPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list vms: %w: %w", api.ErrUnavailable, err)
+	}
+	out := make([]api.VMSpec, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var v api.VMSpec
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return nil, 0, fmt.Errorf("vm record %s is corrupt: %w", kv.Key, err)
+		}
+		v.Rev = kv.ModRevision
+		out = append(out, v)
+	}
+	return out, resp.Header.Revision, nil
+}
+
 // UpdateVM changes a VM's spec with compare-and-swap.
 // The returned spec's Rev is the revision it was written at.
 func (s *Store) UpdateVM(ctx context.Context, name string, fn func(*api.VMSpec) error) (api.VMSpec, error) {
