@@ -33,6 +33,16 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	undo := func() {}
+	if action == "start" {
+		rev, err := s.st.Revision(r.Context())
+		if err != nil {
+			return err
+		}
+		if undo, err = s.cache.admitStart(r.Context(), rev, name, s.cfg.Policy); err != nil {
+			return err
+		}
+	}
 	var target func(api.VM) bool
 	sp, err := s.st.UpdateVM(r.Context(), name, func(sp *api.VMSpec) error {
 		vm, _, err := s.loadVM(r.Context(), name)
@@ -46,6 +56,7 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 		return err
 	})
 	if err != nil {
+		undo()
 		return notFoundHint(err, "see 'shoal vm list'")
 	}
 	return s.respondAfter(w, r, http.StatusOK, name, sp.Rev, ws, target, "")

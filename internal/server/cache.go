@@ -318,3 +318,35 @@ func (e *hostEntry) view(hb Heartbeats) api.Host {
 	h.AllocatedMiB += e.mem
 	return h
 }
+
+// admitStart checks that the host of a stopped VM still has room for it
+// and accounts it as running at once, so that concurrent starts (and
+// creates) cannot overbook the host. undo gives the room back if the start
+// is not written after all.
+func (c *placeCache) admitStart(ctx context.Context, rev int64, name string, pol scheduler.Policy) (undo func(), err error) {
+	if err := c.lockAt(ctx, rev); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	s := c.state
+	v := s.vms[name]
+	if v == nil || v.running {
+		return func() {}, nil
+	}
+	if _, err := scheduler.Place(s.hostSnapshot(), scheduler.Request{Name: name, CPUs: v.cpus, MemoryMiB: v.mem,
+		Host: v.host, AntiAffinity: v.group}, pol); err != nil {
+		return nil, err
+	}
+	s.account(v, -1)
+	v.running = true
+	s.account(v, 1)
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cur := c.state.vms[name]; cur == v && v.running {
+			c.state.account(v, -1)
+			v.running = false
+			c.state.account(v, 1)
+		}
+	}, nil
+}
