@@ -90,6 +90,11 @@ type Config struct {
 	NICs  []NIC
 
 	Paused bool // start with the CPUs stopped (-S)
+
+	// Incoming starts QEMU as a live-migration target (-incoming defer):
+	// it waits, status "inmigrate", until Process.MigrateIncoming names
+	// the URI to receive on. The other settings must match the source's.
+	Incoming bool
 }
 
 var (
@@ -192,6 +197,9 @@ func Args(cfg Config) ([]string, error) {
 	}
 	if cfg.Paused {
 		a = append(a, "-S")
+	}
+	if cfg.Incoming {
+		a = append(a, "-incoming", "defer")
 	}
 	return a, nil
 }
