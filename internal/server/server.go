@@ -34,7 +34,6 @@ type Config struct {
 	AgentAPI    http.Handler             // serves /v1/agent/ to agents (nil: none)
 	PKIDir      string                   // the cluster CA, to sign joining agents
 	Heartbeats  Heartbeats               // when hosts last renewed their liveness here (optional)
-	HostTimeout time.Duration            // a host silent this long is down
 	WaitTimeout time.Duration            // longest an API call waits for a host
 	Policy      scheduler.Policy         // placement: spread or pack, overcommit
 	DefaultPool string
@@ -53,9 +52,6 @@ type Server struct {
 
 // New builds the API server.
 func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
-	if cfg.HostTimeout == 0 {
-		cfg.HostTimeout = 30 * time.Second
-	}
 	if cfg.WaitTimeout == 0 {
 		cfg.WaitTimeout = 3 * time.Minute
 	}
