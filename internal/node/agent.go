@@ -21,10 +21,8 @@ import (
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/hostcheck"
-	"github.com/shoalvm/shoal/internal/image"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
-	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/server"
 	"github.com/shoalvm/shoal/internal/storage"
 )
@@ -98,7 +96,10 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	if err := ag.EnsureNetwork(ctx, n); err != nil {
 		return err
 	}
-	accel, reason := agentAccel(ctx, log, o, cp, imageDir)
+	tinyDir := filepath.Join(imageDir, "tiny")
+	accel, reason := chooseAccel(ctx, log, o.Accel, o.DataDir, tinyDir, func(ctx context.Context) error {
+		return cp.FetchImage(ctx, "tiny", tinyDir)
+	})
 	ag.SetAccel(accel, reason)
 	report := hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: accel, AccelReason: reason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
 	if !report.OK() {
@@ -220,30 +221,6 @@ func waitNetwork(ctx context.Context, log *slog.Logger, cp agentapi.ControlPlane
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// agentAccel picks KVM or TCG like probeAccel, with the tiny image fetched
-// from the server.
-func agentAccel(ctx context.Context, log *slog.Logger, o AgentOptions, cp agentapi.Catalog, imageDir string) (string, string) {
-	switch o.Accel {
-	case "kvm":
-		return "kvm", ""
-	case "tcg":
-		return "tcg", "chosen with --accel tcg"
-	}
-	if a, r, ok := CachedAccel(o.DataDir); ok {
-		return a, r
-	}
-	dir := filepath.Join(imageDir, "tiny")
-	if !fileExists(filepath.Join(dir, image.TinyDiskFile)) {
-		if err := cp.FetchImage(ctx, "tiny", dir); err != nil {
-			return "tcg", "could not test KVM: " + err.Error()
-		}
-	}
-	accel, reason := qemu.ProbeAccel(ctx, log, "qemu-system-x86_64", filepath.Join(dir, image.TinyKernelFile), filepath.Join(dir, image.TinyInitrdFile), image.TinyCmdline, 8*time.Second)
-	b, _ := json.Marshal(accelResult{Accel: accel, Reason: reason, Kernel: fileStamp(filepath.Join(dir, image.TinyKernelFile))})
-	_ = os.WriteFile(filepath.Join(o.DataDir, "accel.json"), b, 0o640)
-	return accel, reason
 }
 
 // serveHostAPI serves the agent's own API (for servers only) on listen.

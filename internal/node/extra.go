@@ -34,24 +34,30 @@ type accelResult struct {
 	Kernel string `json:"kernel"`
 }
 
-// probeAccel decides between KVM and TCG. A KVM that exists but does not
-// run a guest is common in nested setups, so "auto" boots the tiny guest
-// once under KVM and remembers the answer for this kernel.
-func probeAccel(ctx context.Context, log *slog.Logger, o Options, imageDir string) (string, string) {
-	switch o.Accel {
+// chooseAccel decides between KVM and TCG. A KVM that exists but does
+// not run a guest is common in nested setups, so "auto" boots the tiny
+// guest (in tinyDir; fetch, if set, brings it there) once under KVM and
+// remembers the answer in dataDir for that kernel.
+func chooseAccel(ctx context.Context, log *slog.Logger, want, dataDir, tinyDir string, fetch func(context.Context) error) (string, string) {
+	switch want {
 	case "kvm":
 		return "kvm", ""
 	case "tcg":
 		return "tcg", "chosen with --accel tcg"
 	}
-	dir := filepath.Join(imageDir, "tiny")
-	kernel := filepath.Join(dir, image.TinyKernelFile)
-	cache := filepath.Join(o.DataDir, "accel.json")
+	kernel := filepath.Join(tinyDir, image.TinyKernelFile)
+	cache := filepath.Join(dataDir, "accel.json")
 	var r accelResult
-	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &r) == nil && r.Kernel == fileStamp(kernel) {
+	if b, err := os.ReadFile(cache); err == nil && json.Unmarshal(b, &r) == nil && r.Accel != "" &&
+		(r.Kernel == fileStamp(kernel) || !fileExists(kernel)) {
 		return r.Accel, r.Reason
 	}
-	accel, reason := qemu.ProbeAccel(ctx, log, "qemu-system-x86_64", kernel, filepath.Join(dir, image.TinyInitrdFile), image.TinyCmdline, 8*time.Second)
+	if fetch != nil && !fileExists(filepath.Join(tinyDir, image.TinyDiskFile)) {
+		if err := fetch(ctx); err != nil {
+			return "tcg", "could not test KVM: " + err.Error()
+		}
+	}
+	accel, reason := qemu.ProbeAccel(ctx, log, "qemu-system-x86_64", kernel, filepath.Join(tinyDir, image.TinyInitrdFile), image.TinyCmdline, 8*time.Second)
 	log.Info("accelerator probed", "accel", accel, "reason", reason)
 	b, _ := json.Marshal(accelResult{Accel: accel, Reason: reason, Kernel: fileStamp(kernel)})
 	_ = os.WriteFile(cache, b, 0o640)

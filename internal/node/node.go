@@ -136,7 +136,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	info := Info{API: "https://" + o.Listen, Socket: socketPath(o), Host: o.Host}
 	if ag != nil {
-		info.Accel, info.AccelReason = probeAccel(ctx, log, o, imageDir)
+		info.Accel, info.AccelReason = chooseAccel(ctx, log, o.Accel, o.DataDir, filepath.Join(imageDir, "tiny"), nil)
 		ag.SetAccel(info.Accel, info.AccelReason)
 		info.Check = hostcheck.Run(ctx, hostcheck.Options{DataDir: o.DataDir, Accel: info.Accel, AccelReason: info.AccelReason, MinFreeMemMiB: 256, MinFreeDiskMiB: 512})
 		if !info.Check.OK() {

@@ -92,15 +92,5 @@ func (e *Embedded) Close() {
 
 // Connect dials an external etcd cluster.
 func Connect(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
-	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if _, err := c.Status(cctx, endpoints[0]); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
-	}
-	return c, nil
+	return ConnectTLS(ctx, endpoints, nil)
 }
