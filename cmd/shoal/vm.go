@@ -15,7 +15,7 @@ import (
 func vmCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage virtual machines"}
 	cmd.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmDeleteCmd(g),
-		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g))
+		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g))
 	for _, a := range []struct{ verb, short string }{
 		{"start", "Start a stopped VM"},
 		{"restart", "Restart a running VM (ACPI shutdown, then start)"},
@@ -130,6 +130,16 @@ func vmShowCmd(g *globals) *cobra.Command {
 				}
 				if v.Error != "" {
 					row("Error", v.Error)
+				}
+				if m := v.Migration; m != nil {
+					row("Migrating", fmt.Sprintf("%s -> %s: %s", m.From, m.To, progressLine(m.Progress)))
+				}
+				for i, m := range v.Migrations {
+					k := ""
+					if i == 0 {
+						k = "Migrations"
+					}
+					row(k, m.StartedAt.Local().Format("2006-01-02 15:04:05")+"  "+migrationSummary(m))
 				}
 			})
 		},

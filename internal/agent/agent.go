@@ -36,6 +36,8 @@ type Config struct {
 	Uplink      string        // NIC to put into the VM bridge, joining it to the physical network
 	Heartbeat   time.Duration // how often the host renews its liveness
 	LeaseTTL    time.Duration // a host silent this long is down
+	MigrationIP string        // this host's address for migration streams ("" = it cannot be a target)
+	TLSDir      string        // QEMU TLS credentials (qemu.WriteTLSDir) from the cluster certificate; "" = none
 }
 
 // Agent runs the VMs of one host.
@@ -116,7 +118,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) resync(ctx context.Context, specs []api.VMSpec) {
 	mine := map[string]api.VMSpec{}
 	for _, s := range specs {
-		if s.Host == a.cfg.Host {
+		if s.OnHost(a.cfg.Host) {
 			mine[s.ID] = s
 		}
 	}

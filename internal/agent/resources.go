@@ -98,24 +98,38 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	return nil
 }
 
-// start launches the VM's QEMU. The tap is created here and handed to QEMU
-// as an open fd, so it disappears with QEMU and can never be orphaned.
+// start launches the VM's QEMU.
 func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
-	n, err := w.a.cp.Network(ctx, s.Network)
+	p, err := w.launch(ctx, s, false)
 	if err != nil {
 		return err
 	}
+	crashpoint.Hit("agent-start-after-launch")
+	w.proc = p
+	w.status.StartedAt = w.now()
+	w.log.Info("vm started", "name", s.Name, "pid", p.Pid, "accel", w.a.cfg.Accel)
+	return nil
+}
+
+// launch starts QEMU for the VM, or, incoming, a QEMU that waits paused
+// for a migration stream. The tap is created here and handed to QEMU as
+// an open fd, so it disappears with QEMU and can never be orphaned.
+func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qemu.Process, error) {
+	n, err := w.a.cp.Network(ctx, s.Network)
+	if err != nil {
+		return nil, err
+	}
 	if err := w.a.EnsureNetwork(ctx, n); err != nil {
-		return err
+		return nil, err
 	}
 	tap, err := netdev.OpenTap(ctx, netdev.TapName(s.ID), n.Bridge)
 	if err != nil {
-		return fmt.Errorf("tap for %s: %w", s.Name, err)
+		return nil, fmt.Errorf("tap for %s: %w", s.Name, err)
 	}
 	defer tap.Close()
 	pool, err := w.a.pool(s.Pool)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir := w.a.vmDir(s.ID)
 	cfg := qemu.Config{
@@ -125,12 +139,13 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 			{Path: pool.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"},
 			{Path: filepath.Join(dir, "seed.iso"), Format: "raw", ReadOnly: true, Serial: "cidata"},
 		},
-		NICs:   []qemu.NIC{{MAC: s.MAC, TapFD: tap, ID: "net0"}},
-		Paused: s.Power == api.PowerPaused,
+		NICs:     []qemu.NIC{{MAC: s.MAC, TapFD: tap, ID: "net0"}},
+		Paused:   s.Power == api.PowerPaused || incoming,
+		Incoming: incoming,
 	}
 	img, err := w.a.cp.Image(ctx, s.Image)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if img.Kernel {
 		imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
@@ -138,13 +153,9 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	}
 	p, err := qemu.Launch(ctx, w.log, w.a.cfg.QEMU, cfg)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", s.Name, err)
+		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
-	crashpoint.Hit("agent-start-after-launch")
-	w.proc = p
-	w.status.StartedAt = w.now()
-	w.log.Info("vm started", "name", s.Name, "pid", p.Pid, "accel", cfg.Accel)
-	return nil
+	return p, nil
 }
 
 // EnsureNetwork makes the network's bridge on this host, with the host's

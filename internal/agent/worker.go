@@ -31,6 +31,11 @@ type worker struct {
 	guestExit bool // QEMU ended on its own and that is not recorded yet
 	status    api.VMStatus
 	dirty     bool // the last status could not be written
+
+	migEnded     string    // id of the last migration that ended here (as source)
+	lastProgress time.Time // of the last progress report
+	mirrorLen    int64     // bytes of disk the migration mirrors
+	relay        relayState
 }
 
 func newWorker(a *Agent, id string) *worker {
@@ -150,6 +155,12 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	if s == nil || s.Deleting {
 		return w.remove(ctx, s)
 	}
+	if s.Host != w.a.cfg.Host {
+		if s.Migration == nil || s.Migration.Target != w.a.cfg.Host {
+			return w.remove(ctx, nil) // not ours in any way (any more)
+		}
+		return false, w.incoming(ctx, s)
+	}
 	if err := w.attach(ctx); err != nil {
 		return false, err
 	}
@@ -159,6 +170,14 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 		if st, err := w.a.cp.Status(ctx, s.ID); err == nil {
 			w.gen = st.RestartGen // a restart asked for while we were away is still due
 		}
+	}
+	if s.Migration != nil {
+		// While the VM migrates, nothing here starts or stops it: only the
+		// migration's end (commit or abort) decides where it runs.
+		if alive {
+			return false, w.outgoing(ctx, s)
+		}
+		return false, w.migrationLost(ctx, s)
 	}
 	if w.guestExit {
 		if s.Power == api.PowerStopped {
@@ -245,6 +264,13 @@ func (w *worker) setPaused(ctx context.Context, s *api.VMSpec) error {
 		return fmt.Errorf("query QEMU status: %w", err)
 	}
 	switch {
+	case st == "postmigrate" || st == "finish-migrate" || st == "inmigrate":
+		if s.Migration != nil {
+			return w.report(ctx, s, api.StateMigrating, "")
+		}
+		// A migration that ended without a commit: the VM is still ours.
+		w.log.Info("migration did not commit; resuming the VM here", "qemu", st)
+		err, st = w.proc.Resume(qctx), "running"
 	case s.Power == api.PowerPaused && st == "running":
 		err, st = w.proc.Pause(qctx), "paused"
 	case s.Power == api.PowerRunning && (st == "paused" || st == "prelaunch"):

@@ -43,6 +43,16 @@ type Reporter interface {
 	GuestStopped(ctx context.Context, s api.VMSpec) (api.VMSpec, error)
 	// Removed deletes the records of a VM whose deletion the host finished.
 	Removed(ctx context.Context, s api.VMSpec) error
+	// MigrationReady tells where host, the target of s's migration, waits
+	// for the incoming stream.
+	MigrationReady(ctx context.Context, host string, s api.VMSpec, ep api.MigrationEndpoint) error
+	// CommitMigration makes host, the target of s's migration, the VM's
+	// owner, if the migration is still the current one (compare-and-swap);
+	// otherwise api.ErrConflict and the target must discard its copy.
+	CommitMigration(ctx context.Context, host string, s api.VMSpec) (api.VMSpec, error)
+	// MigrationProgress publishes how the migration of the VM with this id
+	// fares, from host, its source.
+	MigrationProgress(ctx context.Context, host, vmID string, p api.MigrationProgress) error
 }
 
 // Catalog answers what a host needs to build a VM.

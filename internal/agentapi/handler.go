@@ -50,6 +50,9 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/status/{id}", h.status)
 	route("POST /v1/agent/guest-stopped", h.guestStopped)
 	route("POST /v1/agent/removed", h.removed)
+	route("POST /v1/agent/migration/ready", h.migrationReady)
+	route("POST /v1/agent/migration/commit", h.migrationCommit)
+	route("POST /v1/agent/migration/progress/{id}", h.migrationProgress)
 	route("GET /v1/agent/networks/{name}", h.network)
 	route("GET /v1/agent/images/{name}", h.image)
 	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
@@ -212,6 +215,46 @@ func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWrite
 		return api.Errorf(api.ErrConflict, "vm %q is not being deleted", s.Name)
 	}
 	if err := h.Local.Removed(ctx, s); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) migrationReady(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var c migrationCall
+	if err := readJSON(r, &c); err != nil {
+		return err
+	}
+	if c.Endpoint == nil {
+		return api.Errorf(api.ErrInvalid, "no endpoint")
+	}
+	if err := h.Local.MigrationReady(ctx, host, c.Spec, *c.Endpoint); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) migrationCommit(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var c migrationCall
+	if err := readJSON(r, &c); err != nil {
+		return err
+	}
+	v, err := h.Local.CommitMigration(ctx, host, c.Spec)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (h *Handler) migrationProgress(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var p api.MigrationProgress
+	if err := readJSON(r, &p); err != nil {
+		return err
+	}
+	if err := h.Local.MigrationProgress(ctx, host, r.PathValue("id"), p); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -102,7 +102,7 @@ func (l *Local) beat(host string) {
 }
 
 // Report implements Reporter.
-func (l *Local) Report(ctx context.Context, st api.VMStatus) error { return l.st.PutStatus(ctx, st) }
+func (l *Local) Report(ctx context.Context, st api.VMStatus) error { return l.st.PutOwnStatus(ctx, st) }
 
 // Status implements Reporter.
 func (l *Local) Status(ctx context.Context, id string) (api.VMStatus, error) {
@@ -149,7 +149,7 @@ func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error)
 	}
 	mine := make([]api.VMSpec, 0)
 	for _, s := range specs {
-		if s.Host == host {
+		if s.OnHost(host) {
 			mine = append(mine, s)
 		}
 	}
@@ -177,9 +177,9 @@ func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error)
 			}
 			var out Event
 			switch {
-			case cur.ID != "" && cur.Host == host:
+			case cur.ID != "" && cur.OnHost(host):
 				out.Spec = &cur
-			case prev.ID != "" && prev.Host == host:
+			case prev.ID != "" && prev.OnHost(host):
 				out.Gone = prev.ID // deleted, or moved to another host
 			default:
 				continue
@@ -190,4 +190,61 @@ func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error)
 		}
 	}
 	return ctx.Err()
+}
+
+// migrationOf checks that v is the VM of s and that host is the target of
+// the same migration as s.
+func migrationOf(v *api.VMSpec, host string, s api.VMSpec) error {
+	if v.ID != s.ID || v.Migration == nil || s.Migration == nil || v.Migration.ID != s.Migration.ID {
+		return api.Errorf(api.ErrConflict, "the migration of vm %q was cancelled or replaced", s.Name)
+	}
+	if v.Migration.Target != host {
+		return notYours(host, "the migration of vm "+s.Name)
+	}
+	return nil
+}
+
+// MigrationReady implements Reporter.
+func (l *Local) MigrationReady(ctx context.Context, host string, s api.VMSpec, ep api.MigrationEndpoint) error {
+	_, err := l.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
+		if err := migrationOf(v, host, s); err != nil {
+			return err
+		}
+		v.Migration.Endpoint = &ep
+		return nil
+	})
+	return err
+}
+
+// CommitMigration implements Reporter: the switch of ownership.
+func (l *Local) CommitMigration(ctx context.Context, host string, s api.VMSpec) (api.VMSpec, error) {
+	return l.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
+		if err := migrationOf(v, host, s); err != nil {
+			return err
+		}
+		if v.Migration.Endpoint == nil {
+			return api.Errorf(api.ErrConflict, "the migration of vm %q has not started", s.Name)
+		}
+		v.Host, v.Migration = host, nil
+		return nil
+	})
+}
+
+// MigrationProgress implements Reporter.
+func (l *Local) MigrationProgress(ctx context.Context, host, vmID string, p api.MigrationProgress) error {
+	_, err := l.st.UpdateMigration(ctx, vmID, func(r *api.MigrationRecord) error {
+		if r.ID != p.ID {
+			return api.Errorf(api.ErrConflict, "migration %s of vm %s is over", p.ID, r.VM)
+		}
+		if p.Phase == "resumed" && r.To == host {
+			r.SwitchMs = p.SwitchMs
+			return nil
+		}
+		if r.From != host {
+			return notYours(host, "the migration of vm "+r.VM)
+		}
+		r.Progress = &p
+		return nil
+	})
+	return err
 }

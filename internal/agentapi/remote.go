@@ -107,6 +107,29 @@ func (c *Remote) Removed(ctx context.Context, s api.VMSpec) error {
 	return c.do(ctx, "POST", "/v1/agent/removed", s, nil)
 }
 
+// migrationCall carries a migration step of the target to the server.
+type migrationCall struct {
+	Spec     api.VMSpec             `json:"spec"`
+	Endpoint *api.MigrationEndpoint `json:"endpoint,omitempty"`
+}
+
+// MigrationReady implements Reporter; the server knows the host from the
+// certificate.
+func (c *Remote) MigrationReady(ctx context.Context, _ string, s api.VMSpec, ep api.MigrationEndpoint) error {
+	return c.do(ctx, "POST", "/v1/agent/migration/ready", migrationCall{Spec: s, Endpoint: &ep}, nil)
+}
+
+// CommitMigration implements Reporter.
+func (c *Remote) CommitMigration(ctx context.Context, _ string, s api.VMSpec) (api.VMSpec, error) {
+	var v api.VMSpec
+	return v, c.do(ctx, "POST", "/v1/agent/migration/commit", migrationCall{Spec: s}, &v)
+}
+
+// MigrationProgress implements Reporter.
+func (c *Remote) MigrationProgress(ctx context.Context, _, vmID string, p api.MigrationProgress) error {
+	return c.do(ctx, "POST", "/v1/agent/migration/progress/"+url.PathEscape(vmID), p, nil)
+}
+
 // Network implements Catalog.
 func (c *Remote) Network(ctx context.Context, name string) (api.Network, error) {
 	var n api.Network

@@ -5,26 +5,27 @@ import "time"
 // VMSpec is the desired state of a VM as kept in the store. The API writes
 // it; the VM's host reads it and converges on it.
 type VMSpec struct {
-	Name         string    `json:"name"`
-	ID           string    `json:"id"` // short random id; names may be reused, ids never
-	Image        string    `json:"image"`
-	CPUs         int       `json:"cpus"`
-	CPUModel     string    `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
-	MemoryMiB    int64     `json:"memory_mib"`
-	DiskBytes    int64     `json:"disk_bytes"`
-	Network      string    `json:"network"`
-	Pool         string    `json:"pool"`
-	Host         string    `json:"host"` // the owner: the only host that may run it
-	HA           bool      `json:"ha,omitempty"`
-	AntiAffinity string    `json:"anti_affinity,omitempty"` // VMs of one group never share a host
-	MAC          string    `json:"mac"`
-	IP           string    `json:"ip"`
-	UserData     string    `json:"user_data,omitempty"`
-	Power        string    `json:"power"`                 // PowerRunning, PowerStopped, PowerPaused
-	StopForce    bool      `json:"stop_force,omitempty"`  // the pending stop skips the ACPI grace period
-	RestartGen   int       `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
-	Deleting     bool      `json:"deleting,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
+	Name         string     `json:"name"`
+	ID           string     `json:"id"` // short random id; names may be reused, ids never
+	Image        string     `json:"image"`
+	CPUs         int        `json:"cpus"`
+	CPUModel     string     `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
+	MemoryMiB    int64      `json:"memory_mib"`
+	DiskBytes    int64      `json:"disk_bytes"`
+	Network      string     `json:"network"`
+	Pool         string     `json:"pool"`
+	Host         string     `json:"host"` // the owner: the only host that may run it
+	HA           bool       `json:"ha,omitempty"`
+	AntiAffinity string     `json:"anti_affinity,omitempty"` // VMs of one group never share a host
+	MAC          string     `json:"mac"`
+	IP           string     `json:"ip"`
+	UserData     string     `json:"user_data,omitempty"`
+	Power        string     `json:"power"`                 // PowerRunning, PowerStopped, PowerPaused
+	StopForce    bool       `json:"stop_force,omitempty"`  // the pending stop skips the ACPI grace period
+	RestartGen   int        `json:"restart_gen,omitempty"` // bumped by restart; the host reboots the VM until it has seen it
+	Deleting     bool       `json:"deleting,omitempty"`
+	Migration    *Migration `json:"migration,omitempty"` // a live migration in progress
+	CreatedAt    time.Time  `json:"created_at"`
 
 	// Rev is the store revision this spec was read at. The store never
 	// keeps it (it is the record's own revision); it travels to hosts.
@@ -61,6 +62,11 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
 		vm.ObservedRev = st.ObservedRev
+	}
+	if m := s.Migration; m != nil {
+		vm.State = StateMigrating
+		vm.Migration = &MigrationRecord{ID: m.ID, VM: s.Name, From: m.Source, To: m.Target,
+			Result: MigrationRunning, Insecure: m.Options.Insecure, StartedAt: m.StartedAt}
 	}
 	if s.Deleting {
 		vm.State = StateDeleting

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -24,7 +25,7 @@ func TestMergeVMCopiesSpec(t *testing.T) {
 		MAC: "52:54:00:01:02:03", Image: "tiny", CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30,
 		Network: "default", Pool: "local", HA: true, Power: api.PowerRunning, CreatedAt: s.CreatedAt,
 	}
-	if vm != want {
+	if !reflect.DeepEqual(vm, want) {
 		t.Fatalf("MergeVM(spec, nil) =\n%+v\nwant\n%+v", vm, want)
 	}
 }
@@ -60,7 +61,7 @@ func TestMergeVMStatus(t *testing.T) {
 			vm := api.MergeVM(s, tc.st)
 			got := api.VM{State: vm.State, PID: vm.PID, Accel: vm.Accel, Error: vm.Error,
 				RestartGen: vm.RestartGen, ObservedRev: vm.ObservedRev, StartedAt: vm.StartedAt, UpdatedAt: vm.UpdatedAt}
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
 			// The owner always comes from the spec, never from a report.

@@ -50,6 +50,9 @@ type VM struct {
 
 	RestartGen  int   `json:"restart_gen,omitempty"`  // restarts the host has carried out
 	ObservedRev int64 `json:"observed_rev,omitempty"` // spec revision the host has acted on
+
+	Migration  *MigrationRecord  `json:"migration,omitempty"`  // the live migration under way
+	Migrations []MigrationRecord `json:"migrations,omitempty"` // the last ones, newest first
 }
 
 // CreateVMRequest is the body of POST /v1/vms.

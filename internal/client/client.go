@@ -279,3 +279,23 @@ func (c *Client) CreateJoinToken(ctx context.Context, ttl string) (JoinToken, er
 	var out JoinToken
 	return out, c.do(ctx, "POST", "/v1/cluster/tokens", map[string]string{"ttl": ttl}, &out)
 }
+
+// MigrateVM starts a live migration and returns its record at once;
+// follow it with Migration.
+func (c *Client) MigrateVM(ctx context.Context, name string, req api.MigrateRequest) (api.MigrationRecord, error) {
+	var out api.MigrationRecord
+	return out, c.do(ctx, "POST", "/v1/vms/"+esc(name)+"/migrate", req, &out)
+}
+
+// Migration returns the VM's migration in flight, or else its last one.
+func (c *Client) Migration(ctx context.Context, name string) (api.MigrationRecord, error) {
+	var out api.MigrationRecord
+	return out, c.do(ctx, "GET", "/v1/vms/"+esc(name)+"/migration", nil, &out)
+}
+
+// CancelMigration calls off the VM's migration in flight and returns its
+// record once it has ended (the VM runs on its source).
+func (c *Client) CancelMigration(ctx context.Context, name string) (api.MigrationRecord, error) {
+	var out api.MigrationRecord
+	return out, c.do(ctx, "DELETE", "/v1/vms/"+esc(name)+"/migration", nil, &out)
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -195,7 +196,7 @@ func TestClientSuccessfulCalls(t *testing.T) {
 	want := api.VM{Name: "web1", ID: "abc", State: api.StateRunning, Host: "host1", IP: "10.57.0.10", CPUs: 1, MemoryMiB: 256}
 	f.answer(http.StatusOK, want)
 	got, err := c.GetVM(ctx, "web1")
-	if err != nil || got != want {
+	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("GetVM = %+v, %v", got, err)
 	}
 	if r := f.last(t); r.method != "GET" || r.path != "/v1/vms/web1" || r.auth != "Bearer tok-2" || len(r.body) != 0 {

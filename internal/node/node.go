@@ -128,6 +128,9 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 		scfg.Hosts = map[string]agentapi.Host{o.Host: agentapi.Direct{LocalHost: ag}}
 	}
 	srv := server.New(scfg, st, log)
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
 	if _, err := st.GetImage(ctx, "tiny"); err != nil || !fileExists(filepath.Join(imageDir, "tiny", "disk.qcow2")) {
 		log.Info("building the tiny image")
 		if _, err := server.BuildTinyImage(ctx, srv); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 	"time"
 )
 
@@ -38,6 +40,22 @@ type MigrateOptions struct {
 	// too, before MigrateIncoming:
 	// target.SetMigrationCapabilities(ctx, map[string]bool{"postcopy-ram": true}).
 	PostCopy bool
+	// TLSCreds names a tls-creds-x509 object (AddTLSCreds, client
+	// endpoint) to encrypt the migration stream with; the target must
+	// listen with TLS too (IncomingOptions.TLSCreds). Empty means
+	// plain TCP. Unlike the other fields, it is always set, so a
+	// migration without TLS after one with it is plain again.
+	TLSCreds string
+	// TLSHostname is the name the target's certificate must carry;
+	// empty means the host of the migration URI (an IP address
+	// matches the certificate's IP SANs). Only with TLSCreds.
+	TLSHostname string
+	// PauseBeforeSwitchover makes the migration stop in state
+	// "pre-switchover" once the guest is paused for the final copy,
+	// until MigrateContinue: the moment to complete disk mirrors
+	// (CompleteMirror), so that the target's disks are exact copies
+	// before it takes over.
+	PauseBeforeSwitchover bool
 }
 
 // MigrationStatus is what query-migrate reports.
@@ -120,24 +138,26 @@ func (p *Process) Migrate(ctx context.Context, uri string, o MigrateOptions) err
 	if o.BandwidthBytes < 0 {
 		return fmt.Errorf("qemu %s: migrate: bandwidth %d: want 0 or more", p.Dir, o.BandwidthBytes)
 	}
+	if o.TLSHostname != "" && o.TLSCreds == "" {
+		return fmt.Errorf("qemu %s: migrate: tls hostname %q without tls creds", p.Dir, o.TLSHostname)
+	}
 	if err := p.SetMigrationCapabilities(ctx, map[string]bool{
-		"events":        true,
-		"auto-converge": o.AutoConverge,
-		"postcopy-ram":  o.PostCopy,
+		"events":                  true,
+		"auto-converge":           o.AutoConverge,
+		"postcopy-ram":            o.PostCopy,
+		"pause-before-switchover": o.PauseBeforeSwitchover,
 	}); err != nil {
 		return err
 	}
-	params := map[string]any{}
+	params := map[string]any{"tls-creds": o.TLSCreds, "tls-hostname": o.TLSHostname}
 	if o.DowntimeLimit > 0 {
 		params["downtime-limit"] = max(o.DowntimeLimit.Milliseconds(), 1)
 	}
 	if o.BandwidthBytes > 0 {
 		params["max-bandwidth"] = o.BandwidthBytes
 	}
-	if len(params) > 0 {
-		if err := p.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
-			return fmt.Errorf("qemu %s: %w", p.Dir, err)
-		}
+	if err := p.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
 	}
 	if err := p.qmp.Execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
 		return fmt.Errorf("qemu %s: %w", p.Dir, err)
@@ -238,4 +258,129 @@ func (p *Process) WaitMigration(ctx context.Context, interval time.Duration) (Mi
 			return s, fmt.Errorf("qemu %s: wait for migration: %w: pid %d exited", p.Dir, ErrNotRunning, p.Pid)
 		}
 	}
+}
+
+// StatePreSwitchover is the migration status in which a migration started
+// with MigrateOptions.PauseBeforeSwitchover waits for MigrateContinue.
+const StatePreSwitchover = "pre-switchover"
+
+// IncomingOptions set up a migration target before it listens.
+type IncomingOptions struct {
+	// TLSCreds names a tls-creds-x509 object (AddTLSCreds, server
+	// endpoint): the target then accepts only a TLS stream from a
+	// source whose certificate chains to its CA. Empty means plain.
+	TLSCreds string
+	// PostCopy enables postcopy-ram, for a source that migrates with
+	// MigrateOptions.PostCopy.
+	PostCopy bool
+}
+
+// PrepareIncoming sets the capabilities and parameters of o on a target
+// launched with Config.Incoming, then makes it listen on uri, like
+// MigrateIncoming. It returns the URI to give the source's Migrate: for
+// "tcp:HOST:0" QEMU picks a free port, read back from query-migrate, and
+// the result is "tcp:HOST:PORT" with the host QEMU reports (so a wildcard
+// such as 0.0.0.0 stays a wildcard: the caller substitutes its address).
+// Other URIs are returned as given.
+func (p *Process) PrepareIncoming(ctx context.Context, uri string, o IncomingOptions) (string, error) {
+	if uri == "" {
+		return "", fmt.Errorf("qemu %s: migrate-incoming: empty uri", p.Dir)
+	}
+	if err := p.SetMigrationCapabilities(ctx, map[string]bool{
+		"events":       true,
+		"postcopy-ram": o.PostCopy,
+	}); err != nil {
+		return "", err
+	}
+	if err := p.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"tls-creds": o.TLSCreds}, nil); err != nil {
+		return "", fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	if err := p.MigrateIncoming(ctx, uri); err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(uri, "tcp:") {
+		return uri, nil
+	}
+	return p.listenURI(ctx, uri)
+}
+
+// listenURI reads back the address an incoming tcp migration listens on.
+// QEMU 7.2 reports it before any source connects as
+// {"socket-address": [{"type": "inet", "host": ..., "port": "41234"}]}.
+func (p *Process) listenURI(ctx context.Context, uri string) (string, error) {
+	var q struct {
+		SocketAddress []struct {
+			Type string `json:"type"`
+			Host string `json:"host"`
+			Port string `json:"port"`
+		} `json:"socket-address"`
+	}
+	if err := p.qmp.Execute(ctx, "query-migrate", nil, &q); err != nil {
+		return "", fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	wantHost, _, _ := net.SplitHostPort(strings.TrimPrefix(uri, "tcp:"))
+	got := ""
+	for _, a := range q.SocketAddress {
+		if a.Type != "inet" || a.Port == "" || a.Port == "0" {
+			continue
+		}
+		u := "tcp:" + net.JoinHostPort(a.Host, a.Port)
+		if got == "" || a.Host == wantHost {
+			got = u
+		}
+		if a.Host == wantHost {
+			break
+		}
+	}
+	if got == "" {
+		return "", fmt.Errorf("qemu %s: migrate-incoming %s: query-migrate reports no listening tcp address", p.Dir, uri)
+	}
+	return got, nil
+}
+
+// MigrateContinue lets a migration paused in state (StatePreSwitchover,
+// see MigrateOptions.PauseBeforeSwitchover) go on to switch over.
+func (p *Process) MigrateContinue(ctx context.Context, state string) error {
+	if state == "" {
+		return fmt.Errorf("qemu %s: migrate-continue: empty state", p.Dir)
+	}
+	if err := p.qmp.Execute(ctx, "migrate-continue", map[string]any{"state": state}, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	return nil
+}
+
+// AnnounceSelf makes QEMU announce the guest's NICs (a broadcast RARP
+// from each MAC, plus, for virtio-net guests that support it, a request
+// to the guest to announce itself) so that switches learn the MACs' new
+// port. QEMU sends the first round during the command itself; "initial"
+// is only the delay before the second, so the five rounds go out at 0,
+// 50, 150, 250 and 350 ms. Use it on the target once the guest runs.
+func (p *Process) AnnounceSelf(ctx context.Context) error {
+	if err := p.qmp.Execute(ctx, "announce-self", map[string]any{
+		"initial": 50, "max": 100, "rounds": 5, "step": 50,
+	}, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	return nil
+}
+
+// maxAnnounceInitial is QEMU's bound on announce-initial (100 s).
+const maxAnnounceInitial = 100 * time.Second
+
+// SetAnnounce sets the delay between the first and second rounds of the
+// announcement QEMU makes by itself when an incoming migration completes
+// (QEMU's default is 50 ms; the first round goes out at once, even if the
+// target stays paused); rounded down to milliseconds. Set it on the
+// target before PrepareIncoming.
+func (p *Process) SetAnnounce(ctx context.Context, initial time.Duration) error {
+	if initial < 0 || initial > maxAnnounceInitial {
+		return fmt.Errorf("qemu %s: announce initial %s: want 0 to %s", p.Dir, initial, maxAnnounceInitial)
+	}
+	if err := p.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{
+		"announce-initial": initial.Milliseconds(),
+	}, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	return nil
 }

@@ -168,3 +168,20 @@ func TestMigrateCancelAndFail(t *testing.T) {
 		t.Errorf("source after cancel = %q, %v; want running", st, err)
 	}
 }
+
+func TestMigrateChecksBeforeQMP(t *testing.T) {
+	p := &Process{Dir: "/nowhere"} // no QMP: the checks come first
+	ctx := context.Background()
+	if err := p.Migrate(ctx, "tcp:127.0.0.1:1", MigrateOptions{TLSHostname: "h1"}); err == nil {
+		t.Error("tls hostname without tls creds accepted")
+	}
+	if _, err := p.PrepareIncoming(ctx, "", IncomingOptions{}); err == nil {
+		t.Error("empty incoming uri accepted")
+	}
+	if err := p.MigrateContinue(ctx, ""); err == nil {
+		t.Error("empty migrate-continue state accepted")
+	}
+	if err := p.SetAnnounce(ctx, -time.Millisecond); err == nil {
+		t.Error("negative announce delay accepted")
+	}
+}

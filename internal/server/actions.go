@@ -67,6 +67,10 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 func applyAction(sp *api.VMSpec, state, action string, force bool) (func(api.VM) bool, error) {
 	is := func(st string) func(api.VM) bool { return func(vm api.VM) bool { return vm.State == st } }
 	running := sp.Power != api.PowerStopped
+	if m := sp.Migration; m != nil {
+		return nil, api.Errorf(api.ErrConflict, "vm %q is migrating to %s: wait for it, or cancel it with 'shoal vm migrate %s --cancel'",
+			sp.Name, m.Target, sp.Name)
+	}
 	switch action {
 	case "start":
 		if sp.Power == api.PowerPaused {
@@ -118,6 +122,10 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
 		vm, _, err := s.loadVM(r.Context(), name)
 		if err != nil {
 			return err
+		}
+		if m := sp.Migration; m != nil {
+			return api.Errorf(api.ErrConflict, "vm %q is migrating to %s: wait for it, or cancel it with 'shoal vm migrate %s --cancel'",
+				name, m.Target, name)
 		}
 		if !force && (sp.Power != api.PowerStopped || vm.State == api.StateRunning || vm.State == api.StatePaused) {
 			return api.Errorf(api.ErrConflict, "vm %q is %s: stop it first, or delete with --force", name, vm.State)

@@ -47,6 +47,7 @@ type hostEntry struct {
 // vmAlloc is what one VM takes from its host.
 type vmAlloc struct {
 	id, host, group string
+	target          string // host the VM is migrating to: it holds room there too
 	mem             int64
 	cpus            int
 	running         bool // not stopped: holds memory, vCPUs and its group
@@ -235,6 +236,9 @@ func (s *cacheState) putVM(name string, val []byte) {
 	}
 	v := vmAlloc{id: sp.ID, host: sp.Host, group: sp.AntiAffinity, mem: sp.MemoryMiB, cpus: sp.CPUs,
 		running: sp.Power != api.PowerStopped}
+	if sp.Migration != nil {
+		v.target = sp.Migration.Target
+	}
 	if old != nil {
 		s.account(old, -1)
 		*old = v
@@ -245,11 +249,22 @@ func (s *cacheState) putVM(name string, val []byte) {
 	s.account(old, 1)
 }
 
-// account adds (d=1) or removes (d=-1) what v takes from its host.
+// account adds (d=1) or removes (d=-1) what v takes from its host, and
+// from the target of its migration.
 func (s *cacheState) account(v *vmAlloc, d int) {
-	e := s.host(v.host)
-	v.host = e.name // one string per host, however many VMs
-	e.vms += d
+	v.host = s.charge(v.host, v, d, true) // one string per host, however many VMs
+	if v.target != "" {
+		v.target = s.charge(v.target, v, d, false)
+	}
+}
+
+// charge adds (d=1) or removes (d=-1) what v takes from one host; count
+// says whether v counts among the host's VMs. It returns the host's name.
+func (s *cacheState) charge(host string, v *vmAlloc, d int, count bool) string {
+	e := s.host(host)
+	if count {
+		e.vms += d
+	}
 	if v.running {
 		e.mem += int64(d) * v.mem
 		e.cpus += d * v.cpus
@@ -264,6 +279,7 @@ func (s *cacheState) account(v *vmAlloc, d int) {
 	}
 	s.sync(e)
 	s.forget(e)
+	return e.name
 }
 
 func (s *cacheState) network(name string) *netEntry {

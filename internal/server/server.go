@@ -4,6 +4,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -47,7 +48,8 @@ type Server struct {
 	log *slog.Logger
 	mux *http.ServeMux
 
-	cache *placeCache // hosts, allocations, networks and images, for creates
+	cache      *placeCache // hosts, allocations, networks and images, for creates
+	migrations *migrator
 }
 
 // New builds the API server.
@@ -61,9 +63,15 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	if cfg.DefaultNet == "" {
 		cfg.DefaultNet = "default"
 	}
-	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log)}
+	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log),
+		migrations: newMigrator(st, log)}
 	s.routes()
 	return s
+}
+
+// Start runs the controllers (migrations) until ctx ends.
+func (s *Server) Start(ctx context.Context) error {
+	return s.migrations.start(ctx)
 }
 
 func (s *Server) routes() {
@@ -81,6 +89,9 @@ func (s *Server) routes() {
 	h("POST /v1/vms/{name}/{action}", s.vmAction)
 	h("GET /v1/vms/{name}/logs", s.vmLogs)
 	h("GET /v1/vms/{name}/console", s.vmConsole)
+	h("POST /v1/vms/{name}/migrate", s.migrateVM)
+	h("GET /v1/vms/{name}/migration", s.getMigration)
+	h("DELETE /v1/vms/{name}/migration", s.cancelMigration)
 	h("GET /v1/hosts", s.listHosts)
 	h("GET /v1/hosts/{name}", s.getHost)
 	h("GET /v1/networks", s.listNetworks)

@@ -63,6 +63,9 @@ func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := s.withMigrations(r.Context(), &vm); err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, vm)
 	return nil
 }

@@ -129,7 +129,7 @@ func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
 	if cur.ID != v.ID {
 		return api.Errorf(api.ErrConflict, "vm %q was replaced meanwhile", v.Name)
 	}
-	ops := []clientv3.Op{clientv3.OpDelete(vmKey(v.Name)), clientv3.OpDelete(statusKey(cur.ID))}
+	ops := []clientv3.Op{clientv3.OpDelete(vmKey(v.Name)), clientv3.OpDelete(statusKey(cur.ID)), clientv3.OpDelete(migrationsKey(cur.ID)), clientv3.OpDelete(activeKey(cur.ID))}
 	if cur.IP != "" {
 		ops = append(ops, clientv3.OpDelete(ipKey(cur.Network, cur.IP)))
 	}

@@ -1,0 +1,301 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/qemu"
+)
+
+// Files in a VM's state dir that tie QEMU's migration state to a
+// migration of the control plane, so a restarted agent knows whether the
+// migration QEMU reports is the one in the spec.
+const (
+	outgoingFile = "migration-out" // id of the migration this source started
+	incomingFile = "migration-in"  // id of the migration this target waits for
+)
+
+// Names of the QEMU objects holding the cluster's certificates, as the
+// client (source) and server (target) of a stream. A VM that arrived
+// keeps its server object, and may leave again as a client.
+const (
+	tlsClientID = "shoal-tls-out"
+	tlsServerID = "shoal-tls-in"
+)
+
+// migrationPoll is how often the source samples a migration's progress
+// (QEMU's MIGRATION events wake it sooner for the steps that matter).
+const migrationPoll = 200 * time.Millisecond
+
+// outgoing drives the source side of s's migration: once the target
+// waits, it mirrors local disks and streams memory, then follows QEMU
+// until the migration ends or is called off, publishing progress. The
+// guest stops only for the final step; then QEMU waits "postmigrate"
+// until the target commits (and this host drops the VM) or the migration
+// is aborted (and reconcile resumes it here).
+func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
+	m := s.Migration
+	if err := w.report(ctx, s, api.StateMigrating, ""); err != nil {
+		return err
+	}
+	if m.Endpoint == nil || w.migEnded == m.ID {
+		return nil // the target is not ready yet, or it is over: the control plane decides
+	}
+	dir := w.a.vmDir(s.ID)
+	if readTrim(filepath.Join(dir, outgoingFile)) != m.ID {
+		if err := writeAtomic(filepath.Join(dir, outgoingFile), []byte(m.ID)); err != nil {
+			return err
+		}
+		if err := w.startOutgoing(ctx, s); err != nil {
+			w.log.Warn("migration could not start", "err", err)
+			w.migEnded = m.ID
+			w.abortMirror(ctx, s)
+			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: err.Error()})
+		}
+	}
+	return w.followOutgoing(ctx, s)
+}
+
+// startOutgoing mirrors the disk to the target when it is on a local pool,
+// then starts the memory stream.
+func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
+	m := s.Migration
+	host, _, err := net.SplitHostPort(m.Endpoint.URI[len("tcp:"):])
+	if err != nil {
+		return fmt.Errorf("target endpoint %q: %w", m.Endpoint.URI, err)
+	}
+	creds := ""
+	if !m.Options.Insecure {
+		if w.a.cfg.TLSDir == "" {
+			return fmt.Errorf("host %s has no cluster certificate to encrypt the migration; use --insecure", w.a.cfg.Host)
+		}
+		if err := w.proc.AddTLSCreds(ctx, tlsClientID, w.a.cfg.TLSDir, false); err != nil {
+			return err
+		}
+		creds = tlsClientID
+	}
+	if ep := m.Endpoint.NBD; ep != "" {
+		h, p, err := net.SplitHostPort(ep)
+		if err != nil {
+			return fmt.Errorf("target disk export %q: %w", ep, err)
+		}
+		port, _ := strconv.Atoi(p)
+		if err := w.proc.MirrorToNBD(ctx, "disk0", h, port, creds); err != nil {
+			return err
+		}
+		if err := w.waitMirror(ctx, s); err != nil {
+			return err
+		}
+	}
+	o := m.Options
+	return w.proc.Migrate(ctx, m.Endpoint.URI, qemu.MigrateOptions{
+		DowntimeLimit:         time.Duration(o.DowntimeMs) * time.Millisecond,
+		BandwidthBytes:        o.BandwidthBytes,
+		AutoConverge:          o.AutoConverge,
+		PostCopy:              o.PostcopyAfterMs > 0,
+		TLSCreds:              creds,
+		TLSHostname:           host,
+		PauseBeforeSwitchover: true,
+	})
+}
+
+// waitMirror waits until the disk mirror has caught up, publishing its
+// progress; a change of plan stops it.
+func (w *worker) waitMirror(ctx context.Context, s *api.VMSpec) error {
+	t := time.NewTicker(migrationPoll)
+	defer t.Stop()
+	for {
+		st, err := w.proc.MirrorStatus(ctx, "disk0")
+		if err != nil {
+			return err
+		}
+		if !st.Found || st.Error != "" {
+			return fmt.Errorf("disk mirror to the target ended: %s", st.Error)
+		}
+		if st.Ready {
+			w.mirrorLen = st.Len
+			return nil
+		}
+		_ = w.progress(ctx, s, api.MigrationProgress{ID: s.Migration.ID, Phase: "disks", DiskDone: st.Offset, DiskLen: st.Len})
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.proc.Exited():
+			return fmt.Errorf("QEMU exited")
+		case <-w.kick:
+			w.poke()
+			if !w.stillMigrating(s) {
+				return fmt.Errorf("migration called off")
+			}
+			sleep(ctx, migrationPoll/4)
+		case <-t.C:
+		}
+	}
+}
+
+// stillMigrating reports whether the latest spec still asks for the
+// migration of s.
+func (w *worker) stillMigrating(s *api.VMSpec) bool {
+	l := w.latest()
+	return l != nil && !l.Deleting && l.Host == w.a.cfg.Host && l.Migration != nil && l.Migration.ID == s.Migration.ID
+}
+
+// followOutgoing follows a started migration to its end, handling the
+// pause before switchover (finish the disk mirror, mark where frames for
+// the target begin) and the switch to post-copy.
+func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
+	m := s.Migration
+	t := time.NewTicker(migrationPoll)
+	defer t.Stop()
+	postcopyAt := time.Time{}
+	if m.Options.PostcopyAfterMs > 0 {
+		postcopyAt = time.Now().Add(time.Duration(m.Options.PostcopyAfterMs) * time.Millisecond)
+	}
+	events := w.proc.QMP().Events()
+	switched := false
+	var final time.Time // when QEMU first said completed
+	for {
+		q, err := w.proc.QueryMigrate(ctx)
+		if err != nil {
+			return err
+		}
+		p := progressOf(m.ID, q)
+		switch q.Status {
+		case "pre-switchover":
+			if switched {
+				break // the continue is under way
+			}
+			switched = true
+			w.relayMark()
+			if m.Endpoint.NBD != "" {
+				if err := w.proc.CompleteMirror(ctx, "disk0"); err != nil {
+					w.log.Warn("finishing the disk mirror failed; cancelling the migration", "err", err)
+					_ = w.proc.CancelMigration(ctx)
+					continue
+				}
+			}
+			if err := w.proc.MigrateContinue(ctx, "pre-switchover"); err != nil {
+				return err
+			}
+			continue
+		case "completed":
+			if q.TotalTime == 0 && !final.IsZero() && time.Since(final) < time.Second {
+				// QEMU says completed a moment before it has the figures.
+				sleep(ctx, 5*time.Millisecond)
+				continue
+			}
+			if final.IsZero() {
+				final = time.Now()
+				continue
+			}
+			w.migEnded = m.ID
+			w.log.Info("migration completed", "to", m.Target, "total", q.TotalTime, "downtime", q.Downtime,
+				"bytes", q.TransferredBytes)
+			w.relayForward(ctx, s)
+			return w.progress(ctx, s, p)
+		case "failed", "cancelled", "none":
+			w.migEnded = m.ID
+			w.abortMirror(ctx, s)
+			if p.Error == "" {
+				p.Error = "QEMU reports the migration " + q.Status
+			}
+			w.log.Warn("migration failed", "to", m.Target, "err", p.Error)
+			return w.progress(ctx, s, p)
+		case "active":
+			if !postcopyAt.IsZero() && time.Now().After(postcopyAt) {
+				w.log.Info("pre-copy has not converged; switching to post-copy", "after", m.Options.PostcopyAfterMs)
+				if err := w.proc.StartPostcopy(ctx); err != nil {
+					w.log.Warn("post-copy", "err", err)
+				}
+				postcopyAt = time.Time{}
+			}
+		}
+		if err := w.progress(ctx, s, p); err != nil {
+			w.log.Debug("migration progress not published", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.proc.Exited():
+			w.migEnded = m.ID
+			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: "QEMU exited on the source"})
+		case <-w.kick:
+			w.poke()
+			if !w.stillMigrating(s) {
+				w.log.Info("migration called off; cancelling")
+				_ = w.proc.CancelMigration(ctx)
+				w.abortMirror(ctx, s)
+				w.migEnded = m.ID
+				return nil
+			}
+			sleep(ctx, migrationPoll/4)
+		case <-events:
+		case <-t.C:
+		}
+	}
+}
+
+// abortMirror stops a disk mirror of s, if any.
+func (w *worker) abortMirror(ctx context.Context, s *api.VMSpec) {
+	if s.Migration.Endpoint == nil || s.Migration.Endpoint.NBD == "" || w.proc == nil {
+		return
+	}
+	if err := w.proc.AbortMirror(ctx, "disk0"); err != nil {
+		w.log.Warn("stop disk mirror", "err", err)
+	}
+}
+
+// progress publishes the migration's progress; it is rate-limited except
+// for its final report.
+func (w *worker) progress(ctx context.Context, s *api.VMSpec, p api.MigrationProgress) error {
+	final := p.Phase == api.MigrationCompleted || p.Phase == api.MigrationFailed
+	if !final && time.Since(w.lastProgress) < 500*time.Millisecond {
+		return nil
+	}
+	w.lastProgress = time.Now()
+	p.Relayed = w.relayed()
+	if p.DiskLen == 0 {
+		p.DiskLen = w.mirrorLen
+	}
+	return w.a.cp.MigrationProgress(ctx, w.a.cfg.Host, s.ID, p)
+}
+
+// progressOf turns QEMU's view into the API's.
+func progressOf(id string, q qemu.MigrationStatus) api.MigrationProgress {
+	p := api.MigrationProgress{ID: id, Total: q.TotalBytes, Moved: q.TransferredBytes, Left: q.RemainingBytes,
+		DirtyBps: q.DirtyRate, Mbps: q.Mbps, TotalMs: q.TotalTime.Milliseconds(), Throttle: q.CPUThrottlePercent, Error: q.Error}
+	switch q.Status {
+	case "completed":
+		p.Phase, p.DowntimeMs = api.MigrationCompleted, q.Downtime.Milliseconds()
+	case "failed", "cancelled", "none":
+		p.Phase = api.MigrationFailed
+	case "postcopy-active", "postcopy-paused", "postcopy-recover":
+		p.Phase, p.Postcopy = "postcopy", true
+	case "pre-switchover", "device":
+		p.Phase = "switchover"
+	default:
+		p.Phase = "memory"
+	}
+	if bps := q.Mbps * 1e6 / 8; bps > 0 {
+		p.ETAMs = int64(float64(q.RemainingBytes) / bps * 1000)
+	}
+	return p
+}
+
+// migrationLost reports a migration whose source QEMU is gone.
+func (w *worker) migrationLost(ctx context.Context, s *api.VMSpec) error {
+	if err := w.report(ctx, s, api.StateMigrating, "QEMU is not running on the source"); err != nil {
+		return err
+	}
+	if w.migEnded == s.Migration.ID {
+		return nil
+	}
+	w.migEnded = s.Migration.ID
+	return w.progress(ctx, s, api.MigrationProgress{ID: s.Migration.ID, Phase: api.MigrationFailed,
+		Error: "the VM is not running on the source " + w.a.cfg.Host})
+}

@@ -1,0 +1,178 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// Defaults of a migration's options.
+const (
+	defaultDowntimeMs = 50
+	maxDowntimeMs     = 2_000_000
+)
+
+// migrateVM starts a live migration: it picks (or checks) the target,
+// holds room there, records the migration and writes it into the VM's
+// spec. The hosts do the rest; the migration controller watches.
+func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) error {
+	var req api.MigrateRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if err := checkMigrateOptions(&req.MigrationOptions); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	name := r.PathValue("name")
+	vm, sp, err := s.loadVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := canMigrate(vm, sp, req.To); err != nil {
+		return err
+	}
+	to, undo, err := s.cache.reserveMigration(ctx, sp.Rev, sp, req.To, s.cfg.Policy)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
+		Shared: sp.Pool != "local", Insecure: req.Insecure, StartedAt: now}
+	if err := s.st.StartMigration(ctx, sp.ID, rec); err != nil {
+		undo()
+		return err
+	}
+	_, err = s.st.UpdateVM(ctx, name, func(v *api.VMSpec) error {
+		if v.ID != sp.ID || v.Host != sp.Host || v.Migration != nil || v.Deleting || v.Power != api.PowerRunning {
+			return api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", name)
+		}
+		v.Migration = &api.Migration{ID: rec.ID, Source: sp.Host, Target: to, Options: req.MigrationOptions, StartedAt: now}
+		return nil
+	})
+	if err != nil {
+		undo()
+		rec.Result, rec.Error, rec.EndedAt = api.MigrationFailed, "not started: "+err.Error(), time.Now().UTC()
+		if ferr := s.st.FinishMigration(context.WithoutCancel(ctx), sp.ID, rec); ferr != nil {
+			s.log.Warn("record migration", "err", ferr)
+		}
+		return err
+	}
+	s.log.Info("migration requested", "vm", name, "from", sp.Host, "to", to, "id", rec.ID)
+	s.migrations.follow(sp.ID)
+	writeJSON(w, http.StatusAccepted, rec)
+	return nil
+}
+
+// checkMigrateOptions validates options and fills in defaults.
+func checkMigrateOptions(o *api.MigrationOptions) error {
+	if o.DowntimeMs < 0 || o.DowntimeMs > maxDowntimeMs {
+		return api.Errorf(api.ErrInvalid, "downtime %d ms is out of range: use 1 to %d", o.DowntimeMs, maxDowntimeMs)
+	}
+	if o.DowntimeMs == 0 {
+		o.DowntimeMs = defaultDowntimeMs
+	}
+	if o.BandwidthBytes < 0 {
+		return api.Errorf(api.ErrInvalid, "bandwidth must not be negative")
+	}
+	if o.PostcopyAfterMs < 0 {
+		return api.Errorf(api.ErrInvalid, "post-copy delay must not be negative")
+	}
+	return nil
+}
+
+// canMigrate says whether vm may migrate now, to to ("" = anywhere). Pure.
+func canMigrate(vm api.VM, sp api.VMSpec, to string) error {
+	switch {
+	case sp.Deleting:
+		return api.Errorf(api.ErrConflict, "vm %q is being deleted", sp.Name)
+	case sp.Migration != nil:
+		return api.Errorf(api.ErrConflict, "vm %q is already migrating to %s; follow it with 'shoal vm migrate %s --follow' or cancel it with --cancel",
+			sp.Name, sp.Migration.Target, sp.Name)
+	case sp.Power != api.PowerRunning || vm.State != api.StateRunning:
+		return api.Errorf(api.ErrConflict, "vm %q is %s: only a running VM migrates live", sp.Name, vm.State)
+	case to != "" && to == sp.Host:
+		return api.Errorf(api.ErrConflict, "vm %q already runs on host %s", sp.Name, to)
+	}
+	if to != "" {
+		if err := api.ValidateName("host", to); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// getMigration shows the VM's migration in flight, or else its last one.
+func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.lastMigration(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+func (s *Server) lastMigration(ctx context.Context, name string) (api.MigrationRecord, error) {
+	sp, err := s.st.GetVM(ctx, name)
+	if err != nil {
+		return api.MigrationRecord{}, notFoundHint(err, "see 'shoal vm list'")
+	}
+	rec, err := s.st.ActiveMigration(ctx, sp.ID)
+	if err == nil || !api.IsNotFound(err) {
+		return rec, err
+	}
+	hist, err := s.st.Migrations(ctx, sp.ID)
+	if err != nil {
+		return rec, err
+	}
+	if len(hist) == 0 {
+		return rec, api.Errorf(api.ErrNotFound, "vm %q has never migrated", name)
+	}
+	return hist[0], nil
+}
+
+// cancelMigration calls off the VM's migration in flight; the VM keeps
+// running on its source.
+func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	name := r.PathValue("name")
+	sp, err := s.st.GetVM(ctx, name)
+	if err != nil {
+		return notFoundHint(err, "see 'shoal vm list'")
+	}
+	if sp.Migration == nil {
+		return api.Errorf(api.ErrConflict, "vm %q is not migrating", name)
+	}
+	if err := s.migrations.abort(ctx, sp.ID, sp.Migration.ID, api.MigrationCancelled, "cancelled by the user"); err != nil {
+		return err
+	}
+	rec, err := s.migrations.wait(ctx, sp.ID, sp.Migration.ID)
+	if err != nil {
+		return err
+	}
+	if rec.Result == api.MigrationCompleted {
+		return api.Errorf(api.ErrConflict, "too late: the migration of vm %q had already completed (it runs on %s)", name, rec.To)
+	}
+	writeJSON(w, http.StatusOK, rec)
+	return nil
+}
+
+// withMigrations adds the migration in flight and the history to a VM's
+// view.
+func (s *Server) withMigrations(ctx context.Context, vm *api.VM) error {
+	if vm.Migration != nil {
+		if rec, err := s.st.ActiveMigration(ctx, vm.ID); err == nil && rec.ID == vm.Migration.ID {
+			vm.Migration = &rec
+		}
+	}
+	hist, err := s.st.Migrations(ctx, vm.ID)
+	if err != nil && !errors.Is(err, api.ErrNotFound) {
+		return fmt.Errorf("migration history: %w", err)
+	}
+	vm.Migrations = hist
+	return nil
+}

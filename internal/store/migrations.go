@@ -1,0 +1,155 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// historyLen is how many migrations each VM's history keeps.
+const historyLen = 10
+
+func migrationsKey(id string) string { return key("migrations", id) }
+
+// AddMigration records a finished migration of the VM with this id at the
+// head of its history, keeping the last few. Recording the same migration
+// twice replaces the first record.
+func (s *Store) AddMigration(ctx context.Context, vmID string, r api.MigrationRecord) error {
+	k := migrationsKey(vmID)
+	for {
+		var hist []api.MigrationRecord
+		resp, err := s.c.Get(ctx, k)
+		if err != nil {
+			return fmt.Errorf("read migrations: %w: %w", api.ErrUnavailable, err)
+		}
+		var rev int64
+		if len(resp.Kvs) > 0 {
+			rev = resp.Kvs[0].ModRevision
+			_ = json.Unmarshal(resp.Kvs[0].Value, &hist) // a corrupt history restarts empty
+		}
+		out := []api.MigrationRecord{r}
+		for _, h := range hist {
+			if h.ID != r.ID && len(out) < historyLen {
+				out = append(out, h)
+			}
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			return fmt.Errorf("encode migrations: %w", err)
+		}
+		tx, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
+			Then(clientv3.OpPut(k, string(b))).Commit()
+		if err != nil {
+			return fmt.Errorf("write migrations: %w: %w", api.ErrUnavailable, err)
+		}
+		if tx.Succeeded {
+			return nil
+		}
+	}
+}
+
+// Migrations returns the VM's migration history, newest first.
+func (s *Store) Migrations(ctx context.Context, vmID string) ([]api.MigrationRecord, error) {
+	hist, _, err := get[[]api.MigrationRecord](ctx, s.c, migrationsKey(vmID), "migrations of vm "+vmID)
+	if api.IsNotFound(err) {
+		return nil, nil
+	}
+	return hist, err
+}
+
+// PutOwnStatus records a host's report about a VM only while that host
+// still owns the VM (same id, same host) at the moment of writing, so a
+// report of the former owner can never overwrite the new owner's after a
+// migration.
+func (s *Store) PutOwnStatus(ctx context.Context, st api.VMStatus) error {
+	for {
+		spec, rev, err := get[api.VMSpec](ctx, s.c, vmKey(st.Name), vmWhat(st.Name))
+		if err != nil {
+			return err
+		}
+		if spec.ID != st.ID || spec.Host != st.Host {
+			return api.Errorf(api.ErrConflict, "vm %q is not on host %s any more", st.Name, st.Host)
+		}
+		st.UpdatedAt = time.Now().UTC()
+		b, err := json.Marshal(st)
+		if err != nil {
+			return fmt.Errorf("encode status: %w", err)
+		}
+		tx, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(st.Name)), "=", rev)).
+			Then(clientv3.OpPut(statusKey(st.ID), string(b))).Commit()
+		if err != nil {
+			return fmt.Errorf("write status: %w: %w", api.ErrUnavailable, err)
+		}
+		if tx.Succeeded {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+func activeKey(id string) string { return key("migrating", id) }
+
+// ActivePrefix holds the record of each migration in flight, by VM id.
+var ActivePrefix = key("migrating") + "/"
+
+// StartMigration records a migration in flight for the VM with this id;
+// api.ErrConflict if one is recorded already.
+func (s *Store) StartMigration(ctx context.Context, vmID string, r api.MigrationRecord) error {
+	return create(ctx, s.c, activeKey(vmID), "migration of vm "+r.VM, r)
+}
+
+// ActiveMigration reads the record of the VM's migration in flight.
+func (s *Store) ActiveMigration(ctx context.Context, vmID string) (api.MigrationRecord, error) {
+	r, _, err := get[api.MigrationRecord](ctx, s.c, activeKey(vmID), "migration of vm "+vmID)
+	return r, err
+}
+
+// ActiveMigrations lists the migrations in flight, by VM id.
+func (s *Store) ActiveMigrations(ctx context.Context) (map[string]api.MigrationRecord, error) {
+	resp, err := s.c.Get(ctx, ActivePrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w: %w", api.ErrUnavailable, err)
+	}
+	out := map[string]api.MigrationRecord{}
+	for _, kv := range resp.Kvs {
+		var r api.MigrationRecord
+		if json.Unmarshal(kv.Value, &r) == nil {
+			out[strings.TrimPrefix(string(kv.Key), ActivePrefix)] = r
+		}
+	}
+	return out, nil
+}
+
+// UpdateMigration changes the record of the VM's migration in flight with
+// compare-and-swap.
+func (s *Store) UpdateMigration(ctx context.Context, vmID string, fn func(*api.MigrationRecord) error) (api.MigrationRecord, error) {
+	return update(ctx, s.c, activeKey(vmID), "migration of vm "+vmID, fn)
+}
+
+// FinishMigration moves a migration from in flight to the VM's history.
+// Repeating it is harmless.
+func (s *Store) FinishMigration(ctx context.Context, vmID string, r api.MigrationRecord) error {
+	if err := s.AddMigration(ctx, vmID, r); err != nil {
+		return err
+	}
+	cur, rev, err := get[api.MigrationRecord](ctx, s.c, activeKey(vmID), "migration of vm "+vmID)
+	if api.IsNotFound(err) || (err == nil && cur.ID != r.ID) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(activeKey(vmID)), "=", rev)).
+		Then(clientv3.OpDelete(activeKey(vmID))).Commit(); err != nil {
+		return fmt.Errorf("end migration: %w: %w", api.ErrUnavailable, err)
+	}
+	return nil
+}
