@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -159,7 +162,7 @@ func labCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(up, down, exec, fail, heal, status)
+	cmd.AddCommand(up, down, exec, fail, heal, status, labPollCmd(g))
 	return cmd
 }
 
@@ -186,4 +189,50 @@ func printLabWelcome(s *lab.State) {
 	fmt.Printf("  shoal lab fail%s host1 --power   (or --partition); shoal lab heal%s host1\n", d, d)
 	fmt.Printf("  shoal lab status%s\n", d)
 	fmt.Printf("  shoal lab down%s                 removes everything the lab made\n", d)
+}
+
+// labPollCmd is a VM's client as a user sees it: a request every few ms,
+// counting failures and the longest wait (e.g. across a migration).
+func labPollCmd(g *globals) *cobra.Command {
+	var every, dur, slow time.Duration
+	var from string
+	cmd := &cobra.Command{
+		Use:   "poll IP",
+		Short: "From the lab's client, ask a tiny VM for / every few ms; show failures and the longest stall",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := signalContext()
+			defer cancel()
+			if dur > 0 {
+				var c2 context.CancelFunc
+				ctx, c2 = context.WithTimeout(ctx, dur)
+				defer c2()
+			}
+			p, err := lab.StartPoller(ctx, from, args[0], every)
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			r := p.Stop()
+			if err := g.print(r, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, r.String())
+				for i, l := range r.Latencies {
+					if slow > 0 && l >= slow {
+						fmt.Fprintf(w, "  slow: %s took %s\n", r.Starts[i].Format("15:04:05.000"), l.Round(time.Millisecond))
+					}
+				}
+			}); err != nil {
+				return err
+			}
+			if r.Failed > 0 {
+				return fmt.Errorf("%d of %d requests failed: %s", r.Failed, r.Requests, strings.Join(r.Errors, "; "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&every, "interval", 10*time.Millisecond, "time between requests")
+	cmd.Flags().DurationVar(&dur, "for", 0, "stop after this long (default: until Ctrl-C)")
+	cmd.Flags().StringVar(&from, "from", "client", "lab namespace the requests come from")
+	cmd.Flags().DurationVar(&slow, "show-slow", 0, "list the requests that took at least this long (0 = none)")
+	return cmd
 }

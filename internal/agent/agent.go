@@ -7,6 +7,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,7 @@ type Config struct {
 	LeaseTTL    time.Duration // a host silent this long is down
 	MigrationIP string        // this host's address for migration streams ("" = it cannot be a target)
 	TLSDir      string        // QEMU TLS credentials (qemu.WriteTLSDir) from the cluster certificate; "" = none
+	PeerTLS     *tls.Config   // this host's certificate, for host-to-host links; nil = plain TCP
 }
 
 // Agent runs the VMs of one host.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
@@ -116,7 +117,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	ep.URI = uri
-	ep.Relay = w.relayListen(ctx, s)
+	ep.Relay = w.relayListen(s)
 	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)
 	return w.a.cp.MigrationReady(ctx, w.a.cfg.Host, *s, ep)
 }
@@ -194,7 +195,7 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 	if err := w.a.cp.MigrationProgress(ctx, w.a.cfg.Host, s.ID, api.MigrationProgress{ID: s.Migration.ID, Phase: "resumed", SwitchMs: switchMs}); err != nil {
 		w.log.Debug("switch time not recorded", "err", err)
 	}
-	w.relayDeliver()
+	w.relayDeliver(netdev.TapName(s.ID))
 	_ = os.Remove(filepath.Join(w.a.vmDir(s.ID), incomingFile))
 	w.log.Info("migration committed; the VM runs here", "from", s.Migration.Source)
 	w.status.StartedAt = w.now()

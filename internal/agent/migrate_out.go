@@ -65,6 +65,9 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 // then starts the memory stream.
 func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
+	if err := w.settleOldMigration(ctx); err != nil {
+		return err
+	}
 	host, _, err := net.SplitHostPort(m.Endpoint.URI[len("tcp:"):])
 	if err != nil {
 		return fmt.Errorf("target endpoint %q: %w", m.Endpoint.URI, err)
@@ -92,6 +95,7 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 			return err
 		}
 	}
+	w.relayStart(s)
 	o := m.Options
 	return w.proc.Migrate(ctx, m.Endpoint.URI, qemu.MigrateOptions{
 		DowntimeLimit:         time.Duration(o.DowntimeMs) * time.Millisecond,
@@ -196,10 +200,11 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			w.migEnded = m.ID
 			w.log.Info("migration completed", "to", m.Target, "total", q.TotalTime, "downtime", q.Downtime,
 				"bytes", q.TransferredBytes)
-			w.relayForward(ctx, s)
+			w.relayForward(s)
 			return w.progress(ctx, s, p)
 		case "failed", "cancelled", "none":
 			w.migEnded = m.ID
+			w.relayStop()
 			w.abortMirror(ctx, s)
 			if p.Error == "" {
 				p.Error = "QEMU reports the migration " + q.Status
@@ -230,6 +235,7 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				w.log.Info("migration called off; cancelling")
 				_ = w.proc.CancelMigration(ctx)
 				w.abortMirror(ctx, s)
+				w.relayStop()
 				w.migEnded = m.ID
 				return nil
 			}
@@ -298,4 +304,26 @@ func (w *worker) migrationLost(ctx context.Context, s *api.VMSpec) error {
 	w.migEnded = s.Migration.ID
 	return w.progress(ctx, s, api.MigrationProgress{ID: s.Migration.ID, Phase: api.MigrationFailed,
 		Error: "the VM is not running on the source " + w.a.cfg.Host})
+}
+
+// settleOldMigration makes sure no earlier migration still runs in QEMU
+// (one called off may take a moment to wind down) before a new one.
+func (w *worker) settleOldMigration(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, err := w.proc.QueryMigrate(ctx)
+		if err != nil {
+			return err
+		}
+		if q.Done() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("an earlier migration is still %s in QEMU; try again later", q.Status)
+		}
+		if q.Status != "cancelling" {
+			_ = w.proc.CancelMigration(ctx)
+		}
+		sleep(ctx, 50*time.Millisecond)
+	}
 }

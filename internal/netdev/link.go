@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -61,6 +64,9 @@ func EnsureBridge(ctx context.Context, name, addr string) error {
 		return fmt.Errorf("ensure bridge %s: %w (it is a %q link; delete it or pick another name)", name, ErrNotBridge, link.Type())
 	}
 	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("ensure bridge %s: %w", name, err)
+	}
+	if err := pinMAC(link); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", name, err)
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
@@ -212,6 +218,26 @@ func AttachLink(ctx context.Context, name, bridge string) error {
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}
+
+// addrAssignSet is the kernel's NET_ADDR_SET: the address was set by
+// user space, and the bridge keeps it.
+const addrAssignSet = "3"
+
+// pinMAC fixes a bridge's MAC address. Left alone, a Linux bridge takes
+// the lowest MAC of its ports, so a VM's tap joining or leaving can change
+// the MAC of the host's own address on the bridge, and its neighbours then
+// send to a MAC nobody answers until their ARP entries expire (seconds to
+// minutes). Setting the address, even to its current value, makes it stick.
+func pinMAC(link netlink.Link) error {
+	b, err := os.ReadFile(filepath.Join("/sys/class/net", link.Attrs().Name, "addr_assign_type"))
+	if err == nil && strings.TrimSpace(string(b)) == addrAssignSet {
+		return nil
+	}
+	if err := netlink.LinkSetHardwareAddr(link, link.Attrs().HardwareAddr); err != nil {
+		return fmt.Errorf("pin MAC address: %w", err)
 	}
 	return nil
 }

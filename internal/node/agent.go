@@ -93,7 +93,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	ag := agent.New(agent.Config{
 		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
 		Address: "https://" + o.Listen, BridgeAddr: o.BridgeAddr, Uplink: o.Uplink,
-		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, TLSDir: tlsDir,
+		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, TLSDir: tlsDir, PeerTLS: tlsCfg,
 	}, cp, log)
 	n, err := waitNetwork(ctx, log, cp)
 	if err != nil {
