@@ -27,25 +27,34 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) error {
 	if err := checkMigrateOptions(&req.MigrationOptions); err != nil {
 		return err
 	}
-	ctx := r.Context()
-	name := r.PathValue("name")
-	vm, sp, err := s.loadVM(ctx, name)
+	rec, err := s.startMigration(r.Context(), r.PathValue("name"), req)
 	if err != nil {
 		return err
 	}
+	writeJSON(w, http.StatusAccepted, rec)
+	return nil
+}
+
+// startMigration starts the live migration of VM name as req asks (its
+// options checked already) and returns its record.
+func (s *Server) startMigration(ctx context.Context, name string, req api.MigrateRequest) (api.MigrationRecord, error) {
+	vm, sp, err := s.loadVM(ctx, name)
+	if err != nil {
+		return api.MigrationRecord{}, err
+	}
 	if err := canMigrate(vm, sp, req.To); err != nil {
-		return err
+		return api.MigrationRecord{}, err
 	}
 	to, undo, err := s.cache.reserveMigration(ctx, sp.Rev, sp, req.To, s.cfg.Policy)
 	if err != nil {
-		return err
+		return api.MigrationRecord{}, err
 	}
 	now := time.Now().UTC()
 	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
 		Shared: sp.Pool != "local", Insecure: req.Insecure, StartedAt: now}
 	if err := s.st.StartMigration(ctx, sp.ID, rec); err != nil {
 		undo()
-		return err
+		return rec, err
 	}
 	_, err = s.st.UpdateVM(ctx, name, func(v *api.VMSpec) error {
 		if v.ID != sp.ID || v.Host != sp.Host || v.Migration != nil || v.Deleting || v.Power != api.PowerRunning {
@@ -60,12 +69,11 @@ func (s *Server) migrateVM(w http.ResponseWriter, r *http.Request) error {
 		if ferr := s.st.FinishMigration(context.WithoutCancel(ctx), sp.ID, rec); ferr != nil {
 			s.log.Warn("record migration", "err", ferr)
 		}
-		return err
+		return rec, err
 	}
 	s.log.Info("migration requested", "vm", name, "from", sp.Host, "to", to, "id", rec.ID)
 	s.migrations.follow(sp.ID)
-	writeJSON(w, http.StatusAccepted, rec)
-	return nil
+	return rec, nil
 }
 
 // checkMigrateOptions validates options and fills in defaults.
