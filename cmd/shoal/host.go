@@ -17,7 +17,7 @@ import (
 )
 
 func hostCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "host", Short: "Show and check virtualization hosts"}
+	cmd := &cobra.Command{Use: "host", Short: "Show, check and drain virtualization hosts"}
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List hosts", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -64,7 +64,7 @@ func hostCmd(g *globals) *cobra.Command {
 				row("Last heartbeat", ago(h.LastHeartbeat))
 			})
 		},
-	}, hostCheckCmd())
+	}, hostCheckCmd(), hostDrainCmd(g), hostResumeCmd(g))
 	return cmd
 }
 

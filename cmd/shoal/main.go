@@ -42,5 +42,6 @@ func newRoot() *cobra.Command {
 	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd(), serverCmd(), agentCmd(), clusterCmd(g))
 	root.AddCommand(labCmd(g))
 	root.AddCommand(benchCmd(g))
+	root.AddCommand(eventsCmd(g))
 	return root
 }

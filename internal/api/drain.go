@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // DrainRequest is the body of POST /v1/hosts/{name}/drain. The options
 // are passed on to every live migration of the drain.
@@ -64,3 +67,62 @@ type DrainVM struct {
 
 // Final reports whether the VM's result will not change any more.
 func (v DrainVM) Final() bool { return v.Result != DrainPending && v.Result != DrainMigrating }
+
+// DrainTally counts what became of the VMs of a drain.
+type DrainTally struct {
+	Live, Reassigned, Stayed, Failed, Pending int
+}
+
+// Moved is how many VMs left the host.
+func (t DrainTally) Moved() int { return t.Live + t.Reassigned }
+
+// Tally counts the results of the drain's VMs.
+func (r DrainReport) Tally() DrainTally {
+	var t DrainTally
+	for _, v := range r.VMs {
+		switch {
+		case v.Result == DrainMoved && v.How == DrainReassigned:
+			t.Reassigned++
+		case v.Result == DrainMoved:
+			t.Live++
+		case v.Result == DrainStayed:
+			t.Stayed++
+		case v.Result == DrainFailed:
+			t.Failed++
+		default:
+			t.Pending++
+		}
+	}
+	return t
+}
+
+// MovedOff says how many VMs left the host, and how.
+func (t DrainTally) MovedOff() string {
+	switch {
+	case t.Moved() == 0:
+		return "no VM moved off"
+	case t.Reassigned == 0:
+		return vmCount(t.Moved()) + " moved off live"
+	case t.Live == 0:
+		return vmCount(t.Moved()) + " (stopped) reassigned to other hosts"
+	}
+	return fmt.Sprintf("%s moved off (%d live, %d reassigned while stopped)", vmCount(t.Moved()), t.Live, t.Reassigned)
+}
+
+// NotMoved says how many VMs stayed on the host or failed to move.
+func (t DrainTally) NotMoved() string {
+	switch {
+	case t.Stayed > 0 && t.Failed > 0:
+		return fmt.Sprintf("%s stayed and %d failed to move", vmCount(t.Stayed), t.Failed)
+	case t.Failed > 0:
+		return vmCount(t.Failed) + " failed to move"
+	}
+	return vmCount(t.Stayed) + " stayed"
+}
+
+func vmCount(n int) string {
+	if n == 1 {
+		return "1 VM"
+	}
+	return fmt.Sprintf("%d VMs", n)
+}

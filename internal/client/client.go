@@ -299,3 +299,50 @@ func (c *Client) CancelMigration(ctx context.Context, name string) (api.Migratio
 	var out api.MigrationRecord
 	return out, c.do(ctx, "DELETE", "/v1/vms/"+esc(name)+"/migration", nil, &out)
 }
+
+// EventQuery selects events: about a VM, about a host, since a time
+// (RFC 3339) or a duration back (10m), newer than the event with id
+// After. Limit keeps the newest (with After, the oldest after it); 0 =
+// the server's default.
+type EventQuery struct {
+	VM, Host, Since, After string
+	Limit                  int
+}
+
+// Events returns the cluster's events that match q, oldest first.
+func (c *Client) Events(ctx context.Context, q EventQuery) ([]api.Event, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"vm": q.VM, "host": q.Host, "since": q.Since, "after": q.After} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", fmt.Sprint(q.Limit))
+	}
+	path := "/v1/events"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out []api.Event
+	return out, c.do(ctx, "GET", path, nil, &out)
+}
+
+// DrainHost puts a host in maintenance and starts moving its VMs off; it
+// returns the drain's report at once. Follow it with Drain.
+func (c *Client) DrainHost(ctx context.Context, name string, req api.DrainRequest) (api.DrainReport, error) {
+	var out api.DrainReport
+	return out, c.do(ctx, "POST", "/v1/hosts/"+esc(name)+"/drain", req, &out)
+}
+
+// Drain returns the host's running drain, or else its last one.
+func (c *Client) Drain(ctx context.Context, name string) (api.DrainReport, error) {
+	var out api.DrainReport
+	return out, c.do(ctx, "GET", "/v1/hosts/"+esc(name)+"/drain", nil, &out)
+}
+
+// ResumeHost puts a host in maintenance back in service.
+func (c *Client) ResumeHost(ctx context.Context, name string) (api.Host, error) {
+	var out api.Host
+	return out, c.do(ctx, "POST", "/v1/hosts/"+esc(name)+"/resume", nil, &out)
+}

@@ -161,9 +161,18 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) respondAfter(w http.ResponseWriter, r *http.Request, code int, name string, rev int64, ws waitSpec, target func(api.VM) bool, what string) error {
 	ctx, cancel := context.WithTimeout(r.Context(), ws.timeout)
 	defer cancel()
+	var vm api.VM
+	timedOut := func() error {
+		return api.Errorf(api.ErrUnavailable, "vm %q %sis %s after %s; its host may be down (see 'shoal host list')", name, what, vm.State, ws.timeout)
+	}
 	for {
-		vm, _, err := s.loadVM(ctx, name)
-		if err != nil {
+		cur, _, err := s.loadVM(ctx, name)
+		switch {
+		case err == nil:
+			vm = cur
+		case ctx.Err() != nil && r.Context().Err() == nil && vm.Name != "":
+			return timedOut() // the time ran out during the read
+		default:
 			return err
 		}
 		seen := vm.ObservedRev >= rev
@@ -175,7 +184,7 @@ func (s *Server) respondAfter(w http.ResponseWriter, r *http.Request, code int, 
 			return api.Errorf(api.ErrConflict, "vm %q %sfailed on host %s: %s", name, what, vm.Host, vm.Error)
 		}
 		if err := pause(ctx, 20*time.Millisecond); err != nil {
-			return api.Errorf(api.ErrUnavailable, "vm %q %sis %s after %s; its host may be down (see 'shoal host list')", name, what, vm.State, ws.timeout)
+			return timedOut()
 		}
 	}
 }

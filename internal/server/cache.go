@@ -333,6 +333,10 @@ func (c *placeCache) admitStart(ctx context.Context, rev int64, name string, pol
 	if v == nil || v.running {
 		return func() {}, nil
 	}
+	if e := s.hosts[v.host]; e != nil && e.rec.State == api.HostMaintenance {
+		return nil, api.Errorf(api.ErrConflict, "vm %q belongs to host %s, which is in maintenance: put the host back in service ('shoal host resume %s') to start it there",
+			name, v.host, v.host)
+	}
 	if _, err := scheduler.Place(s.hostSnapshot(), scheduler.Request{Name: name, CPUs: v.cpus, MemoryMiB: v.mem,
 		Host: v.host, AntiAffinity: v.group}, pol); err != nil {
 		return nil, err

@@ -71,9 +71,8 @@ const (
 func planDrain(in drainInput) drainPlan {
 	rep := in.Report
 	rep.VMs = slices.Clone(rep.VMs)
-	if in.Resumed {
-		rep.Resumed = true
-	}
+	resumed := in.Resumed || rep.Resumed // once resumed, the drain stays so
+	rep.Resumed = resumed
 	cands := map[string]drainCand{}
 	for _, c := range in.VMs {
 		cands[c.Name] = c
@@ -104,7 +103,7 @@ func planDrain(in drainInput) drainPlan {
 		known[e.Name] = true
 	}
 	for _, c := range in.VMs {
-		if !known[c.Name] && !c.Deleting {
+		if !known[c.Name] && !c.Deleting && !resumed { // after a resume, VMs that come are no business of the drain
 			rep.VMs = append(rep.VMs, api.DrainVM{Name: c.Name, ID: c.ID, Result: api.DrainPending})
 		}
 	}
@@ -117,20 +116,24 @@ func planDrain(in drainInput) drainPlan {
 			kept = append(kept, e)
 			continue
 		}
-		act, reason := judgeDrainVM(cands[e.Name], rep.Host, in.Resumed)
+		act, reason := judgeDrainVM(cands[e.Name], rep.Host, resumed)
 		switch act {
 		case vmSkip:
 			continue
 		case vmMigrate, vmReassign:
 			e.Since = time.Time{}
 			if !e.RetrySince.IsZero() && in.Now.Sub(e.RetrySince) >= drainPatience {
-				e.Result = api.DrainStayed // its move kept being refused: Reason says why
+				e.Result = api.DrainStayed // its move kept being refused: say why
+				e.Reason = fmt.Sprintf("its move was refused for %s, last because: %s", drainPatience, e.Reason)
 				break
 			}
-			if act == vmReassign {
+			switch {
+			case act == vmReassign:
 				plan.Reassign = append(plan.Reassign, e.Name)
-			} else if inflight+len(plan.Migrate) < max(rep.Parallel, 1) {
+			case inflight+len(plan.Migrate) < max(rep.Parallel, 1):
 				plan.Migrate = append(plan.Migrate, e.Name)
+			case e.RetrySince.IsZero(): // else Reason says why its last try was refused
+				e.Reason = fmt.Sprintf("waits for its turn (%d live migrations at a time)", max(rep.Parallel, 1))
 			}
 		case vmStay:
 			e.Result, e.Reason = api.DrainStayed, reason

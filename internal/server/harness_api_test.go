@@ -31,8 +31,9 @@ type apiHarness struct {
 	cfg Config
 	url string
 
-	mu     sync.Mutex
-	frozen map[string]bool // VMs the fake host leaves alone
+	mu      sync.Mutex
+	frozen  map[string]bool // VMs the fake host leaves alone
+	migrate bool            // the fake hosts carry out live migrations (see fakeMigration)
 }
 
 func testHost(name string, memMiB int64, cpus int) api.Host {
@@ -136,6 +137,9 @@ func (h *apiHarness) fakeHost(ctx context.Context) {
 			if sp.Deleting {
 				_ = h.st.RemoveVM(ctx, sp)
 				continue
+			}
+			if sp.Migration != nil && h.migrating() {
+				h.fakeMigration(ctx, sp)
 			}
 			want := map[string]string{
 				api.PowerStopped: api.StateStopped,

@@ -69,9 +69,12 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 		if ferr := s.st.FinishMigration(context.WithoutCancel(ctx), sp.ID, rec); ferr != nil {
 			s.log.Warn("record migration", "err", ferr)
 		}
+		rec.TotalMs = rec.EndedAt.Sub(rec.StartedAt).Milliseconds()
+		s.events.record(ctx, migrationEndEvent(rec))
 		return rec, err
 	}
 	s.log.Info("migration requested", "vm", name, "from", sp.Host, "to", to, "id", rec.ID)
+	s.events.record(ctx, migrationStartEvent(rec, sp.Pool))
 	s.migrations.follow(sp.ID)
 	return rec, nil
 }

@@ -14,6 +14,9 @@ const (
 	actEnd          // it is over: record it
 )
 
+// reasonDeleted ends the migration of a VM deleted meanwhile.
+const reasonDeleted = "the VM was deleted"
+
 type verdict struct {
 	action         int
 	result, reason string
@@ -24,7 +27,7 @@ type verdict struct {
 // before (wt, updated here). Pure: no I/O, the time is passed in.
 func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *watch, now time.Time) verdict {
 	if sp == nil {
-		return verdict{actEnd, api.MigrationFailed, "the VM was deleted"}
+		return verdict{actEnd, api.MigrationFailed, reasonDeleted}
 	}
 	m := sp.Migration
 	if m == nil || m.ID != rec.ID {

@@ -27,14 +27,15 @@ const (
 type migrator struct {
 	st  *store.Store
 	log *slog.Logger
+	ev  *eventLog
 	ctx context.Context
 
 	mu        sync.Mutex
 	following map[string]bool // VM ids followed by this process
 }
 
-func newMigrator(st *store.Store, log *slog.Logger) *migrator {
-	return &migrator{st: st, log: log, ctx: context.Background(), following: map[string]bool{}}
+func newMigrator(st *store.Store, log *slog.Logger, ev *eventLog) *migrator {
+	return &migrator{st: st, log: log, ev: ev, ctx: context.Background(), following: map[string]bool{}}
 }
 
 // start follows every migration left in flight by an earlier server, and
@@ -145,6 +146,7 @@ func (m *migrator) step(ctx context.Context, vmID string, wt *watch, now time.Ti
 	}
 	m.log.Info("migration ended", "vm", rec.VM, "from", rec.From, "to", rec.To, "result", rec.Result,
 		"total_ms", rec.TotalMs, "downtime_ms", rec.DowntimeMs, "bytes", rec.Bytes, "error", rec.Error)
+	m.ev.record(ctx, migrationEndEvent(rec))
 	return true, nil
 }
 

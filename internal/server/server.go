@@ -50,6 +50,8 @@ type Server struct {
 
 	cache      *placeCache // hosts, allocations, networks and images, for creates
 	migrations *migrator
+	events     *eventLog
+	drains     *drainer
 }
 
 // New builds the API server.
@@ -63,15 +65,22 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	if cfg.DefaultNet == "" {
 		cfg.DefaultNet = "default"
 	}
+	ev := newEventLog(st, log)
 	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log),
-		migrations: newMigrator(st, log)}
+		migrations: newMigrator(st, log, ev), events: ev}
+	s.drains = newDrainer(st, log, ev, s.startMigration, func(ctx context.Context, rev int64, sp api.VMSpec) (string, error) {
+		return s.cache.placeStopped(ctx, rev, sp, s.cfg.Policy)
+	})
 	s.routes()
 	return s
 }
 
-// Start runs the controllers (migrations) until ctx ends.
+// Start runs the controllers (migrations, drains) until ctx ends.
 func (s *Server) Start(ctx context.Context) error {
-	return s.migrations.start(ctx)
+	if err := s.migrations.start(ctx); err != nil {
+		return err
+	}
+	return s.drains.start(ctx)
 }
 
 func (s *Server) routes() {
@@ -94,6 +103,10 @@ func (s *Server) routes() {
 	h("DELETE /v1/vms/{name}/migration", s.cancelMigration)
 	h("GET /v1/hosts", s.listHosts)
 	h("GET /v1/hosts/{name}", s.getHost)
+	h("POST /v1/hosts/{name}/drain", s.drainHost)
+	h("GET /v1/hosts/{name}/drain", s.getDrain)
+	h("POST /v1/hosts/{name}/resume", s.resumeHost)
+	h("GET /v1/events", s.listEvents)
 	h("GET /v1/networks", s.listNetworks)
 	h("GET /v1/images", s.listImages)
 	h("POST /v1/images/build", s.buildImage)

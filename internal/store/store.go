@@ -16,7 +16,8 @@ import (
 
 // Store is the typed view of Shoal's etcd keyspace.
 type Store struct {
-	c *clientv3.Client
+	c  *clientv3.Client
+	ev eventLease // shared by the events appended for a while (see events.go)
 }
 
 // New wraps an etcd client.
