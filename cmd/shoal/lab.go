@@ -162,7 +162,27 @@ func labCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(up, down, exec, fail, heal, status, labPollCmd(g))
+	kill := &cobra.Command{
+		Use: "kill server|HOST", Short: "Kill the lab's server, or a host's agent (its VMs keep running)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := lab.Kill(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("killed the %s process. 'shoal lab revive %s' starts it again.\n", args[0], args[0])
+			return nil
+		},
+	}
+	revive := &cobra.Command{
+		Use: "revive server|HOST", Short: "Start the lab's server, or a host's agent, again after 'lab kill'", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := lab.Revive(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("%s is running.\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(up, down, exec, fail, heal, status, kill, revive, labPollCmd(g))
 	return cmd
 }
 
@@ -218,7 +238,7 @@ func labPollCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(w, r.String())
 				for i, l := range r.Latencies {
 					if slow > 0 && l >= slow {
-						fmt.Fprintf(w, "  slow: %s took %s\n", r.Starts[i].Format("15:04:05.000"), l.Round(time.Millisecond))
+						fmt.Fprintf(w, "  slow: %s took %s (connect %s)\n", r.Starts[i].Format("15:04:05.000"), l.Round(time.Millisecond), r.Connects[i].Round(time.Millisecond))
 					}
 				}
 			}); err != nil {

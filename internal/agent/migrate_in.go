@@ -169,7 +169,7 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 		w.log.Warn("stop disk export", "err", err)
 	}
 	var v api.VMSpec
-	for {
+	for tries := 0; ; tries++ {
 		var err error
 		v, err = w.a.cp.CommitMigration(ctx, w.a.cfg.Host, *s)
 		if err == nil {
@@ -179,8 +179,10 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 			w.log.Warn("migration was called off before its commit; discarding this copy", "err", err)
 			return w.destroy(ctx, false)
 		}
-		w.log.Warn("cannot commit the migration yet; retrying", "err", err)
-		sleep(ctx, 200*time.Millisecond)
+		if tries%100 == 0 {
+			w.log.Warn("cannot commit the migration yet; retrying", "err", err)
+		}
+		sleep(ctx, 50*time.Millisecond)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -96,15 +96,20 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 		}
 	}
 	w.relayStart(s)
+	w.migStart = time.Now()
 	o := m.Options
 	return w.proc.Migrate(ctx, m.Endpoint.URI, qemu.MigrateOptions{
-		DowntimeLimit:         time.Duration(o.DowntimeMs) * time.Millisecond,
-		BandwidthBytes:        o.BandwidthBytes,
-		AutoConverge:          o.AutoConverge,
-		PostCopy:              o.PostcopyAfterMs > 0,
-		TLSCreds:              creds,
-		TLSHostname:           host,
-		PauseBeforeSwitchover: true,
+		DowntimeLimit:  time.Duration(o.DowntimeMs) * time.Millisecond,
+		BandwidthBytes: o.BandwidthBytes,
+		AutoConverge:   o.AutoConverge,
+		PostCopy:       o.PostcopyAfterMs > 0,
+		TLSCreds:       creds,
+		TLSHostname:    host,
+		// Only a disk mirror needs the source to act at the switchover
+		// (finish the mirror before the device state goes). Without one,
+		// QEMU completes on its own, so a source agent that dies midway
+		// cannot leave the guest paused.
+		PauseBeforeSwitchover: m.Endpoint.NBD != "",
 	})
 }
 
@@ -175,7 +180,7 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				break // the continue is under way
 			}
 			switched = true
-			w.relayMark()
+			w.relayMark(time.Now())
 			if m.Endpoint.NBD != "" {
 				if err := w.proc.CompleteMirror(ctx, "disk0"); err != nil {
 					w.log.Warn("finishing the disk mirror failed; cancelling the migration", "err", err)
@@ -198,6 +203,7 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				continue
 			}
 			w.migEnded = m.ID
+			w.relayMark(time.Now().Add(-q.Downtime)) // if the STOP event was missed
 			w.log.Info("migration completed", "to", m.Target, "total", q.TotalTime, "downtime", q.Downtime,
 				"bytes", q.TransferredBytes)
 			w.relayForward(s)
@@ -240,7 +246,12 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				return nil
 			}
 			sleep(ctx, migrationPoll/4)
-		case <-events:
+		case ev := <-events:
+			// The guest stops for the last step of the migration: frames
+			// from then on are for the target.
+			if ev.Name == "STOP" && ev.Timestamp.After(w.migStart) {
+				w.relayMark(ev.Timestamp)
+			}
 		case <-t.C:
 		}
 	}
@@ -259,7 +270,9 @@ func (w *worker) abortMirror(ctx context.Context, s *api.VMSpec) {
 // progress publishes the migration's progress; it is rate-limited except
 // for its final report.
 func (w *worker) progress(ctx context.Context, s *api.VMSpec, p api.MigrationProgress) error {
-	final := p.Phase == api.MigrationCompleted || p.Phase == api.MigrationFailed
+	// The end, and post-copy (the target waits for it to commit), go out
+	// at once.
+	final := p.Phase == api.MigrationCompleted || p.Phase == api.MigrationFailed || p.Postcopy
 	if !final && time.Since(w.lastProgress) < 500*time.Millisecond {
 		return nil
 	}

@@ -93,11 +93,14 @@ func (w *worker) dialRelay(ctx context.Context, addr, target string) (net.Conn, 
 	return d.DialContext(dctx, "tcp", addr)
 }
 
-// relayMark notes that the source's CPUs have stopped: frames from about
-// now on are for the target.
-func (w *worker) relayMark() {
+// relayMark notes that the source's CPUs stopped at t: frames from about
+// then on are for the target. The earliest mark wins.
+func (w *worker) relayMark(t time.Time) {
+	t = t.Add(-relayMargin)
 	w.relay.mu.Lock()
-	w.relay.mark = time.Now().Add(-relayMargin)
+	if w.relay.mark.IsZero() || t.Before(w.relay.mark) {
+		w.relay.mark = t
+	}
 	w.relay.mu.Unlock()
 }
 
@@ -196,7 +199,19 @@ func (w *worker) relayListen(s *api.VMSpec) string {
 			if err != nil {
 				return
 			}
+			if tc, ok := conn.(*tls.Conn); ok {
+				hctx, cancel := context.WithTimeout(context.Background(), 2*relayDialLimit)
+				err := tc.HandshakeContext(hctx)
+				cancel()
+				if err != nil {
+					conn.Close()
+					continue
+				}
+			}
+			// One source per migration: once it is here, stop listening.
+			l.Close()
 			go w.relayReceive(conn, tap)
+			return
 		}
 	}()
 	return l.Addr().String()

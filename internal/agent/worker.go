@@ -35,6 +35,7 @@ type worker struct {
 	migEnded     string    // id of the last migration that ended here (as source)
 	lastProgress time.Time // of the last progress report
 	mirrorLen    int64     // bytes of disk the migration mirrors
+	migStart     time.Time // when this host started its last outgoing migration
 	relay        relayState
 }
 
@@ -270,7 +271,9 @@ func (w *worker) setPaused(ctx context.Context, s *api.VMSpec) error {
 		}
 		// A migration that ended without a commit: the VM is still ours.
 		w.log.Info("migration did not commit; resuming the VM here", "qemu", st)
-		err, st = w.proc.Resume(qctx), "running"
+		if st, err = w.settleCalledOff(qctx, st); err == nil && st != "running" {
+			err, st = w.proc.Resume(qctx), "running"
+		}
 	case s.Power == api.PowerPaused && st == "running":
 		err, st = w.proc.Pause(qctx), "paused"
 	case s.Power == api.PowerRunning && (st == "paused" || st == "prelaunch"):
@@ -286,6 +289,27 @@ func (w *worker) setPaused(ctx context.Context, s *api.VMSpec) error {
 		return w.report(ctx, s, api.StatePaused, "")
 	}
 	return w.report(ctx, s, api.StateFailed, "QEMU reports the VM as "+st)
+}
+
+// settleCalledOff ends what is left in QEMU of a migration that was
+// called off while QEMU was at its switchover (finish-migrate: paused,
+// waiting for the agent): cancelled, QEMU resumes the guest by itself.
+// It returns QEMU's status afterwards.
+func (w *worker) settleCalledOff(ctx context.Context, st string) (string, error) {
+	if st != "finish-migrate" {
+		return st, nil
+	}
+	if err := w.proc.CancelMigration(ctx); err != nil {
+		return st, fmt.Errorf("cancel the migration left at its switchover: %w", err)
+	}
+	for st == "finish-migrate" && ctx.Err() == nil {
+		sleep(ctx, 20*time.Millisecond)
+		var err error
+		if st, err = w.proc.Status(ctx); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
 }
 
 // stop shuts the guest down: ACPI first unless forced, then a kill after

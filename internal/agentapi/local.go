@@ -217,7 +217,23 @@ func (l *Local) MigrationReady(ctx context.Context, host string, s api.VMSpec, e
 }
 
 // CommitMigration implements Reporter: the switch of ownership.
+//
+// With post-copy allowed, QEMU keeps a return path from the target to the
+// source, and a source can then fail the migration (and resume its guest
+// on its own) after the target received everything: the target may only
+// commit once the source has said that it completed, or that it switched
+// to post-copy, after which it never resumes. Without a return path, a
+// complete stream on the target means the source completed too.
 func (l *Local) CommitMigration(ctx context.Context, host string, s api.VMSpec) (api.VMSpec, error) {
+	if s.Migration != nil && s.Migration.Options.PostcopyAfterMs > 0 {
+		rec, err := l.st.ActiveMigration(ctx, s.ID)
+		if err != nil {
+			return s, err
+		}
+		if p := rec.Progress; rec.ID != s.Migration.ID || p == nil || p.ID != rec.ID || (p.Phase != api.MigrationCompleted && !p.Postcopy) {
+			return s, api.Errorf(api.ErrUnavailable, "the source %s has not confirmed the end of the migration of vm %q yet", s.Migration.Source, s.Name)
+		}
+	}
 	return l.st.UpdateVM(ctx, s.Name, func(v *api.VMSpec) error {
 		if err := migrationOf(v, host, s); err != nil {
 			return err

@@ -211,3 +211,84 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 	}
 	return st, nil
 }
+
+// procFor names the lab process of a member: "server" for ctl (or
+// "server"), the agent for a host.
+func procFor(s *State, member string) (string, error) {
+	if member == CtlNS || member == "server" {
+		return "server", nil
+	}
+	if k, ok := HostIndex(member); ok && k <= s.Hosts {
+		return hostProc(k), nil
+	}
+	return "", fmt.Errorf("no %q in the lab: name the server (ctl) or a host (%s)", member, hostRange(s.Hosts))
+}
+
+// Kill ends one process of the lab at once (SIGKILL): the server (member
+// "server" or "ctl") or a host's agent. Unlike a power cut, the host's
+// VMs keep running and its cable stays plugged in. Revive (or Heal, for a
+// host) starts it again.
+func Kill(ctx context.Context, log *slog.Logger, dir, member string) error {
+	s, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	name, err := procFor(s, member)
+	if err != nil {
+		return err
+	}
+	lk, err := lock(s.Layout())
+	if err != nil {
+		return err
+	}
+	defer lk.Close()
+	p := s.proc(name)
+	if p == nil || p.Pid <= 0 {
+		return fmt.Errorf("the lab has no %s process", name)
+	}
+	pid, want := p.Pid, s.Dir
+	vs := find(func(pi procInfo) string {
+		if pi.pid == pid && mentions(pi.argv, want) {
+			return name
+		}
+		return ""
+	})
+	defer release(vs)
+	if len(vs) == 0 {
+		return nil // not running: nothing to do
+	}
+	log.Info("lab: killing", "process", name, "pid", pid)
+	return terminate(log, vs, 0)
+}
+
+// Revive starts a lab process (the server, or a host's agent) again with
+// its recorded command line, if it is not running.
+func Revive(ctx context.Context, log *slog.Logger, dir, member string) error {
+	s, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	name, err := procFor(s, member)
+	if err != nil {
+		return err
+	}
+	lk, err := lock(s.Layout())
+	if err != nil {
+		return err
+	}
+	defer lk.Close()
+	p := s.proc(name)
+	if p == nil {
+		return fmt.Errorf("the lab has no %s process", name)
+	}
+	if alive(p.Pid) && mentions(cmdline(p.Pid), s.Dir) {
+		return nil
+	}
+	log.Info("lab: starting again", "process", name, "log", p.Log)
+	pid, err := startDetached(p.NS, p.Argv, p.Log, labEnv(s.Layout()))
+	if err != nil {
+		return err
+	}
+	p.Pid = pid
+	return s.save()
+}

@@ -45,6 +45,7 @@ type PollResult struct {
 	LastCount  int
 	LastDisk   int
 	Latencies  []time.Duration // of every request, in order
+	Connects   []time.Duration // of every request: the TCP handshake's part
 	Starts     []time.Time
 }
 
@@ -100,8 +101,8 @@ func (p *Poller) loop(ctx context.Context, ip string, interval time.Duration) {
 	next := time.Now()
 	for ctx.Err() == nil {
 		start := time.Now()
-		answer, err := getOnce(ip)
-		p.record(start, time.Since(start), answer, err)
+		answer, conn, err := getOnce(ip)
+		p.record(start, time.Since(start), conn, answer, err)
 		next = next.Add(interval)
 		if d := time.Until(next); d > 0 {
 			select {
@@ -114,35 +115,39 @@ func (p *Poller) loop(ctx context.Context, ip string, interval time.Duration) {
 	}
 }
 
-// getOnce makes one request on a new connection and returns the body.
-func getOnce(ip string) (string, error) {
-	deadline := time.Now().Add(pollTimeout)
+// getOnce makes one request on a new connection and returns the body and
+// how long the connection took to open.
+func getOnce(ip string) (string, time.Duration, error) {
+	start := time.Now()
+	deadline := start.Add(pollTimeout)
 	c, err := net.DialTimeout("tcp", net.JoinHostPort(ip, "80"), pollTimeout)
+	conn := time.Since(start)
 	if err != nil {
-		return "", err
+		return "", conn, err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(deadline)
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: "+ip+"\r\n\r\n"); err != nil {
-		return "", err
+		return "", conn, err
 	}
 	b, err := io.ReadAll(c)
 	if err != nil {
-		return "", err
+		return "", conn, err
 	}
 	_, body, ok := strings.Cut(string(b), "\r\n\r\n")
 	if !ok || !strings.HasPrefix(body, "boot=") {
-		return "", fmt.Errorf("unexpected answer %q", string(b))
+		return "", conn, fmt.Errorf("unexpected answer %q", string(b))
 	}
-	return strings.TrimSpace(body), nil
+	return strings.TrimSpace(body), conn, nil
 }
 
-func (p *Poller) record(start time.Time, took time.Duration, answer string, err error) {
+func (p *Poller) record(start time.Time, took, conn time.Duration, answer string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := &p.res
 	r.Requests++
 	r.Latencies = append(r.Latencies, took)
+	r.Connects = append(r.Connects, conn)
 	r.Starts = append(r.Starts, start)
 	if took > r.MaxLatency {
 		r.MaxLatency, r.MaxAt = took, start
@@ -192,6 +197,7 @@ func (p *Poller) Result() PollResult {
 	r.Boots = append([]string(nil), r.Boots...)
 	r.Errors = append([]string(nil), r.Errors...)
 	r.Latencies = slices.Clone(r.Latencies)
+	r.Connects = slices.Clone(r.Connects)
 	r.Starts = slices.Clone(r.Starts)
 	return r
 }

@@ -119,6 +119,9 @@ EOF
 	fi
 	for a in $addrs; do
 		ip addr add "$a" dev "$iface"
+		# Tell the neighbours at once: an address used before by another
+		# VM may still sit in their ARP caches with the old MAC.
+		case "$a" in *.*) arping -q -U -c 2 -I "$iface" "${a%/*}" >/dev/null 2>&1 & ;; esac
 	done
 	[ -n "$gw" ] && ip route add default via "$gw" dev "$iface"
 	: >/etc/resolv.conf
