@@ -55,6 +55,9 @@ off, and the VM keeps running where it was.`,
 					return err
 				}
 			} else {
+				if downtime < time.Millisecond {
+					return fmt.Errorf("--downtime %s is too short: use 1ms or more", downtime)
+				}
 				req.DowntimeMs = downtime.Milliseconds()
 				req.PostcopyAfterMs = postcopy.Milliseconds()
 				if bandwidth != "" {
@@ -201,6 +204,9 @@ func migrationSummary(r api.MigrationRecord) string {
 	s := fmt.Sprintf("vm %s migrated from %s to %s in %s: downtime %d ms, %s moved", r.VM, r.From, r.To, msText(r.TotalMs), r.DowntimeMs, bytesIEC(r.Bytes))
 	if r.DiskBytes > 0 {
 		s += fmt.Sprintf(" (+ disk %s)", bytesIEC(r.DiskBytes))
+	}
+	if r.Postcopy {
+		s += ", post-copy"
 	}
 	if r.Insecure {
 		s += ", unencrypted"

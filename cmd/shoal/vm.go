@@ -135,11 +135,12 @@ func vmShowCmd(g *globals) *cobra.Command {
 					row("Migrating", fmt.Sprintf("%s -> %s: %s", m.From, m.To, progressLine(m.Progress)))
 				}
 				for i, m := range v.Migrations {
-					k := ""
+					line := m.StartedAt.Local().Format("2006-01-02 15:04:05") + "  " + migrationSummary(m)
 					if i == 0 {
-						k = "Migrations"
+						row("Migrations", line)
+					} else {
+						fmt.Fprintf(w, "\t%s\n", line)
 					}
-					row(k, m.StartedAt.Local().Format("2006-01-02 15:04:05")+"  "+migrationSummary(m))
 				}
 			})
 		},

@@ -38,8 +38,7 @@ type Config struct {
 	Heartbeat   time.Duration // how often the host renews its liveness
 	LeaseTTL    time.Duration // a host silent this long is down
 	MigrationIP string        // this host's address for migration streams ("" = it cannot be a target)
-	TLSDir      string        // QEMU TLS credentials (qemu.WriteTLSDir) from the cluster certificate; "" = none
-	PeerTLS     *tls.Config   // this host's certificate, for host-to-host links; nil = plain TCP
+	PeerTLS     *tls.Config   // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
 }
 
 // Agent runs the VMs of one host.

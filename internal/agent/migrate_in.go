@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -30,7 +31,13 @@ func (w *worker) incoming(ctx context.Context, s *api.VMSpec) error {
 	dir := w.a.vmDir(s.ID)
 	mine := readTrim(filepath.Join(dir, incomingFile)) == m.ID
 	if alive && !mine {
-		// A QEMU left by an earlier migration that never completed.
+		// A QEMU left by an earlier migration that never completed, unless
+		// it runs the guest: then this spec is older than what happened
+		// here, and the next one will say so.
+		if st, err := w.proc.Status(ctx); err == nil && st == "running" {
+			w.log.Warn("the VM runs here, yet the spec asks for an incoming migration; waiting for a newer spec", "migration", m.ID)
+			return nil
+		}
 		if err := w.destroy(ctx, false); err != nil {
 			return err
 		}
@@ -40,10 +47,17 @@ func (w *worker) incoming(ctx context.Context, s *api.VMSpec) error {
 		if mine {
 			return nil // our copy is gone: this migration fails; the control plane calls it off
 		}
+		if w.inFailed == m.ID {
+			return nil // already reported; the control plane calls it off
+		}
 		if err := w.prepareIncoming(ctx, s); err != nil {
+			if strings.Contains(err.Error(), "No space left on device") {
+				err = fmt.Errorf("pool %s of host %s is full: free space there, or migrate to another host (--to): %w", s.Pool, w.a.cfg.Host, err)
+			}
 			w.log.Warn("cannot prepare for the incoming migration", "err", err)
+			w.inFailed = m.ID
 			w.a.incomingFailed(ctx, s, err)
-			return nil
+			return w.destroy(ctx, false) // nothing half-made stays
 		}
 	}
 	return w.awaitIncoming(ctx, s)
@@ -60,18 +74,20 @@ func (a *Agent) incomingFailed(ctx context.Context, s *api.VMSpec, cause error) 
 // prepareIncoming makes the VM's files here (an empty overlay for a disk
 // on a local pool, to be filled by the source's mirror), launches the
 // waiting QEMU, and tells the control plane where it listens.
+//
+// By default QEMU listens on unix sockets in the VM's state dir, and this
+// agent takes the streams from the source agent over mutual TLS with the
+// cluster's certificates (package tunnel). With --insecure, QEMU listens
+// on TCP itself, and the streams go between the two QEMUs in clear.
 func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
 	ip := w.a.cfg.MigrationIP
 	if ip == "" {
 		return errors.New("this host has no address for migration streams")
 	}
-	creds := ""
-	if !m.Options.Insecure {
-		if w.a.cfg.TLSDir == "" {
-			return errors.New("this host has no cluster certificate to encrypt the migration; use --insecure")
-		}
-		creds = tlsServerID
+	secure := !m.Options.Insecure
+	if secure && w.a.cfg.PeerTLS == nil {
+		return errors.New("this host has no cluster certificate to encrypt the migration; use --insecure")
 	}
 	pool, err := w.a.pool(s.Pool)
 	if err != nil {
@@ -89,34 +105,50 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	w.proc = p
-	if creds != "" {
-		if err := p.AddTLSCreds(ctx, creds, w.a.cfg.TLSDir, true); err != nil {
-			return err
-		}
-	}
+	migSock, nbdSock := filepath.Join(dir, tunnelMigSock), filepath.Join(dir, tunnelNBDSock)
 	ep := api.MigrationEndpoint{}
 	if !pool.Shared {
-		port, err := freePort(ip)
+		// The source mirrors the disk into a qemu-nbd of its own, not into
+		// this QEMU: the waiting QEMU keeps its disk inactive, as on a
+		// shared pool, until the guest resumes here.
+		addr := ""
+		if !secure {
+			port, err := freePort(ip)
+			if err != nil {
+				return err
+			}
+			addr = net.JoinHostPort(ip, strconv.Itoa(port))
+			ep.NBD = addr
+		}
+		srv, err := qemu.ServeNBD(w.log, pool.DiskPath(s.ID), "disk0", nbdSock, addr)
 		if err != nil {
 			return err
 		}
-		if err := p.StartNBDServer(ctx, ip, port, creds); err != nil {
-			return err
-		}
-		if err := p.ExportDisk(ctx, "disk0"); err != nil {
-			return err
-		}
-		ep.NBD = net.JoinHostPort(ip, strconv.Itoa(port))
+		w.nbd = srv
 	}
 	if err := p.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
 		return err
 	}
-	uri, err := p.PrepareIncoming(ctx, "tcp:"+net.JoinHostPort(ip, "0"), qemu.IncomingOptions{
-		TLSCreds: creds, PostCopy: m.Options.PostcopyAfterMs > 0})
+	listen := "tcp:" + net.JoinHostPort(ip, "0")
+	if secure {
+		listen = "unix:" + migSock
+	}
+	uri, err := p.PrepareIncoming(ctx, listen, qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0,
+		LateBlockActivate: !pool.Shared})
 	if err != nil {
 		return err
 	}
 	ep.URI = uri
+	if secure {
+		addr, err := w.tunnelListen(s, migSock, nbdSock)
+		if err != nil {
+			return err
+		}
+		ep.URI = tunnelScheme + addr
+		if !pool.Shared {
+			ep.NBD = tunnelScheme + addr
+		}
+	}
 	ep.Relay = w.relayListen(s)
 	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)
 	return w.a.cp.MigrationReady(ctx, w.a.cfg.Host, *s, ep)
@@ -136,7 +168,7 @@ func (w *worker) awaitIncoming(ctx context.Context, s *api.VMSpec) error {
 		}
 		switch q.Status {
 		case "completed", "postcopy-active":
-			return w.commitIncoming(ctx, s, time.Now())
+			return w.commitIncoming(ctx, s, time.Now(), q.Status == "postcopy-active")
 		case "failed", "cancelled":
 			w.log.Warn("incoming migration failed", "status", q.Status, "err", q.Error)
 			return nil // the source says so too; the control plane calls it off
@@ -162,11 +194,11 @@ func (w *worker) awaitIncoming(ctx context.Context, s *api.VMSpec) error {
 
 // commitIncoming makes this host the VM's owner and resumes it. If the
 // commit loses to an abort, the copy is discarded without ever running.
-func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time.Time) error {
-	// The disk export must go before the VM may ever leave again (its
-	// block backend would hold the disk). Stopping is a no-op without one.
-	if err := w.proc.StopNBDServer(ctx); err != nil {
-		w.log.Warn("stop disk export", "err", err)
+func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time.Time, postcopy bool) error {
+	// The mirror's receiving end writes out what it holds and lets go of
+	// the disk, which QEMU then takes over when the guest resumes.
+	if err := w.stopNBD(); err != nil {
+		w.log.Warn("stop the disk mirror's receiving end", "err", err)
 	}
 	var v api.VMSpec
 	for tries := 0; ; tries++ {
@@ -187,6 +219,9 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 			return ctx.Err()
 		}
 	}
+	// The commit is this host's own write: act on it at once rather than
+	// on the older spec still held, which names the source as the owner.
+	w.update(&v)
 	if err := w.proc.Resume(ctx); err != nil {
 		return fmt.Errorf("resume after migration: %w", err)
 	}
@@ -198,6 +233,12 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 		w.log.Debug("switch time not recorded", "err", err)
 	}
 	w.relayDeliver(netdev.TapName(s.ID))
+	if postcopy {
+		// The source still sends memory: the tunnel goes once it is done.
+		go w.tunnelStopWhenDone(w.proc)
+	} else {
+		w.tunnelStop() // the streams are over
+	}
 	_ = os.Remove(filepath.Join(w.a.vmDir(s.ID), incomingFile))
 	w.log.Info("migration committed; the VM runs here", "from", s.Migration.Source)
 	w.status.StartedAt = w.now()

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
@@ -18,14 +21,6 @@ import (
 const (
 	outgoingFile = "migration-out" // id of the migration this source started
 	incomingFile = "migration-in"  // id of the migration this target waits for
-)
-
-// Names of the QEMU objects holding the cluster's certificates, as the
-// client (source) and server (target) of a stream. A VM that arrived
-// keeps its server object, and may leave again as a client.
-const (
-	tlsClientID = "shoal-tls-out"
-	tlsServerID = "shoal-tls-in"
 )
 
 // migrationPoll is how often the source samples a migration's progress
@@ -43,8 +38,10 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 	if err := w.report(ctx, s, api.StateMigrating, ""); err != nil {
 		return err
 	}
-	if m.Endpoint == nil || w.migEnded == m.ID {
-		return nil // the target is not ready yet, or it is over: the control plane decides
+	if m.Endpoint == nil || m.Endpoint.Error != "" || w.migEnded == m.ID {
+		// The target is not ready yet, or cannot take the VM, or it is
+		// over: the control plane decides what comes next.
+		return nil
 	}
 	dir := w.a.vmDir(s.ID)
 	if readTrim(filepath.Join(dir, outgoingFile)) != m.ID {
@@ -54,6 +51,7 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 		if err := w.startOutgoing(ctx, s); err != nil {
 			w.log.Warn("migration could not start", "err", err)
 			w.migEnded = m.ID
+			w.tunnelStop()
 			w.abortMirror(ctx, s)
 			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: err.Error()})
 		}
@@ -62,55 +60,78 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 }
 
 // startOutgoing mirrors the disk to the target when it is on a local pool,
-// then starts the memory stream.
+// then starts the memory stream: through this agent's end of the tunnel
+// to the target agent (TLS), or, with --insecure, straight from QEMU to
+// the target's QEMU.
 func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
 	if err := w.settleOldMigration(ctx); err != nil {
 		return err
 	}
-	host, _, err := net.SplitHostPort(m.Endpoint.URI[len("tcp:"):])
+	uri, mirror, err := w.outgoingStreams(s)
 	if err != nil {
-		return fmt.Errorf("target endpoint %q: %w", m.Endpoint.URI, err)
+		return err
 	}
-	creds := ""
-	if !m.Options.Insecure {
-		if w.a.cfg.TLSDir == "" {
-			return fmt.Errorf("host %s has no cluster certificate to encrypt the migration; use --insecure", w.a.cfg.Host)
-		}
-		if err := w.proc.AddTLSCreds(ctx, tlsClientID, w.a.cfg.TLSDir, false); err != nil {
-			return err
-		}
-		creds = tlsClientID
-	}
-	if ep := m.Endpoint.NBD; ep != "" {
-		h, p, err := net.SplitHostPort(ep)
-		if err != nil {
-			return fmt.Errorf("target disk export %q: %w", ep, err)
-		}
-		port, _ := strconv.Atoi(p)
-		if err := w.proc.MirrorToNBD(ctx, "disk0", h, port, creds); err != nil {
+	// The relay's connection also carries the target's heartbeats:
+	// open it first, so a target cut off during the disk copy is noticed.
+	w.relayStart(s)
+	if mirror != nil {
+		if err := mirror(ctx); err != nil {
 			return err
 		}
 		if err := w.waitMirror(ctx, s); err != nil {
 			return err
 		}
 	}
-	w.relayStart(s)
 	w.migStart = time.Now()
 	o := m.Options
-	return w.proc.Migrate(ctx, m.Endpoint.URI, qemu.MigrateOptions{
+	return w.proc.Migrate(ctx, uri, qemu.MigrateOptions{
 		DowntimeLimit:  time.Duration(o.DowntimeMs) * time.Millisecond,
 		BandwidthBytes: o.BandwidthBytes,
 		AutoConverge:   o.AutoConverge,
 		PostCopy:       o.PostcopyAfterMs > 0,
-		TLSCreds:       creds,
-		TLSHostname:    host,
-		// Only a disk mirror needs the source to act at the switchover
-		// (finish the mirror before the device state goes). Without one,
-		// QEMU completes on its own, so a source agent that dies midway
-		// cannot leave the guest paused.
-		PauseBeforeSwitchover: m.Endpoint.NBD != "",
+		// With a disk mirror, QEMU waits once the guest is stopped for
+		// its last step, so that the mirror is finished (the target's
+		// disk an exact copy) before the device state goes.
+		PauseBeforeSwitchover: mirror != nil,
 	})
+}
+
+// outgoingStreams returns where QEMU sends its migration and, if the disk
+// is mirrored, what starts the mirror, for the target's endpoint.
+func (w *worker) outgoingStreams(s *api.VMSpec) (string, func(context.Context) error, error) {
+	ep := s.Migration.Endpoint
+	if remote, ok := tunnelAddr(ep.URI); ok {
+		if w.a.cfg.PeerTLS == nil {
+			return "", nil, fmt.Errorf("host %s has no cluster certificate to encrypt the migration; use --insecure", w.a.cfg.Host)
+		}
+		mig, nbd, err := w.tunnelForward(s, remote, ep.NBD != "")
+		if err != nil {
+			return "", nil, err
+		}
+		var mirror func(context.Context) error
+		if nbd != "" {
+			mirror = func(ctx context.Context) error {
+				return w.proc.MirrorToNBDUnix(ctx, "disk0", nbd, s.Migration.Options.BandwidthBytes)
+			}
+		}
+		return "unix:" + mig, mirror, nil
+	}
+	if !strings.HasPrefix(ep.URI, "tcp:") {
+		return "", nil, fmt.Errorf("target endpoint %q is neither tunnel:HOST:PORT nor tcp:HOST:PORT", ep.URI)
+	}
+	var mirror func(context.Context) error
+	if ep.NBD != "" {
+		h, p, err := net.SplitHostPort(ep.NBD)
+		if err != nil {
+			return "", nil, fmt.Errorf("target disk export %q: %w", ep.NBD, err)
+		}
+		port, _ := strconv.Atoi(p)
+		mirror = func(ctx context.Context) error {
+			return w.proc.MirrorToNBD(ctx, "disk0", h, port, "", s.Migration.Options.BandwidthBytes)
+		}
+	}
+	return ep.URI, mirror, nil
 }
 
 // waitMirror waits until the disk mirror has caught up, publishing its
@@ -167,6 +188,7 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 	}
 	events := w.proc.QMP().Events()
 	switched := false
+	silent := false     // the target stopped answering, and that was reported
 	var final time.Time // when QEMU first said completed
 	for {
 		q, err := w.proc.QueryMigrate(ctx)
@@ -207,10 +229,14 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			w.log.Info("migration completed", "to", m.Target, "total", q.TotalTime, "downtime", q.Downtime,
 				"bytes", q.TransferredBytes)
 			w.relayForward(s)
+			// The mirror was finished at the switchover; whatever is left
+			// of it (nothing, normally) lets go of the target.
+			w.abortMirror(ctx, s)
 			return w.progress(ctx, s, p)
 		case "failed", "cancelled", "none":
 			w.migEnded = m.ID
 			w.relayStop()
+			w.tunnelStop()
 			w.abortMirror(ctx, s)
 			if p.Error == "" {
 				p.Error = "QEMU reports the migration " + q.Status
@@ -226,8 +252,23 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				postcopyAt = time.Time{}
 			}
 		}
-		if err := w.progress(ctx, s, p); err != nil {
-			w.log.Debug("migration progress not published", "err", err)
+		if d := w.targetSilent(time.Now()); d > 0 && !silent {
+			silent = true
+			w.log.Warn("the target stopped answering; stopping the disk mirror and reporting the migration failed",
+				"target", m.Target, "silent", d)
+			if !p.Postcopy && m.Options.PostcopyAfterMs == 0 {
+				// Without a return path, a target can only have the whole
+				// VM once QEMU here says completed: cutting now is safe.
+				w.tunnelStop()
+			}
+			w.abortMirror(ctx, s)
+			_ = w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed,
+				Error: fmt.Sprintf("target host %s stopped answering for %s (network cut, or the host or its agent died)", m.Target, d.Round(100*time.Millisecond))})
+		}
+		if !silent {
+			if err := w.progress(ctx, s, p); err != nil {
+				w.log.Debug("migration progress not published", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -237,8 +278,15 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: "QEMU exited on the source"})
 		case <-w.kick:
 			w.poke()
+			if !w.stillMigrating(s) && p.Postcopy {
+				// Committed in post-copy: the target runs the guest and
+				// takes the rest of its memory from here until the end.
+				sleep(ctx, migrationPoll/4)
+				continue
+			}
 			if !w.stillMigrating(s) {
 				w.log.Info("migration called off; cancelling")
+				w.tunnelStop() // QEMU's streams end at once, even to a silent target
 				_ = w.proc.CancelMigration(ctx)
 				w.abortMirror(ctx, s)
 				w.relayStop()
@@ -257,10 +305,21 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 	}
 }
 
-// abortMirror stops a disk mirror of s, if any.
+// abortMirror stops a disk mirror of s, if any. Its connection to the
+// target is cut first: if the target no longer answers (a cut network, a
+// dead host), the mirror's writes in flight would otherwise hang until
+// TCP gives up, and with them QEMU's cancel of the job, and any guest
+// write to the same blocks.
 func (w *worker) abortMirror(ctx context.Context, s *api.VMSpec) {
 	if s.Migration.Endpoint == nil || s.Migration.Endpoint.NBD == "" || w.proc == nil {
 		return
+	}
+	if ap, err := netip.ParseAddrPort(s.Migration.Endpoint.NBD); err == nil {
+		if n, err := netdev.CutTCP(ap); err != nil {
+			w.log.Warn("cut the disk mirror's connection", "err", err)
+		} else if n > 0 {
+			w.log.Info("cut the disk mirror's connection to the target", "connections", n)
+		}
 	}
 	if err := w.proc.AbortMirror(ctx, "disk0"); err != nil {
 		w.log.Warn("stop disk mirror", "err", err)
@@ -315,6 +374,7 @@ func (w *worker) migrationLost(ctx context.Context, s *api.VMSpec) error {
 		return nil
 	}
 	w.migEnded = s.Migration.ID
+	w.tunnelStop()
 	return w.progress(ctx, s, api.MigrationProgress{ID: s.Migration.ID, Phase: api.MigrationFailed,
 		Error: "the VM is not running on the source " + w.a.cfg.Host})
 }

@@ -44,6 +44,7 @@ type relayParts struct {
 	stop    context.CancelFunc
 	mark    time.Time
 	sent    int
+	heard   time.Time // the target's last heartbeat
 	// target side
 	listener net.Listener
 	live     bool
@@ -76,8 +77,9 @@ func (w *worker) relayStart(s *api.VMSpec) {
 	}
 	r := &w.relay
 	r.mu.Lock()
-	r.capture, r.conn, r.stop, r.mark, r.sent = c, conn, cancel, time.Time{}, 0
+	r.capture, r.conn, r.stop, r.mark, r.sent, r.heard = c, conn, cancel, time.Time{}, 0, time.Time{}
 	r.mu.Unlock()
+	go w.hearBeats(conn)
 }
 
 func (w *worker) dialRelay(ctx context.Context, addr, target string) (net.Conn, error) {
@@ -171,6 +173,21 @@ func (w *worker) relayStop() {
 	r.relayParts = relayParts{}
 }
 
+// relayStopTarget releases the target's side of the relay (its listener
+// and delivery), leaving a source's forwarding alone.
+func (w *worker) relayStopTarget() {
+	r := &w.relay
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.listener != nil {
+		r.listener.Close()
+	}
+	if r.inject != nil {
+		r.inject.Close()
+	}
+	r.listener, r.inject, r.live, r.queue = nil, nil, false, nil
+}
+
 // relayListen, on the target, opens the listener the source sends frames
 // to, and returns its address ("" if it cannot: the migration goes on
 // without).
@@ -221,7 +238,8 @@ func (w *worker) relayListen(s *api.VMSpec) string {
 // then delivered at once.
 func (w *worker) relayReceive(conn net.Conn, tap string) {
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(relayLifetime))
+	_ = conn.SetReadDeadline(time.Now().Add(relayLifetime))
+	go sendBeats(conn)
 	br := bufio.NewReader(conn)
 	for {
 		f, err := framerelay.ReadFrame(br)

@@ -184,6 +184,9 @@ func (a *Agent) EnsureNetwork(ctx context.Context, n api.Network) error {
 // in shared pools are removed only when the VM is being deleted: otherwise
 // they belong to whichever host owns the VM now.
 func (w *worker) destroy(ctx context.Context, deleting bool) error {
+	w.relayStopTarget()
+	w.tunnelStop()
+	_ = w.stopNBD()
 	if w.proc != nil {
 		if err := w.proc.Kill(); err != nil {
 			w.log.Warn("kill QEMU", "err", err)

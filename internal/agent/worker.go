@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,20 +34,29 @@ type worker struct {
 	dirty     bool // the last status could not be written
 
 	migEnded     string    // id of the last migration that ended here (as source)
+	inFailed     string    // id of the last migration this host could not prepare for (as target)
 	lastProgress time.Time // of the last progress report
 	mirrorLen    int64     // bytes of disk the migration mirrors
 	migStart     time.Time // when this host started its last outgoing migration
 	relay        relayState
+	tun          tunnelState
+	nbd          *qemu.NBDServe // target: receives the disk mirror
 }
 
 func newWorker(a *Agent, id string) *worker {
 	return &worker{a: a, id: id, log: a.log.With("vm_id", id), kick: make(chan struct{}, 1), gen: -1}
 }
 
-// update records the latest spec and wakes the worker.
+// update records the latest spec and wakes the worker. A spec older than
+// the one held (a late delivery, or one this agent superseded by its own
+// write) is ignored.
 func (w *worker) update(s *api.VMSpec) {
 	w.mu.Lock()
 	if s != nil {
+		if w.spec != nil && s.Rev > 0 && s.Rev < w.spec.Rev {
+			w.mu.Unlock()
+			return
+		}
 		c := *s
 		s = &c
 	}
@@ -226,6 +236,11 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 // longer ours. Only a successful removal ends the worker.
 func (w *worker) remove(ctx context.Context, s *api.VMSpec) (bool, error) {
 	deleting := s != nil && s.Deleting
+	if !deleting {
+		if err := w.awaitPostcopy(ctx); err != nil {
+			return false, err
+		}
+	}
 	if err := w.destroy(ctx, deleting); err != nil {
 		return false, err
 	}
@@ -236,6 +251,33 @@ func (w *worker) remove(ctx context.Context, s *api.VMSpec) (bool, error) {
 		w.log.Info("vm deleted", "name", s.Name)
 	}
 	return true, nil
+}
+
+// awaitPostcopy, on the source of a migration committed in post-copy,
+// waits until QEMU has sent the target the rest of the guest's memory:
+// until then the guest's only copy of those pages is here.
+func (w *worker) awaitPostcopy(ctx context.Context) error {
+	if err := w.attach(ctx); err != nil || !w.alive() {
+		return nil
+	}
+	for logged := false; ; logged = true {
+		qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+		q, err := w.proc.QueryMigrate(qctx)
+		cancel()
+		if err != nil || !strings.HasPrefix(q.Status, "postcopy") {
+			return nil
+		}
+		if !logged {
+			w.log.Info("the VM runs on the target in post-copy; sending it the rest of its memory before letting go", "status", q.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.proc.Exited():
+			return nil
+		case <-time.After(migrationPoll):
+		}
+	}
 }
 
 // guestStopped records that QEMU ended without being asked to: the guest

@@ -259,6 +259,9 @@ func (l *Local) MigrationProgress(ctx context.Context, host, vmID string, p api.
 		if r.From != host {
 			return notYours(host, "the migration of vm "+r.VM)
 		}
+		if r.Progress != nil && r.Progress.Postcopy {
+			p.Postcopy = true // once in post-copy, the record says so for good
+		}
 		r.Progress = &p
 		return nil
 	})

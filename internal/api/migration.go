@@ -97,6 +97,7 @@ type MigrationRecord struct {
 	DiskBytes  int64              `json:"disk_bytes,omitempty"`
 	SwitchMs   int64              `json:"switch_ms,omitempty"` // on the target, from the stream's end to the VM running (commit included)
 	Relayed    int                `json:"relayed_frames,omitempty"`
+	Postcopy   bool               `json:"postcopy,omitempty"` // it switched to post-copy
 	Error      string             `json:"error,omitempty"`
 	Progress   *MigrationProgress `json:"progress,omitempty"` // while running
 }

@@ -104,6 +104,7 @@ func TestInNetns(t *testing.T) {
 	t.Run("OpenTapAdoptsPersistent", testOpenTapAdoptsPersistent)
 	t.Run("TapOutlivesCallerWhileChildHoldsFd", testTapLifecycleWithChild)
 	t.Run("DeleteLink", testDeleteLink)
+	t.Run("CutTCP", testCutTCP)
 }
 
 // requireTestNetns fails the test unless this process's network namespace

@@ -23,7 +23,6 @@ import (
 	"github.com/shoalvm/shoal/internal/hostcheck"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
-	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/server"
 	"github.com/shoalvm/shoal/internal/storage"
 )
@@ -85,15 +84,14 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 		pools = append(pools, storage.Pool{Name: name, Dir: dir, Shared: true})
 	}
 	imageDir := filepath.Join(o.DataDir, "images")
-	tlsDir, err := migrationTLS(pkiDir, filepath.Join(o.DataDir, "agent", "migration-tls"))
-	if err != nil {
-		return err
-	}
+	// QEMU TLS credentials of earlier versions: migrations now go
+	// through the agents' own TLS (package tunnel).
+	_ = os.RemoveAll(filepath.Join(o.DataDir, "agent", "migration-tls"))
 	migIP, _, _ := net.SplitHostPort(o.Listen)
 	ag := agent.New(agent.Config{
 		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
 		Address: "https://" + o.Listen, BridgeAddr: o.BridgeAddr, Uplink: o.Uplink,
-		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, TLSDir: tlsDir, PeerTLS: tlsCfg,
+		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, PeerTLS: tlsCfg,
 	}, cp, log)
 	n, err := waitNetwork(ctx, log, cp)
 	if err != nil {
@@ -247,27 +245,4 @@ func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Ha
 		defer cancel()
 		_ = hs.Shutdown(ctx)
 	}, nil
-}
-
-// migrationTLS gives QEMU the agent's certificate (its CA, certificate
-// and key), so that migration streams between hosts are encrypted and
-// both ends authenticated by the cluster CA.
-func migrationTLS(pkiDir, dir string) (string, error) {
-	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(pkiDir, name)) }
-	ca, err := read(pki.CACert)
-	if err != nil {
-		return "", fmt.Errorf("migration TLS: %w", err)
-	}
-	cert, err := read(pki.AgentCert)
-	if err != nil {
-		return "", fmt.Errorf("migration TLS: %w", err)
-	}
-	key, err := read(pki.AgentKey)
-	if err != nil {
-		return "", fmt.Errorf("migration TLS: %w", err)
-	}
-	if err := qemu.WriteTLSDir(dir, ca, cert, key); err != nil {
-		return "", fmt.Errorf("migration TLS: %w", err)
-	}
-	return dir, nil
 }

@@ -273,6 +273,10 @@ type IncomingOptions struct {
 	// PostCopy enables postcopy-ram, for a source that migrates with
 	// MigrateOptions.PostCopy.
 	PostCopy bool
+	// LateBlockActivate keeps the disks inactive until the guest is
+	// resumed (Resume), rather than once the stream is in: another
+	// process (ServeNBD) may write them until then.
+	LateBlockActivate bool
 }
 
 // PrepareIncoming sets the capabilities and parameters of o on a target
@@ -287,8 +291,9 @@ func (p *Process) PrepareIncoming(ctx context.Context, uri string, o IncomingOpt
 		return "", fmt.Errorf("qemu %s: migrate-incoming: empty uri", p.Dir)
 	}
 	if err := p.SetMigrationCapabilities(ctx, map[string]bool{
-		"events":       true,
-		"postcopy-ram": o.PostCopy,
+		"events":              true,
+		"postcopy-ram":        o.PostCopy,
+		"late-block-activate": o.LateBlockActivate,
 	}); err != nil {
 		return "", err
 	}

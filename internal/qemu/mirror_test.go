@@ -151,10 +151,10 @@ func mirrorAndMigrate(t *testing.T, ctx context.Context, src, dst *Process, port
 		t.Fatalf("listen uri %q; want tcp:127.0.0.1:PORT", uri)
 	}
 
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, creds); err != nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, creds, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, creds); err == nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, creds, 0); err == nil {
 		t.Fatal("a second mirror of disk0 started")
 	}
 	if err := src.WaitMirrorReady(ctx, "disk0", 10*time.Millisecond); err != nil {
@@ -284,7 +284,7 @@ func TestMirrorAbort(t *testing.T) {
 	}
 	// Nobody listens: the mirror does not start and leaves nothing.
 	port := freePort(t)
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, ""); err == nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "", 0); err == nil {
 		t.Fatal("mirror to a closed port started")
 	}
 	if ok, err := src.nodeExists(ctx, mirrorName("disk0")); err != nil || ok {
@@ -300,7 +300,7 @@ func TestMirrorAbort(t *testing.T) {
 	if err := dst.ExportDisk(ctx, "disk0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, ""); err != nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "", 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := src.WaitMirrorReady(ctx, "disk0", 10*time.Millisecond); err != nil {
@@ -326,7 +326,7 @@ func TestMirrorAbort(t *testing.T) {
 	if err := dst.StopNBDServer(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, ""); err == nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "", 0); err == nil {
 		t.Fatal("mirror to a stopped NBD server started")
 	}
 }

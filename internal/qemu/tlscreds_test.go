@@ -123,7 +123,7 @@ func TestMigrateTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The server wants TLS: a plain client is turned away.
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, ""); err == nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "", 0); err == nil {
 		t.Fatal("plain NBD client accepted by a TLS server")
 	} else {
 		t.Logf("plain client refused: %v", err)
@@ -162,7 +162,7 @@ func TestMigrateTLSWrongCA(t *testing.T) {
 	if err := dst.ExportDisk(ctx, "disk0"); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "tls0"); err == nil {
+	if err := src.MirrorToNBD(ctx, "disk0", "127.0.0.1", port, "tls0", 0); err == nil {
 		t.Fatal("mirror to a target of another CA started")
 	} else {
 		t.Logf("mirror refused: %v", err)

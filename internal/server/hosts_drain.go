@@ -52,7 +52,7 @@ func (s *Server) drainHost(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if !alive {
-		return api.Errorf(api.ErrConflict, "host %s is down, and a drain moves running VMs by live migration, which needs the host up: bring its agent back (see 'shoal host list') and drain again; VMs of a host that is lost for good are restarted elsewhere by HA, not drained", name)
+		return api.Errorf(api.ErrConflict, "host %s is down, and a drain moves running VMs by live migration, which needs the host up: bring its agent back (see 'shoal host list') and drain again", name)
 	}
 	rep := api.DrainReport{ID: newID(), Host: name, State: api.DrainRunning, Parallel: req.Parallel,
 		Options: req.MigrationOptions, StartedAt: time.Now().UTC(), VMs: []api.DrainVM{}}

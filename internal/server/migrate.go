@@ -158,6 +158,9 @@ func (s *Server) cancelMigration(w http.ResponseWriter, r *http.Request) error {
 	if sp.Migration == nil {
 		return api.Errorf(api.ErrConflict, "vm %q is not migrating", name)
 	}
+	if rec, err := s.st.ActiveMigration(ctx, sp.ID); err == nil && rec.Progress != nil && rec.Progress.Postcopy {
+		return api.Errorf(api.ErrConflict, "too late to cancel: the migration of vm %q is in post-copy (the VM already runs on %s); wait for it to end", name, sp.Migration.Target)
+	}
 	if err := s.migrations.abort(ctx, sp.ID, sp.Migration.ID, api.MigrationCancelled, "cancelled by the user"); err != nil {
 		return err
 	}

@@ -36,6 +36,9 @@ func migrationEndEvent(rec api.MigrationRecord) api.Event {
 			e.Figures["disk_bytes"] = rec.DiskBytes
 			e.Message += fmt.Sprintf(", and %s of disk", humanBytes(rec.DiskBytes))
 		}
+		if rec.Postcopy {
+			e.Message += " (it finished in post-copy)"
+		}
 	case api.MigrationCancelled:
 		e.Kind, e.Severity = api.EventMigrationCancelled, api.SeverityWarning
 		e.Message = fmt.Sprintf("live migration of vm %s from %s to %s cancelled after %s (%s); it still runs on %s",

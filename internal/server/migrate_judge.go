@@ -54,14 +54,16 @@ func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *w
 	if p != nil && p.ID != rec.ID {
 		p = nil
 	}
+	if p != nil && p.Postcopy {
+		// Past the point where the source could take over again: the
+		// target runs the guest; only the migration's end is left.
+		return verdict{action: actWait}
+	}
 	if p != nil && p.Phase == api.MigrationFailed {
 		return verdict{actAbort, api.MigrationFailed, "source " + rec.From + ": " + p.Error}
 	}
 	if rec.Error != "" { // an abort was decided but not carried out
 		return verdict{actAbort, rec.Result, rec.Error}
-	}
-	if p != nil && p.Postcopy {
-		return verdict{action: actWait} // past the point where the source could take over again
 	}
 	if alive[rec.To] {
 		wt.targetDown = time.Time{}

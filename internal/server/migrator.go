@@ -154,7 +154,7 @@ func (m *migrator) step(ctx context.Context, vmID string, wt *watch, now time.Ti
 func finish(rec *api.MigrationRecord) {
 	rec.TotalMs = rec.EndedAt.Sub(rec.StartedAt).Milliseconds()
 	if p := rec.Progress; p != nil {
-		rec.Bytes, rec.DiskBytes, rec.Relayed = p.Moved, p.DiskLen, p.Relayed
+		rec.Bytes, rec.DiskBytes, rec.Relayed, rec.Postcopy = p.Moved, p.DiskLen, p.Relayed, p.Postcopy
 		if rec.Result == api.MigrationCompleted {
 			rec.DowntimeMs = p.DowntimeMs + rec.SwitchMs
 		}
