@@ -77,7 +77,7 @@ func (f fakeControl) JoinToken(ctx context.Context, l Layout) (string, error) {
 
 func (f fakeControl) WaitHosts(ctx context.Context, l Layout, hosts int) error { return nil }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -89,7 +89,7 @@ func requireRoot(t *testing.T) {
 
 // requireNoLab fails, touching nothing, if any namespace of a lab's names
 // exists: it is not this test's to remove.
-func requireNoLab(t *testing.T) {
+func requireNoLab(t testing.TB) {
 	t.Helper()
 	var found []string
 	for _, n := range (&State{Hosts: MaxHosts}).Members() {
@@ -111,11 +111,11 @@ func testBinary(t *testing.T) string {
 	return bin
 }
 
-func testLog(t *testing.T) *slog.Logger {
+func testLog(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
@@ -472,7 +472,7 @@ func TestLabIntegrationHalfMade(t *testing.T) {
 	}
 }
 
-func mustLoad(t *testing.T, dir string) *State {
+func mustLoad(t testing.TB, dir string) *State {
 	t.Helper()
 	s, err := Load(dir)
 	if err != nil {

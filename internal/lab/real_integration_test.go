@@ -119,7 +119,7 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 }
 
 // buildShoal builds the real binary into dir.
-func buildShoal(t *testing.T, dir string) string {
+func buildShoal(t testing.TB, dir string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "shoal")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shoal").CombinedOutput(); err != nil {

@@ -1,0 +1,234 @@
+package lab
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// Bandwidths for migrations broken midway. At slowBandwidth, a tiny VM's
+// migration (about 90 MiB of memory) lasts over ten seconds, time enough
+// to break something; it may never converge while a client keeps the
+// guest busy, which does not matter when the migration is meant to fail.
+// At fastBandwidth it lasts a few seconds and converges.
+const (
+	slowBandwidth = "8M"
+	fastBandwidth = "32M"
+)
+
+// TestLabMigrationFailures breaks live migrations midway, in every way
+// the issue lists, and checks each time that the VM ends up running on
+// exactly one host, still serving its client (same boot, no request
+// lost), with nothing left behind on the other host, and that its history
+// says what happened.
+func TestLabMigrationFailures(t *testing.T) {
+	f := startLab(t, 2)
+
+	t.Run("cancel", func(t *testing.T) {
+		c := f.startCase(t, "f-cancel", "shared")
+		f.midMigration(t, c.name, "host2", slowBandwidth)
+		out := f.shoal("vm", "migrate", c.name, "--cancel")
+		if !strings.Contains(out, "cancelled") {
+			t.Errorf("--cancel said %q", out)
+		}
+		c.end(t, "host1", api.MigrationCancelled)
+	})
+
+	t.Run("target-agent-killed", func(t *testing.T) {
+		c := f.startCase(t, "f-tagent", "shared")
+		f.midMigration(t, c.name, "host2", slowBandwidth)
+		if err := Kill(f.ctx, f.log, f.dir, "host2"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitMigrationEnd(t, c.name)
+		if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitHostUp(t, "host2")
+		c.end(t, "host1", api.MigrationFailed)
+	})
+
+	for _, pool := range []string{"shared", "local"} {
+		t.Run("source-agent-killed-"+pool, func(t *testing.T) {
+			// The streams go through the source's agent: without it the
+			// migration fails, and QEMU keeps the guest running here.
+			c := f.startCase(t, "f-sagent-"+pool, pool)
+			f.midMigration(t, c.name, "host2", slowBandwidth)
+			if err := Kill(f.ctx, f.log, f.dir, "host1"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(3 * time.Second)
+			if err := Heal(f.ctx, f.log, f.dir, "host1"); err != nil {
+				t.Fatal(err)
+			}
+			f.waitHostUp(t, "host1")
+			f.waitMigrationEnd(t, c.name)
+			c.end(t, "host1", api.MigrationFailed)
+		})
+	}
+
+	t.Run("target-partitioned", func(t *testing.T) {
+		c := f.startCase(t, "f-part", "local")
+		f.midMigration(t, c.name, "host2", slowBandwidth)
+		if err := Fail(f.ctx, f.log, f.dir, "host2", Partition); err != nil {
+			t.Fatal(err)
+		}
+		f.waitMigrationEnd(t, c.name)
+		if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitHostUp(t, "host2")
+		c.end(t, "host1", api.MigrationFailed)
+	})
+
+	t.Run("server-restarted", func(t *testing.T) {
+		c := f.startCase(t, "f-server", "shared")
+		f.midMigration(t, c.name, "host2", fastBandwidth)
+		if err := Kill(f.ctx, f.log, f.dir, "server"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := Revive(f.ctx, f.log, f.dir, "server"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitFor("the server", 30*time.Second, func() bool { _, err := f.try("host", "list"); return err == nil })
+		f.waitMigrationEnd(t, c.name)
+		c.end(t, "", "")
+	})
+
+	t.Run("target-disk-full", func(t *testing.T) {
+		// host2's local pool is a file system too small for the VM's disk,
+		// mounted where host2's agent sees it (its own mount namespace).
+		pool := f.layout().Host(2) + "/pools/local"
+		agent := mustLoad(t, f.dir).proc(hostProc(2)).Pid
+		inAgent := func(args ...string) {
+			t.Helper()
+			argv := append([]string{"--target", fmt.Sprint(agent), "--mount", "--"}, args...)
+			if out, err := exec.Command("nsenter", argv...).CombinedOutput(); err != nil {
+				t.Fatalf("nsenter %v: %v %s", argv, err, out)
+			}
+		}
+		inAgent("mkdir", "-p", pool)
+		inAgent("mount", "-t", "tmpfs", "-o", "size=128k", "shoal-lab-full", pool)
+		defer inAgent("umount", pool)
+		c := f.startCase(t, "f-full", "local")
+		out, err := f.try("vm", "migrate", c.name, "--to", "host2")
+		if err == nil {
+			t.Fatalf("migrating onto a full disk succeeded: %s", out)
+		}
+		if !strings.Contains(out, "space") {
+			t.Errorf("the error does not say the disk is full: %s", out)
+		}
+		c.end(t, "host1", api.MigrationFailed)
+	})
+}
+
+// failCase is one VM under a failure test, with its client.
+type failCase struct {
+	f    *labFixture
+	name string
+	vm   api.VM
+	poll *Poller
+}
+
+// startCase creates a VM on host1 with its disk on pool (and extra
+// vm create flags) and starts its client.
+func (f *labFixture) startCase(t *testing.T, name, pool string, extra ...string) *failCase {
+	t.Helper()
+	v := f.createServing(name, append([]string{"--pool", pool, "--host", "host1"}, extra...)...)
+	p, err := StartPoller(f.ctx, "client", v.IP, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop() })
+	return &failCase{f: f, name: name, vm: v, poll: p}
+}
+
+// end checks the outcome of a case: the VM runs on exactly one host
+// (owner, if not ""), serves with the same boot and no request lost, its
+// last migration ended with result (if not ""), and nothing of it is
+// left elsewhere. Then it deletes the VM.
+func (c *failCase) end(t *testing.T, owner, result string) {
+	t.Helper()
+	f := c.f
+	f.waitFor("the VM to run", 30*time.Second, func() bool { return f.vm(c.name).State == api.StateRunning })
+	v := f.vm(c.name)
+	if owner != "" && v.Host != owner {
+		t.Errorf("the VM runs on %s, want %s", v.Host, owner)
+	}
+	if result != "" && (len(v.Migrations) == 0 || v.Migrations[0].Result != result) {
+		t.Errorf("last migration: %+v, want result %s", v.Migrations, result)
+	} else if len(v.Migrations) > 0 {
+		t.Logf("migration: %s (%s)", v.Migrations[0].Result, v.Migrations[0].Error)
+	}
+	f.requireClean(v.ID, v.Host)
+	if result != "" {
+		f.requireEvent(t, c.name, "migration."+result)
+	}
+	time.Sleep(time.Second) // a few answers from where it runs now
+	r := c.poll.Stop()
+	t.Logf("client: %s", r)
+	if r.Failed > 0 {
+		t.Errorf("%d of %d requests failed: %v", r.Failed, r.Requests, r.Errors)
+	}
+	if len(r.Boots) != 1 || r.CountJumps > 0 || r.DiskJumps > 0 {
+		t.Errorf("the VM did not go on as it was: boots %v, count jumps %d, disk jumps %d", r.Boots, r.CountJumps, r.DiskJumps)
+	}
+	f.shoal("vm", "delete", c.name, "--force")
+	f.requireClean(v.ID, "")
+}
+
+// midMigration starts a migration of name to host at bandwidth and
+// returns once memory is on its way.
+func (f *labFixture) midMigration(t *testing.T, name, to, bandwidth string) {
+	t.Helper()
+	f.shoal("vm", "migrate", name, "--to", to, "--bandwidth", bandwidth, "--no-wait")
+	f.waitFor("memory to be on its way", 60*time.Second, func() bool {
+		m := f.vm(name).Migration
+		return m != nil && m.Progress != nil && m.Progress.Phase == "memory" && m.Progress.Moved > 2<<20
+	})
+}
+
+// waitMigrationEnd waits until the VM has no migration in flight.
+func (f *labFixture) waitMigrationEnd(t *testing.T, name string) {
+	t.Helper()
+	f.waitFor("the migration to end", 90*time.Second, func() bool {
+		v := f.vm(name)
+		return v.Migration == nil && v.State != api.StateMigrating
+	})
+}
+
+// waitHostUp waits until host list shows host up.
+func (f *labFixture) waitHostUp(t *testing.T, host string) {
+	t.Helper()
+	f.waitFor(host+" to be up", 30*time.Second, func() bool {
+		h, err := f.try("host", "show", host, "-o", "json")
+		return err == nil && strings.Contains(h, `"state": "up"`)
+	})
+}
+
+// requireEvent checks that shoal events lists an event of kind for vm
+// (any VM if "").
+func (f *labFixture) requireEvent(t *testing.T, vm, kind string) {
+	t.Helper()
+	args := []string{"events", "-o", "json"}
+	if vm != "" {
+		args = append(args, "--vm", vm)
+	}
+	var evs []api.Event
+	if err := json.Unmarshal([]byte(f.shoal(args...)), &evs); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.Kind == kind {
+			t.Logf("event: %s %s: %s", e.Kind, e.Severity, e.Message)
+			return
+		}
+	}
+	t.Errorf("no %s event for vm %s in %+v", kind, vm, evs)
+}
