@@ -15,7 +15,7 @@ import (
 func vmCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage virtual machines"}
 	cmd.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmDeleteCmd(g),
-		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g))
+		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g), vmSetCmd(g))
 	for _, a := range []struct{ verb, short string }{
 		{"start", "Start a stopped VM"},
 		{"restart", "Restart a running VM (ACPI shutdown, then start)"},
@@ -71,6 +71,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Pool, "pool", "", "storage pool (default: local)")
 	f.StringVar(&req.Host, "host", "", "pin to this host")
 	f.BoolVar(&req.HA, "ha", false, "restart on another host if its host fails")
+	f.StringVar(&req.Priority, "priority", "", "failover priority with --ha: high, medium (default) or low")
 	f.StringVar(&req.AntiAffinity, "anti-affinity", "", "never place two VMs of this group on one host")
 	f.BoolVar(&req.Start, "start", false, "start it once created")
 	f.StringVar(&userData, "user-data", "", "cloud-init user-data file")
@@ -124,6 +125,10 @@ func vmShowCmd(g *globals) *cobra.Command {
 				row("Memory", api.FormatSize(v.MemoryMiB<<20))
 				row("Disk", api.FormatSize(v.DiskBytes)+" on pool "+v.Pool)
 				row("Network", v.Network)
+				row("HA", haSummary(v))
+				if v.AntiAffinity != "" {
+					row("Anti-affinity", v.AntiAffinity)
+				}
 				row("Accel", dash(v.Accel))
 				if !v.StartedAt.IsZero() && (v.State == api.StateRunning || v.State == api.StatePaused) {
 					row("Up since", v.StartedAt.Local().Format(time.RFC3339))

@@ -37,8 +37,11 @@ type Config struct {
 	Uplink      string        // NIC to put into the VM bridge, joining it to the physical network
 	Heartbeat   time.Duration // how often the host renews its liveness
 	LeaseTTL    time.Duration // a host silent this long is down
-	MigrationIP string        // this host's address for migration streams ("" = it cannot be a target)
-	PeerTLS     *tls.Config   // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
+	// FenceTimeout: a host that could not renew its lease for this long
+	// kills its HA VMs (default LeaseTTL; see internal/ha).
+	FenceTimeout time.Duration
+	MigrationIP  string      // this host's address for migration streams ("" = it cannot be a target)
+	PeerTLS      *tls.Config // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
 }
 
 // Agent runs the VMs of one host.
@@ -49,6 +52,8 @@ type Agent struct {
 	mu  sync.Mutex
 	vms map[string]*worker // by VM id
 	wg  sync.WaitGroup
+
+	fence fence // the watchdog's state
 
 	id       string // this machine's identity (identity.json)
 	infoOnce sync.Once
@@ -66,10 +71,14 @@ func New(cfg Config, cp agentapi.ControlPlane, log *slog.Logger) *Agent {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = max(3*cfg.Heartbeat, 3*time.Second)
 	}
+	if cfg.FenceTimeout == 0 {
+		cfg.FenceTimeout = cfg.LeaseTTL
+	}
 	if cfg.QEMU == "" {
 		cfg.QEMU = "qemu-system-x86_64"
 	}
-	return &Agent{cfg: cfg, cp: cp, log: log.With("host", cfg.Host), vms: map[string]*worker{}}
+	return &Agent{cfg: cfg, cp: cp, log: log.With("host", cfg.Host), vms: map[string]*worker{},
+		fence: fence{timeout: cfg.FenceTimeout}}
 }
 
 func (a *Agent) vmDir(id string) string { return filepath.Join(a.cfg.Dir, "vms", id) }
@@ -81,8 +90,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent state dir: %w", err)
 	}
 	for {
+		sent := time.Now()
 		err := a.register(ctx)
 		if err == nil {
+			a.fence.renewedAt(sent)
 			break
 		}
 		if errors.Is(err, ErrHostClaimed) || errors.Is(err, api.ErrConflict) || ctx.Err() != nil {
@@ -93,11 +104,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.watchdog(ctx) }()
 	defer a.wg.Wait()
 	for ctx.Err() == nil {
-		err := a.cp.WatchVMs(ctx, a.cfg.Host, func(ev agentapi.Event) error {
+		sctx, cancel := context.WithCancel(ctx)
+		gen := a.fence.stream(cancel)
+		err := a.cp.WatchVMs(sctx, a.cfg.Host, func(ev agentapi.Event) error {
 			switch {
 			case ev.Snapshot:
+				if lifted, after := a.fence.snapshot(gen); lifted {
+					a.log.Info("lease renewed and VMs read again: the fence is lifted", "fenced_for", after.Round(time.Millisecond))
+				}
 				a.resync(ctx, ev.Specs)
 			case ev.Spec != nil:
 				a.deliver(ctx, ev.Spec.ID, ev.Spec)
@@ -106,6 +124,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return nil
 		})
+		cancel()
 		if ctx.Err() == nil {
 			a.log.Warn("lost the VM stream from the control plane; resyncing", "err", err)
 			sleep(ctx, time.Second)

@@ -74,9 +74,14 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := a.register(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("heartbeat", "err", err)
+			sent := time.Now()
+			if err := a.register(ctx); err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn("heartbeat", "err", err)
+				}
+				continue
 			}
+			a.fence.renewedAt(sent)
 		}
 	}
 }

@@ -176,6 +176,15 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 		return false, err
 	}
 	alive := w.alive()
+	if s.HA && w.a.fence.holds() {
+		// Fenced: the VM may be restarted elsewhere; it must not run here.
+		if alive {
+			qemu.KillAll(w.log, w.a.vmDir(w.id))
+			w.close()
+		}
+		w.guestExit = false // not a power-off the guest asked for
+		return false, nil
+	}
 	if w.gen < 0 {
 		w.gen = s.RestartGen
 		if st, err := w.a.cp.Status(ctx, s.ID); err == nil {

@@ -40,6 +40,15 @@ const (
 	EventDrainVM            = "drain.vm" // one VM of a drain has its final result
 	EventDrainDone          = "drain.done"
 	EventHostResumed        = "host.resumed"
+	// Failover (internal/ha names the same kinds).
+	EventHostLost         = "host.lost"          // its lease expired
+	EventHostFenced       = "host.fenced"        // its HA VMs are surely dead
+	EventHostBack         = "host.back"          // it renewed its lease again
+	EventVMRestart        = "vm.restart"         // an HA VM is given to a survivor
+	EventVMRestarted      = "vm.restarted"       // and runs there
+	EventVMWaiting        = "vm.waiting"         // no host can take it now
+	EventVMStranded       = "vm.stranded"        // it cannot run elsewhere
+	EventVMFailoverFailed = "vm.failover_failed" // restarts kept failing
 )
 
 // Involves reports whether the event concerns host (as its host or as

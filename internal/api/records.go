@@ -16,6 +16,7 @@ type VMSpec struct {
 	Pool         string     `json:"pool"`
 	Host         string     `json:"host"` // the owner: the only host that may run it
 	HA           bool       `json:"ha,omitempty"`
+	Priority     string     `json:"priority,omitempty"`      // failover order of an HA VM: high, medium, low; "" = medium
 	AntiAffinity string     `json:"anti_affinity,omitempty"` // VMs of one group never share a host
 	MAC          string     `json:"mac"`
 	IP           string     `json:"ip"`
@@ -55,7 +56,8 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 	vm := VM{
 		Name: s.Name, ID: s.ID, Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
 		CPUs: s.CPUs, CPUModel: s.CPUModel, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
-		Network: s.Network, Pool: s.Pool, HA: s.HA, AntiAffinity: s.AntiAffinity, Power: s.Power,
+		Network: s.Network, Pool: s.Pool, HA: s.HA, Priority: EffectivePriority(s.HA, s.Priority),
+		AntiAffinity: s.AntiAffinity, Power: s.Power,
 		CreatedAt: s.CreatedAt, State: StateCreating,
 	}
 	if st != nil && st.ID == s.ID {

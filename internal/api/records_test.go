@@ -23,7 +23,8 @@ func TestMergeVMCopiesSpec(t *testing.T) {
 	want := api.VM{
 		Name: "web1", ID: "abc123", State: api.StateCreating, Host: "host1", IP: "10.57.0.10",
 		MAC: "52:54:00:01:02:03", Image: "tiny", CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30,
-		Network: "default", Pool: "local", HA: true, Power: api.PowerRunning, CreatedAt: s.CreatedAt,
+		Network: "default", Pool: "local", HA: true, Priority: api.PriorityMedium, // an HA VM's default
+		Power: api.PowerRunning, CreatedAt: s.CreatedAt,
 	}
 	if !reflect.DeepEqual(vm, want) {
 		t.Fatalf("MergeVM(spec, nil) =\n%+v\nwant\n%+v", vm, want)

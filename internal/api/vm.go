@@ -39,6 +39,7 @@ type VM struct {
 	Network      string    `json:"network"`
 	Pool         string    `json:"pool"`
 	HA           bool      `json:"ha"`
+	Priority     string    `json:"priority,omitempty"` // failover priority of an HA VM (high, medium, low)
 	AntiAffinity string    `json:"anti_affinity,omitempty"`
 	Power        string    `json:"power"` // desired power state
 	Accel        string    `json:"accel,omitempty"`
@@ -67,6 +68,7 @@ type CreateVMRequest struct {
 	Pool         string `json:"pool,omitempty"`
 	Host         string `json:"host,omitempty"`
 	HA           bool   `json:"ha,omitempty"`
+	Priority     string `json:"priority,omitempty"` // failover priority, needs HA: high, medium, low; "" = medium
 	AntiAffinity string `json:"anti_affinity,omitempty"`
 	Start        bool   `json:"start,omitempty"`
 	UserData     string `json:"user_data,omitempty"`

@@ -153,6 +153,13 @@ func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest, wait boo
 	return out, c.do(ctx, "POST", "/v1/vms"+waitQuery(wait), req, &out)
 }
 
+// UpdateVM changes a VM's HA, failover priority or anti-affinity group
+// (the fields of req that are set) and returns the VM.
+func (c *Client) UpdateVM(ctx context.Context, name string, req api.UpdateVMRequest) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, "PATCH", "/v1/vms/"+esc(name), req, &out)
+}
+
 // VMAction runs start, stop, restart, pause or resume, waiting for it.
 func (c *Client) VMAction(ctx context.Context, name, action string, force bool) (api.VM, error) {
 	var out api.VM

@@ -235,6 +235,17 @@ func TestClientSuccessfulCalls(t *testing.T) {
 		t.Errorf("forced stop body %q", r.body)
 	}
 
+	// Update sends only the settings given: an empty group is sent (it
+	// takes the VM out of its group), an unset HA is not.
+	f.answer(http.StatusOK, want)
+	prio, group := "high", ""
+	if _, err := c.UpdateVM(ctx, "web1", api.UpdateVMRequest{Priority: &prio, AntiAffinity: &group}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.last(t); r.method != "PATCH" || r.path != "/v1/vms/web1" || string(r.body) != `{"priority":"high","anti_affinity":""}` {
+		t.Errorf("update sent %s %s %s", r.method, r.path, r.body)
+	}
+
 	// Delete: 204 and 202 are both success; force goes in the query.
 	f.answer(http.StatusNoContent, "")
 	if err := c.DeleteVM(ctx, "web1", true); err != nil {

@@ -65,12 +65,12 @@ func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *w
 	if rec.Error != "" { // an abort was decided but not carried out
 		return verdict{actAbort, rec.Result, rec.Error}
 	}
-	if alive[rec.To] {
-		wt.targetDown = time.Time{}
-	} else if wt.targetDown.IsZero() {
-		wt.targetDown = now
-	} else if now.Sub(wt.targetDown) >= targetDownGrace {
+	if downFor(&wt.targetDown, alive[rec.To], now) >= targetDownGrace {
 		return verdict{actAbort, api.MigrationFailed, fmt.Sprintf("target host %s is down", rec.To)}
+	}
+	if downFor(&wt.sourceDown, alive[rec.From], now) >= targetDownGrace {
+		// The guest died with its host; if it is HA, failover restarts it.
+		return verdict{actAbort, api.MigrationFailed, fmt.Sprintf("source host %s is down", rec.From)}
 	}
 	mark := "waiting"
 	if m.Endpoint != nil {
@@ -89,4 +89,17 @@ func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *w
 		return verdict{actAbort, api.MigrationFailed, fmt.Sprintf("no progress for %s: is the network between %s and %s cut?", stallTimeout, rec.From, rec.To)}
 	}
 	return verdict{action: actWait}
+}
+
+// downFor tracks since when a host is seen down (*since, zero while up)
+// and returns for how long.
+func downFor(since *time.Time, alive bool, now time.Time) time.Duration {
+	switch {
+	case alive:
+		*since = time.Time{}
+		return 0
+	case since.IsZero():
+		*since = now
+	}
+	return now.Sub(*since)
 }

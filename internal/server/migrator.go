@@ -85,6 +85,7 @@ type watch struct {
 	lastMark   string    // progress signature at the last change
 	lastChange time.Time // when progress last changed
 	targetDown time.Time // since when the target is seen down (zero: up)
+	sourceDown time.Time // since when the source is seen down (zero: up)
 	endedAt    time.Time // when the end was first seen
 }
 

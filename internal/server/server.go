@@ -52,6 +52,7 @@ type Server struct {
 	migrations *migrator
 	events     *eventLog
 	drains     *drainer
+	failover   *failover
 }
 
 // New builds the API server.
@@ -71,15 +72,17 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	s.drains = newDrainer(st, log, ev, s.startMigration, func(ctx context.Context, rev int64, sp api.VMSpec) (string, error) {
 		return s.cache.placeStopped(ctx, rev, sp, s.cfg.Policy)
 	})
+	s.failover = newFailover(st, s.cache, log, ev, cfg.Policy)
 	s.routes()
 	return s
 }
 
-// Start runs the controllers (migrations, drains) until ctx ends.
+// Start runs the controllers (migrations, drains, failover) until ctx ends.
 func (s *Server) Start(ctx context.Context) error {
 	if err := s.migrations.start(ctx); err != nil {
 		return err
 	}
+	go s.failover.run(ctx)
 	return s.drains.start(ctx)
 }
 
@@ -95,6 +98,7 @@ func (s *Server) routes() {
 	h("POST /v1/vms", s.createVM)
 	h("GET /v1/vms/{name}", s.getVM)
 	h("DELETE /v1/vms/{name}", s.deleteVM)
+	h("PATCH /v1/vms/{name}", s.updateVM)
 	h("POST /v1/vms/{name}/{action}", s.vmAction)
 	h("GET /v1/vms/{name}/logs", s.vmLogs)
 	h("GET /v1/vms/{name}/console", s.vmConsole)

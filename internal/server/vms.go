@@ -29,10 +29,16 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	alive, err := s.st.AliveHosts(r.Context())
+	if err != nil {
+		return err
+	}
 	out := make([]api.VM, 0, len(specs))
 	for _, sp := range specs {
 		st, ok := sts[sp.ID]
-		out = append(out, api.MergeVM(sp, ptrIf(st, ok)))
+		v := api.MergeVM(sp, ptrIf(st, ok))
+		api.MarkUnknown(&v, alive[v.Host])
+		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -55,7 +61,13 @@ func (s *Server) loadVM(ctx context.Context, name string) (api.VM, api.VMSpec, e
 	if err != nil && !api.IsNotFound(err) {
 		return api.VM{}, sp, err
 	}
-	return api.MergeVM(sp, ptrIf(st, err == nil)), sp, nil
+	v := api.MergeVM(sp, ptrIf(st, err == nil))
+	alive, err := s.st.HostAlive(ctx, sp.Host)
+	if err != nil {
+		return api.VM{}, sp, err
+	}
+	api.MarkUnknown(&v, alive)
+	return v, sp, nil
 }
 
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) error {
@@ -86,6 +98,13 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest, rev int64)
 			return sp, err
 		}
 	}
+	if err := api.ValidatePriority(req.Priority); err != nil {
+		return sp, err
+	}
+	if req.Priority != "" && !req.HA {
+		return sp, api.Errorf(api.ErrInvalid, "--priority needs --ha: a VM without HA has no failover priority")
+	}
+	sp.Priority = req.Priority
 	if sp.CPUs == 0 {
 		sp.CPUs = 1
 	}

@@ -1,0 +1,160 @@
+package lab
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// TestLabFailover is the failover issue's check in a lab of three hosts:
+// a host running three HA VMs (disks on the shared pool) and one plain VM
+// fails; each HA VM answers again on a survivor, with its disk counter
+// not lower than before, and at no moment do two copies of one VM run.
+// The plain VM is left alone, shown unknown. After the host comes back
+// it does not start the HA VMs again. Once by power cut, once by
+// partition (the host lives on, cut off: its agent fences its HA VMs).
+func TestLabFailover(t *testing.T) {
+	f := startLab(t, 3)
+	for _, mode := range []string{Power, Partition} {
+		t.Run(mode, func(t *testing.T) {
+			names := []string{mode + "-ha1", mode + "-ha2", mode + "-ha3"}
+			vms := map[string]api.VM{}
+			for i, n := range names {
+				args := []string{"--pool", "shared", "--host", "host1", "--ha"}
+				if i == 0 {
+					args = append(args, "--priority", "high")
+				}
+				vms[n] = f.createServing(n, args...)
+			}
+			plain := f.createServing(mode+"-plain", "--pool", "shared", "--host", "host1")
+			before := map[string]int{}
+			for _, n := range names {
+				before[n] = diskCounter(t, f, vms[n].IP)
+			}
+			stop := f.watchCopies(t, vms)
+			cut := time.Now()
+			if err := Fail(f.ctx, f.log, f.dir, "host1", mode); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for _, n := range names {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					deadline := cut.Add(90 * time.Second)
+					var running time.Duration // from the cut to its QEMU running on a survivor
+					for time.Now().Before(deadline) {
+						if v := f.vm(n); v.Host != "host1" && v.State == api.StateRunning {
+							if running == 0 {
+								running = time.Since(cut)
+							}
+							if a, ok := f.get(vms[n].IP); ok {
+								t.Logf("%s: QEMU runs on %s %s after the %s; the guest answers after %s (%s)", n, v.Host,
+									running.Round(100*time.Millisecond), mode, time.Since(cut).Round(100*time.Millisecond), a)
+								if d := counterOf(a); d < before[n] {
+									t.Errorf("%s: disk counter %d, was %d before the failure: writes were lost", n, d, before[n])
+								}
+								return
+							}
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
+					t.Errorf("%s does not answer on a survivor 90s after the %s: %+v", n, mode, f.vm(n))
+				}()
+			}
+			wg.Wait()
+			if v := f.vm(plain.Name); v.Host != "host1" || v.State != api.StateUnknown {
+				t.Errorf("plain VM: %s on %s, want unknown on host1 (%s)", v.State, v.Host, v.Error)
+			}
+			for _, k := range []string{api.EventHostLost, api.EventHostFenced} {
+				f.requireHostEvent(t, "host1", k, cut)
+			}
+			for _, n := range names {
+				f.requireEvent(t, n, api.EventVMRestarted)
+			}
+			if err := Heal(f.ctx, f.log, f.dir, "host1"); err != nil {
+				t.Fatal(err)
+			}
+			f.waitHostUp(t, "host1")
+			time.Sleep(3 * time.Second) // host1 has had time to (wrongly) start them
+			if max := stop(); max > 1 {
+				t.Errorf("two copies of one VM ran at once (%d)", max)
+			}
+			for _, n := range names {
+				v := f.vm(n)
+				f.requireClean(v.ID, v.Host)
+				f.shoal("vm", "delete", n, "--force")
+			}
+			f.waitFor("the plain VM to run on host1 again", 60*time.Second, func() bool {
+				return f.vm(plain.Name).State == api.StateRunning
+			})
+			f.shoal("vm", "delete", plain.Name, "--force")
+		})
+	}
+}
+
+// diskCounter reads the disk counter of the guest at ip.
+func diskCounter(t *testing.T, f *labFixture, ip string) int {
+	t.Helper()
+	a, ok := f.get(ip)
+	if !ok {
+		t.Fatalf("%s does not answer: %q", ip, a)
+	}
+	return counterOf(a)
+}
+
+func counterOf(answer string) int {
+	n, _ := strconv.Atoi(fields(answer)["disk"])
+	return n
+}
+
+// watchCopies samples the QEMUs of vms until the returned func is called;
+// that returns the most copies of one VM seen running at once.
+func (f *labFixture) watchCopies(t *testing.T, vms map[string]api.VM) func() int {
+	done := make(chan struct{})
+	var most int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			for _, v := range vms {
+				n := len(f.qemuOf(v.ID)) // hosts where it runs (a launch may show two pids on one)
+				if n > most {
+					most = n
+					if n > 1 {
+						t.Logf("%s: %d copies run: %v", v.Name, n, f.qemuOf(v.ID))
+					}
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return func() int {
+		close(done)
+		wg.Wait()
+		return most
+	}
+}
+
+// requireHostEvent fails the test unless the event log has an event of
+// kind about host since then.
+func (f *labFixture) requireHostEvent(t *testing.T, host, kind string, since time.Time) {
+	t.Helper()
+	out := f.shoal("events", "--host", host, "--since", since.UTC().Format(time.RFC3339))
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, kind) {
+			t.Logf("event: %s", strings.TrimSpace(line))
+			return
+		}
+	}
+	t.Errorf("no %s event for host %s in:\n%s", kind, host, out)
+}
