@@ -112,6 +112,7 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 	var lastLine string
 	var lastPrint time.Time
 	var failingSince time.Time
+	began := time.Now()
 	for {
 		cur, err := c.Migration(ctx, name)
 		switch {
@@ -151,9 +152,19 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(pollEvery(time.Since(began))):
 		}
 	}
+}
+
+// pollEvery is how often the CLI asks about a migration that has run for
+// so long: often at first, when most migrations end, to report the end
+// at once; then gently.
+func pollEvery(running time.Duration) time.Duration {
+	if running < 10*time.Second {
+		return 50 * time.Millisecond
+	}
+	return 250 * time.Millisecond
 }
 
 // isAPIError reports whether err is an answer of the server (as opposed

@@ -38,7 +38,11 @@ func (f *labFixture) waitDirtying(ip string) {
 // benchRounds is how many migrations of each kind the benchmark makes.
 const benchRounds = 6
 
-// migSample is one measured migration.
+// migSample is one measured migration. Wall runs from the request to
+// the guest running on the target (for Shoal, the CLI's whole run); Total
+// is what the migrator reports: Shoal's controller from the request to
+// the recorded end, QEMU's own total-time for plain QEMU (its stream
+// alone, without launching the target).
 type migSample struct {
 	Wall, Total, Downtime, Stall, Median time.Duration
 	Failed                               int
@@ -152,7 +156,7 @@ func (f *labFixture) measure(ip string, run func() (migSample, error)) migSample
 func (f *labFixture) report(b *testing.B, workload, main string, samples map[string][]migSample, modes func(func(string) bool)) {
 	var lines []string
 	lines = append(lines, fmt.Sprintf("%s guest, %d rounds (medians; all samples below):", workload, benchRounds))
-	lines = append(lines, fmt.Sprintf("  %-26s %9s %9s %9s %9s %9s %s", "", "wall", "stream", "downtime", "stall", "baseline", "failed requests / errors"))
+	lines = append(lines, fmt.Sprintf("  %-26s %9s %9s %9s %9s %9s %s", "", "wall", "total", "downtime", "stall", "baseline", "failed requests / errors"))
 	med := map[string]migSample{}
 	for m := range modes {
 		ss := samples[m]
@@ -176,7 +180,7 @@ func (f *labFixture) report(b *testing.B, workload, main string, samples map[str
 			if s.Err != "" {
 				e = " error: " + s.Err
 			}
-			lines = append(lines, fmt.Sprintf("    %s #%d: wall %s stream %s downtime %s stall %s (median request %s) failed %d%s",
+			lines = append(lines, fmt.Sprintf("    %s #%d: wall %s total %s downtime %s stall %s (median request %s) failed %d%s",
 				m, i+1, ms(s.Wall), ms(s.Total), ms(s.Downtime), ms(s.Stall), ms(s.Median), s.Failed, e))
 		}
 	}

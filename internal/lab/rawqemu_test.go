@@ -47,6 +47,7 @@ func (f *labFixture) newRawVM(t testing.TB, ip, cpuModel string, memMiB int, use
 		t.Fatal(err)
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
+	_ = os.Remove(disk) // of an earlier workload of the same run
 	if err := storage.CreateOverlay(ctx, filepath.Join(tiny, image.TinyDiskFile), disk, 64<<20); err != nil {
 		t.Fatal(err)
 	}
