@@ -49,6 +49,9 @@ func TestIntegrationBadInput(t *testing.T) {
 		{"delete running", []string{"vm", "delete", "exists"}, "--force"},
 		{"show unknown", []string{"vm", "show", "ghost"}, `vm "ghost" not found`},
 		{"delete unknown", []string{"vm", "delete", "ghost"}, `vm "ghost" not found`},
+		{"recover unknown", []string{"vm", "recover", "ghost"}, `vm "ghost" not found`},
+		{"recover no name", []string{"vm", "recover"}, "accepts 1 arg"},
+		{"recover on a live host", []string{"vm", "recover", "exists"}, "use 'shoal vm migrate'"},
 		{"wrong token", []string{"--token", "wrong", "vm", "list"}, "invalid API token"},
 		{"bad output", []string{"vm", "list", "-o", "yaml"}, "unknown output format"},
 	}

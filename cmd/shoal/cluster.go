@@ -37,6 +37,9 @@ func serverCmd() *cobra.Command {
 			}
 			o.NoAgent, o.ConfigSocket = true, true
 			o.ConfigPath = config
+			if !cmd.Flags().Changed("etcd-peer-url") {
+				o.EtcdPeer = "" // as the data dir records it; for a joiner, its advertised address
+			}
 			if o.ConfigPath == "" {
 				o.ConfigPath = client.ConfigPath()
 			}
@@ -52,6 +55,8 @@ func serverCmd() *cobra.Command {
 	controlPlaneFlags(f, &o, &etcd, "0.0.0.0:7443")
 	f.StringVar(&o.Advertise, "advertise", "", "URL at which hosts reach this server, e.g. https://10.0.0.1:7443")
 	f.StringVar(&o.Host, "name", "", "this server's name (default: the hostname)")
+	f.StringVar(&o.Join, "join", "", "become a replica of the cluster of this server, https://SERVER:PORT (needed the first time only)")
+	f.StringVar(&o.JoinToken, "token", "", "join token from 'shoal cluster token' (with --join)")
 	f.StringVar(&config, "config", "", "where to write the CLI settings (default $SHOAL_CONFIG or ~/.config/shoal/config.json)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
 	return cmd
@@ -94,6 +99,7 @@ func agentCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.DataDir, "data-dir", "/var/lib/shoal", "where the agent keeps its state, images and local disks")
+	f.BoolVar(&o.Watchdog, "fence-watchdog", true, "keep a fence watchdog running that kills this host's HA VMs if the agent stops renewing the host's lease, even if the agent dies")
 	f.StringVar(&o.Join, "join", "", "server to join, https://SERVER:PORT (needed the first time)")
 	f.StringVar(&o.Token, "token", "", "join token from 'shoal cluster token' (needed the first time)")
 	f.StringVar(&o.Host, "host", "", "this host's name (default: the hostname)")
@@ -128,6 +134,6 @@ func clusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	tok.Flags().StringVar(&ttl, "ttl", "1h", "how long the token stays valid")
-	cmd.AddCommand(tok)
+	cmd.AddCommand(tok, clusterServersCmd(g))
 	return cmd
 }

@@ -44,7 +44,7 @@ func labCmd(g *globals) *cobra.Command {
 	cmd.PersistentFlags().StringVar(&dir, "dir", lab.DefaultDir, "the lab's directory (down removes it)")
 	cmd.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log more")
 
-	var hosts int
+	var hosts, servers int
 	var accel string
 	up := &cobra.Command{
 		Use: "up", Short: "Build the lab: a server in namespace ctl, an agent in each of host1..hostN", Args: cobra.NoArgs,
@@ -58,7 +58,7 @@ func labCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
-			o := lab.Options{Dir: dir, Hosts: hosts, Binary: bin, Accel: accel, UserConfig: client.ConfigPath()}
+			o := lab.Options{Dir: dir, Hosts: hosts, Servers: servers, Binary: bin, Accel: accel, UserConfig: client.ConfigPath()}
 			s, err := lab.Up(ctx, labLog(verbose), o)
 			if err != nil {
 				return err
@@ -68,6 +68,7 @@ func labCmd(g *globals) *cobra.Command {
 		},
 	}
 	up.Flags().IntVar(&hosts, "hosts", 3, fmt.Sprintf("how many hosts (1 to %d)", lab.MaxHosts))
+	up.Flags().IntVar(&servers, "servers", 1, fmt.Sprintf("how many server replicas (1 to %d): the first in ctl, the others in ctl2.. joining it", lab.MaxServers))
 	up.Flags().StringVar(&accel, "accel", "tcg", "the hosts' accelerator: tcg, kvm or auto")
 
 	down := &cobra.Command{
@@ -159,11 +160,20 @@ func labCmd(g *globals) *cobra.Command {
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Address, ns, dash(m.Cable), dash(m.Process), pid, running, dash(m.Failure))
 				}
+				fmt.Fprintln(w)
+				if st.ServersError != "" {
+					fmt.Fprintf(w, "Server replicas: unknown (%s)\n", st.ServersError)
+					return
+				}
+				fmt.Fprintln(w, "SERVER\tURL\tLEADER")
+				for _, r := range st.Servers {
+					fmt.Fprintf(w, "%s\t%s\t%s\n", r.Name, r.URL, map[bool]string{true: "yes", false: ""}[r.Leader])
+				}
 			})
 		},
 	}
 	kill := &cobra.Command{
-		Use: "kill server|HOST", Short: "Kill the lab's server, or a host's agent (its VMs keep running)", Args: cobra.ExactArgs(1),
+		Use: "kill server|serverN|HOST", Short: "Kill a server of the lab ('server' is the first), or a host's agent (its VMs keep running)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := lab.Kill(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
 				return err
@@ -173,7 +183,7 @@ func labCmd(g *globals) *cobra.Command {
 		},
 	}
 	revive := &cobra.Command{
-		Use: "revive server|HOST", Short: "Start the lab's server, or a host's agent, again after 'lab kill'", Args: cobra.ExactArgs(1),
+		Use: "revive server|serverN|HOST", Short: "Start a server of the lab, or a host's agent, again after 'lab kill'", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := lab.Revive(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
 				return err
@@ -194,6 +204,9 @@ func printLabWelcome(s *lab.State) {
 	}
 	fmt.Printf("\nThe lab is up in %s: %d hosts (host1..host%d) on one switch.\n", s.Dir, s.Hosts, s.Hosts)
 	fmt.Printf("  Server:       %s, in namespace ctl (and %s)\n", l.ServerURL(), l.SocketURL())
+	for k := 2; k <= s.Servers; k++ {
+		fmt.Printf("  Replica:      %s %s, in namespace %s (and %s)\n", lab.ServerName(k), l.ReplicaURL(k), lab.ServerNS(k), l.ServerSocket(k))
+	}
 	if s.UserConfig != "" {
 		fmt.Printf("  CLI settings: %s", s.UserConfig)
 		if s.UserConfigBackup != "" {

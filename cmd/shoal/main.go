@@ -20,6 +20,7 @@ func main() {
 // globals holds the flags every command shares.
 type globals struct {
 	server, token, output string
+	made                  *madeClient // the client built from the settings file, if any
 }
 
 func newRoot() *cobra.Command {
@@ -35,13 +36,15 @@ func newRoot() *cobra.Command {
 			}
 			return nil
 		},
+		PersistentPostRun: func(cmd *cobra.Command, args []string) { g.rememberServers(cmd.Context()) },
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", "", "API server: https://HOST:PORT or unix:///PATH (env SHOAL_SERVER)")
+	root.PersistentFlags().StringVar(&g.server, "server", "", "API server: https://HOST:PORT or unix:///PATH, or several replicas comma-separated (env SHOAL_SERVER)")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "API token (env SHOAL_TOKEN)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(vmCmd(g), hostCmd(g), imageCmd(g), networkCmd(g), upCmd(), serverCmd(), agentCmd(), clusterCmd(g))
 	root.AddCommand(labCmd(g))
 	root.AddCommand(benchCmd(g))
 	root.AddCommand(eventsCmd(g))
+	root.AddCommand(fenceWatchdogCmd())
 	return root
 }

@@ -13,19 +13,29 @@ import (
 	"github.com/shoalvm/shoal/internal/client"
 )
 
-// client builds an API client from flags, environment and the settings file.
+// client builds an API client from flags, environment and the settings
+// file. It tries the file's servers (or those of --server / SHOAL_SERVER,
+// comma-separated) in turn.
 func (g *globals) client() (*client.Client, error) {
 	cfg, err := client.LoadConfig(client.ConfigPath())
 	if err != nil {
 		return nil, err
 	}
+	fromFile := g.server == "" && os.Getenv("SHOAL_SERVER") == ""
 	if g.server != "" {
-		cfg.Server = g.server
+		cfg.Server, cfg.Servers = g.server, nil
 	}
 	if g.token != "" {
 		cfg.Token = g.token
 	}
-	return client.New(cfg.Server, cfg.Token, []byte(cfg.CA))
+	c, err := client.NewReplicas(cfg.URLs(), cfg.Token, []byte(cfg.CA))
+	if err != nil {
+		return nil, err
+	}
+	if fromFile {
+		g.made = &madeClient{c: c, cfg: cfg}
+	}
+	return c, nil
 }
 
 // print shows v as JSON with -o json, else calls table.

@@ -15,7 +15,7 @@ import (
 func vmCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage virtual machines"}
 	cmd.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmDeleteCmd(g),
-		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g), vmSetCmd(g))
+		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g), vmRecoverCmd(g), vmSetCmd(g))
 	for _, a := range []struct{ verb, short string }{
 		{"start", "Start a stopped VM"},
 		{"restart", "Restart a running VM (ACPI shutdown, then start)"},

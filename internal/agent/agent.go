@@ -19,6 +19,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/fencewd"
 	"github.com/shoalvm/shoal/internal/storage"
 )
 
@@ -40,8 +41,13 @@ type Config struct {
 	// FenceTimeout: a host that could not renew its lease for this long
 	// kills its HA VMs (default LeaseTTL; see internal/ha).
 	FenceTimeout time.Duration
-	MigrationIP  string      // this host's address for migration streams ("" = it cannot be a target)
-	PeerTLS      *tls.Config // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
+	// Watchdog is the command line of the fence watchdog to keep running
+	// beside the agent (internal/fencewd), so that the host's HA VMs die
+	// even if the agent does; nil = none (the agent still fences while
+	// it lives).
+	Watchdog    []string
+	MigrationIP string      // this host's address for migration streams ("" = it cannot be a target)
+	PeerTLS     *tls.Config // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
 }
 
 // Agent runs the VMs of one host.
@@ -90,10 +96,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent state dir: %w", err)
 	}
 	for {
-		sent := time.Now()
+		sent, mono := time.Now(), fencewd.Now()
 		err := a.register(ctx)
 		if err == nil {
-			a.fence.renewedAt(sent)
+			a.renewed(sent, mono)
 			break
 		}
 		if errors.Is(err, ErrHostClaimed) || errors.Is(err, api.ErrConflict) || ctx.Err() != nil {
@@ -106,6 +112,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.watchdog(ctx) }()
+	if err := a.startWatchdog(); err != nil {
+		return err
+	}
 	defer a.wg.Wait()
 	for ctx.Err() == nil {
 		sctx, cancel := context.WithCancel(ctx)

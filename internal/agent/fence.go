@@ -2,9 +2,15 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/shoalvm/shoal/internal/fencewd"
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
@@ -126,4 +132,56 @@ func (a *Agent) haVMs() map[string]string {
 		}
 	}
 	return out
+}
+
+// renewed records a renewal that succeeded, sent at sent (mono on the
+// watchdog's clock), and moves the fence watchdog's deadline on.
+func (a *Agent) renewed(sent time.Time, mono time.Duration) {
+	a.fence.renewedAt(sent)
+	if a.cfg.Watchdog == nil {
+		return
+	}
+	if err := fencewd.Arm(a.cfg.Dir, mono+a.cfg.FenceTimeout); err != nil {
+		a.log.Warn("cannot arm the fence watchdog", "err", err)
+	}
+}
+
+// startWatchdog starts the fence watchdog unless one runs for this dir.
+// It runs apart from the agent (its own session) and outlives it.
+func (a *Agent) startWatchdog() error {
+	if a.cfg.Watchdog == nil {
+		return nil
+	}
+	if pid, ok := fencewd.Running(a.cfg.Dir); ok {
+		a.log.Debug("fence watchdog already running", "pid", pid)
+		return nil
+	}
+	logPath := filepath.Join(a.cfg.Dir, "fence", "watchdog.log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o750); err != nil {
+		return fmt.Errorf("fence dir: %w", err)
+	}
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("watchdog log: %w", err)
+	}
+	defer out.Close()
+	cmd := exec.Command(a.cfg.Watchdog[0], a.cfg.Watchdog[1:]...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the fence watchdog: %w", err)
+	}
+	a.log.Info("fence watchdog started", "pid", cmd.Process.Pid, "log", logPath)
+	go func() { _ = cmd.Wait() }() // reap it if it ends while we live
+	return nil
+}
+
+// markHA keeps the watchdog's HA marker of an owned VM current.
+func (w *worker) markHA(ha bool) {
+	if w.a.cfg.Watchdog == nil {
+		return
+	}
+	if err := fencewd.MarkHA(w.a.vmDir(w.id), ha); err != nil {
+		w.log.Warn("HA marker", "err", err)
+	}
 }

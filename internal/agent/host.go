@@ -18,6 +18,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/cpumodel"
+	"github.com/shoalvm/shoal/internal/fencewd"
 )
 
 func (w *worker) now() time.Time { return time.Now().UTC() }
@@ -74,14 +75,14 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			sent := time.Now()
+			sent, mono := time.Now(), fencewd.Now()
 			if err := a.register(ctx); err != nil {
 				if ctx.Err() == nil {
 					a.log.Warn("heartbeat", "err", err)
 				}
 				continue
 			}
-			a.fence.renewedAt(sent)
+			a.renewed(sent, mono)
 		}
 	}
 }

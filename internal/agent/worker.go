@@ -33,6 +33,9 @@ type worker struct {
 	status    api.VMStatus
 	dirty     bool // the last status could not be written
 
+	exit  qemu.Exit  // why QEMU ended, with guestExit (crash.go)
+	crash crashState // recent crashes (crash.go)
+
 	migEnded     string    // id of the last migration that ended here (as source)
 	inFailed     string    // id of the last migration this host could not prepare for (as target)
 	lastProgress time.Time // of the last progress report
@@ -133,8 +136,8 @@ func (w *worker) alive() bool {
 	}
 	select {
 	case <-w.proc.Exited():
+		w.noteExit() // before close: QEMU's last QMP words say why
 		w.close()
-		w.guestExit = true
 		return false
 	default:
 		return true
@@ -182,7 +185,7 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 			qemu.KillAll(w.log, w.a.vmDir(w.id))
 			w.close()
 		}
-		w.guestExit = false // not a power-off the guest asked for
+		w.guestExit, w.exit = false, qemu.Exit{} // neither a power-off nor a crash
 		return false, nil
 	}
 	if w.gen < 0 {
@@ -202,9 +205,12 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	if w.guestExit {
 		if s.Power == api.PowerStopped {
 			w.guestExit = false
-		} else {
+		} else if !w.crashed(s) {
 			return false, w.guestStopped(ctx, s)
 		}
+	}
+	if hold, err := w.restartHold(ctx, s, alive); hold || err != nil {
+		return false, err // a crashed VM waits for its restart, or was given up
 	}
 	if s.Power == api.PowerStopped {
 		if alive {
@@ -220,6 +226,7 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	if err := w.ensureFiles(ctx, s); err != nil {
 		return false, err
 	}
+	w.markHA(s.HA)
 	if alive && s.RestartGen > w.gen {
 		if err := w.report(ctx, s, api.StateStopping, ""); err != nil {
 			return false, err

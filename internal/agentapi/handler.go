@@ -56,6 +56,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/networks/{name}", h.network)
 	route("GET /v1/agent/images/{name}", h.image)
 	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
+	route("GET /v1/agent/servers", h.servers)
 	return h
 }
 
@@ -306,4 +307,13 @@ func (h *Handler) imageFile(ctx context.Context, _ string, w http.ResponseWriter
 	w.Header().Set("Content-Type", "application/octet-stream")
 	_, err = io.Copy(w, f)
 	return err
+}
+
+func (h *Handler) servers(ctx context.Context, _ string, w http.ResponseWriter, _ *http.Request) error {
+	out, err := h.Local.Servers(ctx)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }

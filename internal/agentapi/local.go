@@ -267,3 +267,7 @@ func (l *Local) MigrationProgress(ctx context.Context, host, vmID string, p api.
 	})
 	return err
 }
+
+// Servers returns the live control-plane replicas, for agents to know
+// where else to turn.
+func (l *Local) Servers(ctx context.Context) ([]api.Server, error) { return l.st.ListServers(ctx) }

@@ -49,6 +49,7 @@ const (
 	EventVMWaiting        = "vm.waiting"         // no host can take it now
 	EventVMStranded       = "vm.stranded"        // it cannot run elsewhere
 	EventVMFailoverFailed = "vm.failover_failed" // restarts kept failing
+	EventVMRecovered      = "vm.recovered"       // the user moved it off a failed host
 )
 
 // Involves reports whether the event concerns host (as its host or as

@@ -18,6 +18,12 @@ type UpdateVMRequest struct {
 	AntiAffinity *string `json:"anti_affinity,omitempty"`
 }
 
+// RecoverRequest is the body of POST /v1/vms/{name}/recover: restart a
+// VM whose host is dead (and fenced) on another host.
+type RecoverRequest struct {
+	To string `json:"to,omitempty"` // "" = the scheduler picks
+}
+
 // ValidatePriority checks a failover priority: high, medium, low, or ""
 // (the default, medium).
 func ValidatePriority(p string) error {

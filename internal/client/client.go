@@ -4,7 +4,6 @@ package client
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,94 +14,82 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/replica"
 )
 
-// Client talks to one Shoal server.
+// Client talks to a Shoal server: to one of the control plane's replicas,
+// moving on to the next when one cannot be reached (see roundTrip).
 type Client struct {
-	base  string // scheme://host, no trailing slash
 	token string
-	http  *http.Client
-	dial  func(ctx context.Context) (net.Conn, error) // raw connection, for the console
+	eps   map[string]*endpoint // by server URL
+	set   *replica.Set         // the server URLs, the one that answered last current
+	first string               // the server given first
+	moved atomic.Bool          // a server other than the first one answered
 }
 
 // New returns a client for server, which is https://HOST:PORT or
-// unix:///path.sock. caPEM, if set, is the CA that signed the server.
+// unix:///path.sock, or a comma-separated list of them (replicas of one
+// control plane, tried in turn). caPEM, if set, is the CA that signed the
+// servers.
 func New(server, token string, caPEM []byte) (*Client, error) {
-	if server == "" {
-		return nil, errors.New("no server given: pass --server, set SHOAL_SERVER, or run 'shoal up' to write the config")
-	}
-	c := &Client{token: token}
-	tr := &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}
-	if path, ok := strings.CutPrefix(server, "unix://"); ok {
-		c.base = "http://shoal"
-		var d net.Dialer
-		c.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) }
-	} else {
-		u, err := url.Parse(server)
-		if err != nil || u.Scheme != "https" || u.Host == "" {
-			return nil, fmt.Errorf("server %q must be https://HOST:PORT or unix:///PATH", server)
-		}
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-		if len(caPEM) > 0 {
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(caPEM) {
-				return nil, errors.New("the configured CA certificate does not parse")
-			}
-			cfg.RootCAs = pool
-		}
-		tr.TLSClientConfig = cfg
-		c.base = "https://" + u.Host
-		c.dial = func(ctx context.Context) (net.Conn, error) {
-			d := tls.Dialer{Config: cfg}
-			return d.DialContext(ctx, "tcp", u.Host)
-		}
-	}
-	c.http = &http.Client{Transport: tr}
-	return c, nil
+	return NewReplicas(SplitServers(server), token, caPEM)
 }
 
-func (c *Client) request(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return nil, err
+// NewReplicas returns a client for the control plane's replicas at
+// servers (see New), the first tried first.
+func NewReplicas(servers []string, token string, caPEM []byte) (*Client, error) {
+	if len(servers) == 0 {
+		return nil, errors.New("no server given: pass --server, set SHOAL_SERVER, or run 'shoal up' to write the config")
 	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if len(caPEM) > 0 {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(caPEM) {
+			return nil, errors.New("the configured CA certificate does not parse")
+		}
+		cfg.RootCAs = pool
 	}
-	return req, nil
+	c := &Client{token: token, eps: map[string]*endpoint{}}
+	var names []string
+	for _, s := range servers {
+		ep, err := newEndpoint(s, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := c.eps[ep.name]; !dup {
+			c.eps[ep.name] = ep
+			names = append(names, ep.name)
+		}
+	}
+	c.set, c.first = replica.NewSet(names), names[0]
+	return c, nil
 }
 
 // do sends a request with an optional JSON body and decodes a JSON answer
 // into out (if non-nil). Non-2xx answers become typed api errors.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := c.request(ctx, method, path, body)
+	resp, err := c.roundTrip(ctx, method, path, jsonBody(body))
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	return c.send(req, out)
+	return decode(resp, out)
 }
 
-func (c *Client) send(req *http.Request, out any) error {
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the Shoal server at %s: %w", c.base, err)
-	}
+// decode reads an answer: an api error for a non-2xx status, else the
+// JSON body into out (if non-nil).
+func decode(resp *http.Response, out any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		return readError(resp)
@@ -181,13 +168,9 @@ func (c *Client) DeleteVM(ctx context.Context, name string, force bool) error {
 
 // Logs returns the VM's serial console output so far.
 func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, error) {
-	req, err := c.request(ctx, "GET", "/v1/vms/"+esc(name)+"/logs", nil)
+	resp, err := c.roundTrip(ctx, "GET", "/v1/vms/"+esc(name)+"/logs", nil)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the Shoal server at %s: %w", c.base, err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -198,11 +181,11 @@ func (c *Client) Logs(ctx context.Context, name string) (io.ReadCloser, error) {
 
 // Console opens the VM's serial console: a raw byte stream both ways.
 func (c *Client) Console(ctx context.Context, name string) (net.Conn, error) {
-	conn, err := c.dial(ctx)
+	conn, ep, err := c.dialAny(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach the Shoal server at %s: %w", c.base, err)
+		return nil, err
 	}
-	req, _ := c.request(ctx, "GET", "/v1/vms/"+esc(name)+"/console", nil)
+	req, _ := ep.request(ctx, c.token, "GET", "/v1/vms/"+esc(name)+"/console", nil)
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", "shoal-console")
 	if err := req.Write(conn); err != nil {
@@ -262,12 +245,13 @@ func (c *Client) BuildImage(ctx context.Context, name string) (api.Image, error)
 // ImportImage uploads a disk image to become image name.
 func (c *Client) ImportImage(ctx context.Context, name string, r io.Reader) (api.Image, error) {
 	var out api.Image
-	req, err := c.request(ctx, "PUT", "/v1/images/"+esc(name), r)
+	// Hidden behind NopCloser, r is not closed by a failed attempt, so
+	// another replica can have it if the first one was never reached.
+	resp, err := c.roundTrip(ctx, "PUT", "/v1/images/"+esc(name), &body{r: io.NopCloser(r), contentType: "application/octet-stream"})
 	if err != nil {
 		return out, err
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	return out, c.send(req, &out)
+	return out, decode(resp, &out)
 }
 
 // DeleteImage removes an image no VM uses.
@@ -292,6 +276,14 @@ func (c *Client) CreateJoinToken(ctx context.Context, ttl string) (JoinToken, er
 func (c *Client) MigrateVM(ctx context.Context, name string, req api.MigrateRequest) (api.MigrationRecord, error) {
 	var out api.MigrationRecord
 	return out, c.do(ctx, "POST", "/v1/vms/"+esc(name)+"/migrate", req, &out)
+}
+
+// RecoverVM restarts a VM whose host is dead on another host (req.To, ""
+// = the scheduler picks); with wait, it returns once the VM runs there
+// (or, if it was stopped, once the new host has taken it).
+func (c *Client) RecoverVM(ctx context.Context, name string, req api.RecoverRequest, wait bool) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, "POST", "/v1/vms/"+esc(name)+"/recover"+waitQuery(wait), req, &out)
 }
 
 // Migration returns the VM's migration in flight, or else its last one.

@@ -3,6 +3,7 @@ package client
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -37,7 +38,7 @@ func TestSaveAndLoadConfig(t *testing.T) {
 		t.Errorf("temporary file left behind: %v", err)
 	}
 	got, err := LoadConfig(path)
-	if err != nil || got != want {
+	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("LoadConfig = %+v, %v; want %+v", got, err, want)
 	}
 
@@ -75,14 +76,14 @@ func TestSaveConfigLeftoverTempFile(t *testing.T) {
 func TestLoadConfigMissingFile(t *testing.T) {
 	clearEnv(t)
 	got, err := LoadConfig(filepath.Join(t.TempDir(), "nope", "config.json"))
-	if err != nil || got != (Config{}) {
+	if err != nil || !reflect.DeepEqual(got, Config{}) {
 		t.Fatalf("LoadConfig(missing) = %+v, %v; want an empty config and no error", got, err)
 	}
 
 	t.Setenv("SHOAL_SERVER", "unix:///run/shoal.sock")
 	t.Setenv("SHOAL_TOKEN", "from-env")
 	got, err = LoadConfig(filepath.Join(t.TempDir(), "config.json"))
-	if err != nil || got != (Config{Server: "unix:///run/shoal.sock", Token: "from-env"}) {
+	if err != nil || !reflect.DeepEqual(got, Config{Server: "unix:///run/shoal.sock", Token: "from-env"}) {
 		t.Fatalf("LoadConfig(missing) with env = %+v, %v", got, err)
 	}
 }
@@ -106,14 +107,14 @@ func TestLoadConfigEnvOverrides(t *testing.T) {
 		t.Setenv("SHOAL_SERVER", tc.server)
 		t.Setenv("SHOAL_TOKEN", tc.token)
 		got, err := LoadConfig(path)
-		if err != nil || got != tc.want {
+		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("env %q %q: LoadConfig = %+v, %v; want %+v", tc.server, tc.token, got, err, tc.want)
 		}
 	}
 	// The environment never writes back to the file.
 	t.Setenv("SHOAL_SERVER", "")
 	t.Setenv("SHOAL_TOKEN", "")
-	if got, _ := LoadConfig(path); got != file {
+	if got, _ := LoadConfig(path); !reflect.DeepEqual(got, file) {
 		t.Errorf("file changed to %+v", got)
 	}
 }

@@ -19,10 +19,11 @@ import (
 var tinyModules = []string{
 	"virtio_pci", // virtio_ring, virtio, virtio_pci_{legacy,modern}_dev
 	"virtio_blk",
-	"virtio_net", // failover, net_failover
-	"isofs",      // cdrom; for the cidata seed
-	"button",     // ACPI power button (QMP system_powerdown)
-	"evdev",      // /dev/input/event* for the power button
+	"virtio_net",   // failover, net_failover
+	"isofs",        // cdrom; for the cidata seed
+	"button",       // ACPI power button (QMP system_powerdown)
+	"evdev",        // /dev/input/event* for the power button
+	"pvpanic_mmio", // pvpanic (ACPI QEMU0001): a kernel panic ends QEMU, so the host sees a crash
 }
 
 // kmod is one module to put into the initramfs.

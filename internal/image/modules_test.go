@@ -98,6 +98,7 @@ func TestResolveModulesHostKernel(t *testing.T) {
 	for _, pair := range [][2]string{
 		{"virtio_ring", "virtio"}, {"virtio", "virtio_pci"}, {"virtio_pci_modern_dev", "virtio_pci"},
 		{"failover", "net_failover"}, {"net_failover", "virtio_net"}, {"cdrom", "isofs"},
+		{"pvpanic", "pvpanic_mmio"},
 	} {
 		a, okA := pos[pair[0]]
 		b, okB := pos[pair[1]]

@@ -16,10 +16,11 @@ import (
 // not lower than before, and at no moment do two copies of one VM run.
 // The plain VM is left alone, shown unknown. After the host comes back
 // it does not start the HA VMs again. Once by power cut, once by
-// partition (the host lives on, cut off: its agent fences its HA VMs).
+// partition (the host lives on, cut off: its agent fences its HA VMs),
+// once by killing the agent alone (its fence watchdog kills them).
 func TestLabFailover(t *testing.T) {
 	f := startLab(t, 3)
-	for _, mode := range []string{Power, Partition} {
+	for _, mode := range []string{Power, Partition, "agent"} {
 		t.Run(mode, func(t *testing.T) {
 			names := []string{mode + "-ha1", mode + "-ha2", mode + "-ha3"}
 			vms := map[string]api.VM{}
@@ -37,7 +38,7 @@ func TestLabFailover(t *testing.T) {
 			}
 			stop := f.watchCopies(t, vms)
 			cut := time.Now()
-			if err := Fail(f.ctx, f.log, f.dir, "host1", mode); err != nil {
+			if err := breakHost(f, "host1", mode); err != nil {
 				t.Fatal(err)
 			}
 			var wg sync.WaitGroup
@@ -76,7 +77,7 @@ func TestLabFailover(t *testing.T) {
 			for _, n := range names {
 				f.requireEvent(t, n, api.EventVMRestarted)
 			}
-			if err := Heal(f.ctx, f.log, f.dir, "host1"); err != nil {
+			if err := healHost(f, "host1", mode); err != nil {
 				t.Fatal(err)
 			}
 			f.waitHostUp(t, "host1")
@@ -95,6 +96,22 @@ func TestLabFailover(t *testing.T) {
 			f.shoal("vm", "delete", plain.Name, "--force")
 		})
 	}
+}
+
+// breakHost makes host fail: mode Power or Partition, or "agent" (its
+// agent is killed; its VMs and fence watchdog live on).
+func breakHost(f *labFixture, host, mode string) error {
+	if mode == "agent" {
+		return Kill(f.ctx, f.log, f.dir, host)
+	}
+	return Fail(f.ctx, f.log, f.dir, host, mode)
+}
+
+func healHost(f *labFixture, host, mode string) error {
+	if mode == "agent" {
+		return Revive(f.ctx, f.log, f.dir, host)
+	}
+	return Heal(f.ctx, f.log, f.dir, host)
 }
 
 // diskCounter reads the disk counter of the guest at ip.

@@ -31,6 +31,13 @@ type labFixture struct {
 // startLab brings up a lab of n hosts with the real shoal binary.
 func startLab(t testing.TB, n int) *labFixture {
 	t.Helper()
+	return startLabWith(t, Options{Hosts: n})
+}
+
+// startLabWith brings up a lab as o says (its Dir and Binary are the
+// fixture's) with the real shoal binary.
+func startLabWith(t testing.TB, o Options) *labFixture {
+	t.Helper()
 	requireRoot(t)
 	requireNoLab(t)
 	f := &labFixture{t: t, ctx: context.Background(), log: testLog(t)}
@@ -43,7 +50,8 @@ func startLab(t testing.TB, n int) *labFixture {
 		}
 		_ = Down(f.ctx, f.log, f.dir)
 	})
-	if _, err := Up(f.ctx, f.log, Options{Dir: f.dir, Hosts: n, Binary: f.bin}); err != nil {
+	o.Dir, o.Binary = f.dir, f.bin
+	if _, err := Up(f.ctx, f.log, o); err != nil {
 		t.Fatal(err)
 	}
 	return f

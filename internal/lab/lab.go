@@ -19,15 +19,17 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
 // Options says what lab Up builds.
 type Options struct {
-	Dir    string // default DefaultDir
-	Hosts  int    // 1..MaxHosts
-	Binary string // the shoal binary (for the default Control)
-	Accel  string // the agents' accelerator; "" means tcg
+	Dir     string // default DefaultDir
+	Hosts   int    // 1..MaxHosts
+	Servers int    // server replicas, 1..MaxServers (0 means 1); more than 1 needs a ReplicaControl
+	Binary  string // the shoal binary (for the default Control)
+	Accel   string // the agents' accelerator; "" means tcg
 	// UserConfig is where the CLI settings for the lab are copied (any
 	// file there is kept as UserConfig+".pre-lab" and put back by Down);
 	// "" copies nothing.
@@ -54,12 +56,18 @@ func Up(ctx context.Context, log *slog.Logger, o Options) (*State, error) {
 	if o.Hosts < 1 || o.Hosts > MaxHosts {
 		return nil, fmt.Errorf("a lab has 1 to %d hosts, not %d", MaxHosts, o.Hosts)
 	}
+	if o.Servers < 0 || o.Servers > MaxServers {
+		return nil, fmt.Errorf("a lab has 1 to %d servers, not %d", MaxServers, o.Servers)
+	}
 	control := o.Control
 	if control == nil {
 		if o.Binary == "" {
 			return nil, errors.New("lab up: no shoal binary given")
 		}
 		control = Shoal{Binary: o.Binary, Accel: o.Accel}
+	}
+	if _, ok := control.(ReplicaControl); o.Servers > 1 && !ok {
+		return nil, errors.New("lab up: this control runs one server only")
 	}
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = 60 * time.Second
@@ -80,6 +88,9 @@ func Up(ctx context.Context, log *slog.Logger, o Options) (*State, error) {
 		return nil, fmt.Errorf("a lab already runs in %s: shoal lab down --dir %s first", dir, dir)
 	}
 	s := &State{Dir: dir, Binary: o.Binary, Hosts: o.Hosts, Created: time.Now().UTC()}
+	if o.Servers > 1 {
+		s.Servers = o.Servers
+	}
 	if err := s.save(); err != nil {
 		return nil, err
 	}
@@ -104,10 +115,10 @@ func checkFree(l Layout, o Options) error {
 			return fmt.Errorf("%s is not empty and holds no lab: give 'shoal lab up' a new or empty --dir (down removes it)", l.Dir)
 		}
 	}
-	names := (&State{Hosts: o.Hosts}).Members()
+	names := (&State{Hosts: o.Hosts, Servers: o.Servers}).Members()
 	for _, n := range names {
 		if nsExists(n) {
-			return fmt.Errorf("network namespace %s already exists: another lab runs (remove it with 'shoal lab down --dir ITS_DIR'), or something else uses the name; a lab needs the namespaces ctl, client and %s", n, hostRange(o.Hosts))
+			return fmt.Errorf("network namespace %s already exists: another lab runs (remove it with 'shoal lab down --dir ITS_DIR'), or something else uses the name; this lab needs the namespaces %s", n, strings.Join(names, ", "))
 		}
 	}
 	if o.UserConfig != "" {
@@ -128,6 +139,9 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 		return ctx.Err()
 	}
 	dirs := []string{l.Ctl(), l.Shared(), l.Logs()}
+	for k := 2; k <= s.servers(); k++ {
+		dirs = append(dirs, l.ServerDir(k))
+	}
 	for k := 1; k <= s.Hosts; k++ {
 		dirs = append(dirs, l.Host(k))
 	}
@@ -157,8 +171,8 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 			return err
 		}
 		addr := ""
-		if m == ClientNS {
-			addr = cidr(ClientNS)
+		if _, replica := replicaNS(m); m == ClientNS || replica {
+			addr = cidr(m)
 		}
 		if err := cable(ctx, m, addr); err != nil {
 			return err
@@ -169,7 +183,11 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 	if err := step("server"); err != nil {
 		return err
 	}
-	server, err := startProc(s, "server", CtlNS, control.ServerArgv(l))
+	argv := control.ServerArgv(l)
+	if s.servers() > 1 {
+		argv = control.(ReplicaControl).ReplicaArgv(l, 1, "")
+	}
+	server, err := startProc(s, "server", CtlNS, argv)
 	if err != nil {
 		return err
 	}
@@ -186,8 +204,13 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 		return err
 	}
 
+	replicas, err := startReplicas(ctx, log, s, control, o, step)
+	if err != nil {
+		return err
+	}
+
 	log.Info("lab: starting the agents")
-	procs := []Proc{server}
+	procs := append([]Proc{server}, replicas...)
 	for k := 1; k <= s.Hosts; k++ {
 		if err := step("agent:" + HostName(k)); err != nil {
 			return err

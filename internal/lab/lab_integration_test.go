@@ -92,7 +92,7 @@ func requireRoot(t testing.TB) {
 func requireNoLab(t testing.TB) {
 	t.Helper()
 	var found []string
-	for _, n := range (&State{Hosts: MaxHosts}).Members() {
+	for _, n := range (&State{Hosts: MaxHosts, Servers: MaxServers}).Members() {
 		if nsExists(n) {
 			found = append(found, n)
 		}
@@ -182,7 +182,7 @@ func inNS(pid int, name string) bool {
 // file.
 func requireGone(t *testing.T, dir string, pids []int) {
 	t.Helper()
-	for _, n := range (&State{Hosts: MaxHosts}).Members() {
+	for _, n := range (&State{Hosts: MaxHosts, Servers: MaxServers}).Members() {
 		if nsExists(n) {
 			t.Errorf("namespace %s is still there", n)
 		}

@@ -18,6 +18,8 @@ func TestAddrPlan(t *testing.T) {
 		{"host2", "10.57.0.3", "10.57.0.3/24"},
 		{"host8", "10.57.0.9", "10.57.0.9/24"},
 		{"client", "10.57.0.254", "10.57.0.254/24"},
+		{"ctl2", "10.57.0.252", "10.57.0.252/24"},
+		{"ctl3", "10.57.0.253", "10.57.0.253/24"},
 	} {
 		a, err := Addr(c.member)
 		if err != nil || a.String() != c.addr {
@@ -27,7 +29,7 @@ func TestAddrPlan(t *testing.T) {
 			t.Errorf("cidr(%q) = %s; want %s", c.member, got, c.cidr)
 		}
 	}
-	for _, bad := range []string{"host0", "host9", "host10", "host01", "host", "hostx", "host-1", "Host1", "", "switch"} {
+	for _, bad := range []string{"host0", "host9", "host10", "host01", "host", "hostx", "host-1", "Host1", "", "switch", "ctl1", "ctl4", "ctl02", "server2"} {
 		if a, err := Addr(bad); err == nil {
 			t.Errorf("Addr(%q) = %v; want an error", bad, a)
 		}
@@ -36,6 +38,36 @@ func TestAddrPlan(t *testing.T) {
 	last, _ := Addr(HostName(MaxHosts))
 	if last.As4()[3] >= 10 {
 		t.Errorf("host%d gets %v, inside the VMs' range", MaxHosts, last)
+	}
+	// Server replicas sit above the VMs' range (up to .250), below the
+	// client.
+	for k := 2; k <= MaxServers; k++ {
+		a := mustAddr(ServerNS(k)).As4()[3]
+		if a <= 250 || a >= 254 {
+			t.Errorf("%s gets .%d, inside the VMs' range or the client's address", ServerNS(k), a)
+		}
+	}
+}
+
+func TestServerIndex(t *testing.T) {
+	for name, want := range map[string]int{"server": 1, "ctl": 1, "server1": 1, "server2": 2, "ctl2": 2, "server3": 3, "ctl3": 3,
+		"server4": 0, "ctl4": 0, "server0": 0, "server02": 0, "ctl1": 0, "host1": 0, "client": 0} {
+		k, ok := ServerIndex(name)
+		if ok != (want != 0) || k != want {
+			t.Errorf("ServerIndex(%q) = %d, %v; want %d", name, k, ok, want)
+		}
+	}
+	s := &State{Hosts: 2, Servers: 3}
+	if got := s.Members(); !reflect.DeepEqual(got, []string{"ctl", "ctl2", "ctl3", "client", "host1", "host2"}) {
+		t.Errorf("members of a lab of 3 servers: %v", got)
+	}
+	for member, want := range map[string]string{"server": "server", "ctl": "server", "server1": "server", "server2": "server2", "ctl3": "server3", "host2": "agent-host2"} {
+		if got, err := procFor(s, member); err != nil || got != want {
+			t.Errorf("procFor(%q) = %q, %v; want %q", member, got, err, want)
+		}
+	}
+	if _, err := procFor(&State{Hosts: 2}, "server2"); err == nil {
+		t.Error("a lab of one server has a server2")
 	}
 }
 
@@ -62,6 +94,11 @@ func TestShoalCommandLines(t *testing.T) {
 			"/usr/bin/shoal agent --join https://10.57.0.1:7443 --token TOK --host host1 --data-dir /var/lib/shoal-lab/host1 --listen 10.57.0.2:7444 --network-addr 10.57.0.2/24 --uplink eth0 --shared-pool shared=/var/lib/shoal-lab/shared --accel tcg -v"},
 		{"agent3 kvm", Shoal{Binary: "/b/shoal", Accel: "kvm"}.AgentArgv(Layout{Dir: "/l"}, 3, "T"),
 			"/b/shoal agent --join https://10.57.0.1:7443 --token T --host host3 --data-dir /l/host3 --listen 10.57.0.4:7444 --network-addr 10.57.0.4/24 --uplink eth0 --shared-pool shared=/l/shared --accel kvm -v"},
+		{"server1 of 3", s.ReplicaArgv(l, 1, ""),
+			"/usr/bin/shoal server --data-dir /var/lib/shoal-lab/ctl --listen 10.57.0.1:7443 --advertise https://10.57.0.1:7443 --config /var/lib/shoal-lab/config.json --name server1 --etcd-peer-url https://10.57.0.1:7380 -v"},
+		{"server2 of 3", s.ReplicaArgv(l, 2, "TOK"),
+			"/usr/bin/shoal server --data-dir /var/lib/shoal-lab/ctl2 --listen 10.57.0.252:7443 --advertise https://10.57.0.252:7443 --config /var/lib/shoal-lab/ctl2/config.json --name server2 --etcd-peer-url https://10.57.0.252:7380 --join https://10.57.0.1:7443 --token TOK -v"},
+		{"servers via server3", s.serversArgv(l, 3), "/usr/bin/shoal --server unix:///var/lib/shoal-lab/ctl3/shoal.sock cluster servers -o json"},
 		{"token", s.tokenArgv(), "/usr/bin/shoal cluster token"},
 		{"host list", s.hostListArgv(), "/usr/bin/shoal host list -o json"},
 	} {

@@ -204,7 +204,7 @@ func (f *labFixture) waitMigrationEnd(t *testing.T, name string) {
 }
 
 // waitHostUp waits until host list shows host up.
-func (f *labFixture) waitHostUp(t *testing.T, host string) {
+func (f *labFixture) waitHostUp(t testing.TB, host string) {
 	t.Helper()
 	f.waitFor(host+" to be up", 30*time.Second, func() bool {
 		h, err := f.try("host", "show", host, "-o", "json")

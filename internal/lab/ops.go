@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"syscall"
 )
 
@@ -141,7 +142,7 @@ func Exec(ctx context.Context, dir, member string, argv []string, stdio Stdio) (
 		return 0, err
 	}
 	if !slices.Contains(s.Members(), member) {
-		return 0, fmt.Errorf("no %q in the lab: use ctl, client or %s", member, hostRange(s.Hosts))
+		return 0, fmt.Errorf("no %q in the lab: use one of %s", member, strings.Join(s.Members(), ", "))
 	}
 	if !nsExists(member) {
 		return 0, fmt.Errorf("the lab's namespace %s is gone: rebuild the lab (shoal lab down, then up)", member)
@@ -168,6 +169,10 @@ type Status struct {
 	Ready   bool     `json:"ready"`
 	Server  string   `json:"server"`
 	Members []Member `json:"members"`
+	// Servers are the control plane's replicas, as a running server
+	// lists them (none if no server answers: ServersError says why).
+	Servers      []Replica `json:"servers,omitempty"`
+	ServersError string    `json:"servers_error,omitempty"`
 }
 
 // Member is one namespace of the lab.
@@ -198,8 +203,8 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 			}
 		}
 		var p *Proc
-		if m == CtlNS {
-			p = s.proc("server")
+		if k, ok := ServerIndex(m); ok {
+			p = s.proc(serverProc(k))
 		} else if k, ok := HostIndex(m); ok {
 			p = s.proc(hostProc(k))
 		}
@@ -209,25 +214,32 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 		}
 		st.Members = append(st.Members, mem)
 	}
+	if st.Servers, err = replicas(ctx, s); err != nil {
+		st.ServersError = err.Error()
+	}
 	return st, nil
 }
 
-// procFor names the lab process of a member: "server" for ctl (or
-// "server"), the agent for a host.
+// procFor names the lab process of a member: a server ("server" or ctl
+// for the first, serverK or ctlK for replica k), or a host's agent.
 func procFor(s *State, member string) (string, error) {
-	if member == CtlNS || member == "server" {
-		return "server", nil
+	if k, ok := ServerIndex(member); ok && k <= s.servers() {
+		return serverProc(k), nil
 	}
 	if k, ok := HostIndex(member); ok && k <= s.Hosts {
 		return hostProc(k), nil
 	}
-	return "", fmt.Errorf("no %q in the lab: name the server (ctl) or a host (%s)", member, hostRange(s.Hosts))
+	servers := "the server (server or ctl)"
+	if s.servers() > 1 {
+		servers = fmt.Sprintf("a server (server or server1..server%d)", s.servers())
+	}
+	return "", fmt.Errorf("no %q in the lab: name %s or a host (%s)", member, servers, hostRange(s.Hosts))
 }
 
-// Kill ends one process of the lab at once (SIGKILL): the server (member
-// "server" or "ctl") or a host's agent. Unlike a power cut, the host's
-// VMs keep running and its cable stays plugged in. Revive (or Heal, for a
-// host) starts it again.
+// Kill ends one process of the lab at once (SIGKILL): a server (member
+// "server" or "ctl" for the first, "serverK" for replica k) or a host's
+// agent. Unlike a power cut, the host's VMs keep running and its cable
+// stays plugged in. Revive (or Heal, for a host) starts it again.
 func Kill(ctx context.Context, log *slog.Logger, dir, member string) error {
 	s, err := Load(dir)
 	if err != nil {
@@ -261,7 +273,7 @@ func Kill(ctx context.Context, log *slog.Logger, dir, member string) error {
 	return terminate(log, vs, 0)
 }
 
-// Revive starts a lab process (the server, or a host's agent) again with
+// Revive starts a lab process (a server, or a host's agent) again with
 // its recorded command line, if it is not running.
 func Revive(ctx context.Context, log *slog.Logger, dir, member string) error {
 	s, err := Load(dir)

@@ -63,8 +63,9 @@ func HostIndex(name string) (k int, ok bool) {
 	return k, true
 }
 
-// Addr is the lab address plan: ctl (the switch, the server) is .1, host k
-// is .(1+k) (on its VM bridge), the client is .254; VMs get .10 to .250.
+// Addr is the lab address plan: ctl (the switch, the first server) is
+// .1, host k is .(1+k) (on its VM bridge), server replica k (namespace
+// ctlK, k >= 2) is .(250+k), the client is .254; VMs get .10 to .250.
 func Addr(member string) (netip.Addr, error) {
 	base := Subnet.Addr().As4()
 	switch member {
@@ -73,9 +74,13 @@ func Addr(member string) (netip.Addr, error) {
 	case ClientNS:
 		base[3] = 254
 	default:
+		if k, ok := replicaNS(member); ok {
+			base[3] = byte(250 + k)
+			break
+		}
 		k, ok := HostIndex(member)
 		if !ok {
-			return netip.Addr{}, fmt.Errorf("no lab member %q: use ctl, client or host1..host%d", member, MaxHosts)
+			return netip.Addr{}, fmt.Errorf("no lab member %q: use ctl, ctl2..ctl%d, client or host1..host%d", member, MaxServers, MaxHosts)
 		}
 		base[3] = byte(1 + k)
 	}
@@ -146,13 +151,15 @@ type State struct {
 	Dir     string    `json:"dir"`
 	Binary  string    `json:"binary"`
 	Hosts   int       `json:"hosts"`
+	Servers int       `json:"servers,omitempty"` // server replicas; 0 means 1
 	Created time.Time `json:"created"`
 	// Ready is set once every host is up.
 	Ready bool `json:"ready"`
 	// Namespaces the lab made (a name is recorded before 'ip netns add',
 	// its inode after).
 	Namespaces []Namespace `json:"namespaces"`
-	// Procs are the lab's long-running processes: "server", "agent-hostK".
+	// Procs are the lab's long-running processes: "server" (the first
+	// server), "serverK" (replica k), "agent-hostK".
 	Procs []Proc `json:"procs"`
 	// UserConfig is where up copied the CLI settings; UserConfigBackup is
 	// where it saved the file it replaced ("" if there was none).
@@ -201,10 +208,14 @@ func (f Failure) Mode() string {
 // Layout is the file layout of the state's lab.
 func (s *State) Layout() Layout { return Layout{Dir: s.Dir} }
 
-// Members are the lab's namespaces in the order they are made: ctl, client,
-// host1..hostN.
+// Members are the lab's namespaces in the order they are made: ctl,
+// ctl2..ctlM (the other server replicas, if any), client, host1..hostN.
 func (s *State) Members() []string {
-	m := []string{CtlNS, ClientNS}
+	m := []string{CtlNS}
+	for k := 2; k <= s.servers(); k++ {
+		m = append(m, ServerNS(k))
+	}
+	m = append(m, ClientNS)
 	for k := 1; k <= s.Hosts; k++ {
 		m = append(m, HostName(k))
 	}

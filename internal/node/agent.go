@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,11 +42,9 @@ type AgentOptions struct {
 	Accel       string // auto, kvm or tcg
 	Heartbeat   time.Duration
 	StopTimeout time.Duration
-}
-
-// joined is what an agent keeps of its join.
-type joined struct {
-	Server string `json:"server"`
+	// Watchdog runs the fence watchdog beside the agent ('shoal
+	// fence-watchdog' of this binary), so that its HA VMs die with it.
+	Watchdog bool
 }
 
 // RunAgent joins the cluster (the first time), then runs the host's agent
@@ -67,7 +66,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 		}
 	}
 	pkiDir := filepath.Join(o.DataDir, "pki")
-	srvURL, err := ensureJoined(ctx, log, o, pkiDir)
+	servers, err := ensureJoined(ctx, log, o, pkiDir)
 	if err != nil {
 		return err
 	}
@@ -75,10 +74,20 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	if err != nil {
 		return err
 	}
-	cp, err := agentapi.NewRemote(srvURL, tlsCfg)
+	cp, err := agentapi.NewRemote(servers, tlsCfg)
 	if err != nil {
 		return err
 	}
+	// Learn the other replicas of the control plane, to turn to them when
+	// this one goes away, and remember them across restarts.
+	kctx, stopKeep := context.WithCancel(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		statePath := filepath.Join(o.DataDir, "joined.json")
+		cp.KeepServers(kctx, log, serversRefresh, func(s []string) error { return writeJoined(statePath, s) })
+	}()
+	defer func() { stopKeep(); <-kept }()
 	pools := []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}
 	for name, dir := range o.SharedPools {
 		pools = append(pools, storage.Pool{Name: name, Dir: dir, Shared: true})
@@ -88,7 +97,15 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	// through the agents' own TLS (package tunnel).
 	_ = os.RemoveAll(filepath.Join(o.DataDir, "agent", "migration-tls"))
 	migIP, _, _ := net.SplitHostPort(o.Listen)
-	ag := agent.New(agent.Config{
+	var watchdog []string
+	if o.Watchdog {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find this binary for the fence watchdog: %w", err)
+		}
+		watchdog = []string{exe, "fence-watchdog", "--dir", filepath.Join(o.DataDir, "agent")}
+	}
+	ag := agent.New(agent.Config{Watchdog: watchdog,
 		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
 		Address: "https://" + o.Listen, BridgeAddr: o.BridgeAddr, Uplink: o.Uplink,
 		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, PeerTLS: tlsCfg,
@@ -120,31 +137,35 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	return ag.Run(ctx)
 }
 
-// ensureJoined returns the server URL, joining first if this machine has
-// no agent certificate yet.
-func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir string) (string, error) {
+// serversRefresh is how often an agent asks for the control plane's
+// replicas.
+const serversRefresh = 30 * time.Second
+
+// ensureJoined returns the servers (the control plane's replicas) to talk
+// to, joining first if this machine has no agent certificate yet.
+func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir string) ([]string, error) {
 	statePath := filepath.Join(o.DataDir, "joined.json")
-	var j joined
-	if b, err := os.ReadFile(statePath); err == nil && json.Unmarshal(b, &j) == nil && fileExists(filepath.Join(pkiDir, pki.AgentCert)) {
-		if o.Join != "" && strings.TrimRight(o.Join, "/") != j.Server {
-			log.Warn("already joined to another server; keeping it", "joined", j.Server, "asked", o.Join)
+	if j, ok := readJoined(statePath); ok && fileExists(filepath.Join(pkiDir, pki.AgentCert)) {
+		urls := j.urls()
+		if o.Join != "" && !slices.Contains(urls, strings.TrimRight(o.Join, "/")) {
+			log.Warn("already joined to another server; keeping it", "joined", urls, "asked", o.Join)
 		}
-		return j.Server, nil
+		return urls, nil
 	}
 	if o.Join == "" || o.Token == "" {
-		return "", api.Errorf(api.ErrInvalid, "this host has not joined a cluster yet: pass --join https://SERVER:PORT and --token (from 'shoal cluster token')")
+		return nil, api.Errorf(api.ErrInvalid, "this host has not joined a cluster yet: pass --join https://SERVER:PORT and --token (from 'shoal cluster token')")
 	}
 	_, caHash, ok := strings.Cut(o.Token, ".")
 	if !ok || caHash == "" {
-		return "", api.Errorf(api.ErrInvalid, "the join token is malformed: copy it whole from 'shoal cluster token'")
+		return nil, api.Errorf(api.ErrInvalid, "the join token is malformed: copy it whole from 'shoal cluster token'")
 	}
 	host, _, err := net.SplitHostPort(o.Listen)
 	if err != nil {
-		return "", fmt.Errorf("--listen %q: %w", o.Listen, err)
+		return nil, fmt.Errorf("--listen %q: %w", o.Listen, err)
 	}
 	csr, err := pki.NewCSR(pkiDir, o.Host, []string{host})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	body, _ := json.Marshal(server.JoinRequest{Token: o.Token, Host: o.Host, CSR: string(csr)})
 	// The server is not trusted yet: accept its certificate only if its
@@ -154,34 +175,33 @@ func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir 
 	srvURL := strings.TrimRight(o.Join, "/")
 	req, err := http.NewRequestWithContext(ctx, "POST", srvURL+"/v1/join", bytes.NewReader(body))
 	if err != nil {
-		return "", fmt.Errorf("--join %q: %w", o.Join, err)
+		return nil, fmt.Errorf("--join %q: %w", o.Join, err)
 	}
 	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
-		return "", fmt.Errorf("join %s: %w", srvURL, err)
+		return nil, fmt.Errorf("join %s: %w", srvURL, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		var eb api.ErrorBody
 		_ = json.NewDecoder(resp.Body).Decode(&eb)
-		return "", api.FromHTTP(resp.StatusCode, "join refused: "+eb.Error)
+		return nil, api.FromHTTP(resp.StatusCode, "join refused: "+eb.Error)
 	}
 	var jr server.JoinResponse
 	if err := json.NewDecoder(resp.Body).Decode(&jr); err != nil {
-		return "", fmt.Errorf("join answer: %w", err)
+		return nil, fmt.Errorf("join answer: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(pkiDir, pki.CACert), []byte(jr.CA), 0o644); err != nil {
-		return "", fmt.Errorf("write CA: %w", err)
+		return nil, fmt.Errorf("write CA: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(pkiDir, pki.AgentCert), []byte(jr.Cert), 0o644); err != nil {
-		return "", fmt.Errorf("write certificate: %w", err)
+		return nil, fmt.Errorf("write certificate: %w", err)
 	}
-	b, _ := json.Marshal(joined{Server: srvURL})
-	if err := os.WriteFile(statePath, b, 0o600); err != nil {
-		return "", fmt.Errorf("write %s: %w", statePath, err)
+	if err := writeJoined(statePath, []string{srvURL}); err != nil {
+		return nil, err
 	}
 	log.Info("joined the cluster", "server", srvURL, "host", o.Host)
-	return srvURL, nil
+	return []string{srvURL}, nil
 }
 
 // pinnedCA accepts a server whose certificate chains to the CA with the

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,7 +40,7 @@ type Options struct {
 	Host          string   // this host's name; default: the machine's hostname
 	EtcdEndpoints []string // external etcd; empty: embedded
 	EtcdClient    string   // embedded etcd client URL
-	EtcdPeer      string   // embedded etcd peer URL
+	EtcdPeer      string   // embedded etcd peer URL; "" = as recorded in the data dir, else see ensureReplica
 	Subnet        string   // default network, e.g. 10.57.0.0/24
 	Bridge        string   // default network's bridge, e.g. shoal0
 	Accel         string   // auto, kvm or tcg
@@ -50,7 +51,15 @@ type Options struct {
 	NoAgent       bool             // control plane only ('shoal server')
 	Policy        scheduler.Policy // placement strategy and overcommit
 	Advertise     string           // URL where agents reach this server (its address goes in the certificate)
+	// Join, the first time, makes this server a replica of the cluster of
+	// the server at this URL (https://SERVER:PORT), with JoinToken (see
+	// replica.go). EtcdPeer must then be reachable by the other servers
+	// (default for a joiner: its advertised address, port 7380).
+	Join, JoinToken string
 }
+
+// Embedded etcd's peer URL, unless given or recorded (see ensureReplica).
+const defaultEtcdPeer = "https://127.0.0.1:7380"
 
 // Info is what a started node tells its user.
 type Info struct {
@@ -69,9 +78,6 @@ func (o *Options) defaults() {
 	}
 	if o.EtcdClient == "" {
 		o.EtcdClient = "https://127.0.0.1:7379"
-	}
-	if o.EtcdPeer == "" {
-		o.EtcdPeer = "https://127.0.0.1:7380"
 	}
 	if o.Subnet == "" {
 		o.Subnet = "10.57.0.0/24"
@@ -98,10 +104,14 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 		return fmt.Errorf("data dir: %w", err)
 	}
 	pkiDir := filepath.Join(o.DataDir, "pki")
+	cluster, err := ensureReplica(ctx, log, &o, pkiDir)
+	if err != nil {
+		return err
+	}
 	if _, _, err := pki.Ensure(pkiDir, certHosts(o)); err != nil {
 		return err
 	}
-	etcd, closeEtcd, err := openStore(ctx, log, o)
+	etcd, closeEtcd, err := openStore(ctx, log, o, cluster)
 	if err != nil {
 		return err
 	}
@@ -117,8 +127,12 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir, Policy: o.Policy,
-		AgentAPI: agentapi.NewHandler(local, imageDir, log)}
+	url := o.Advertise
+	if url == "" {
+		url = "https://" + o.Listen
+	}
+	scfg := server.Config{Name: o.Host, URL: url, ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir, Policy: o.Policy,
+		AgentAPI: agentapi.NewHandler(local, imageDir, log), EmbeddedEtcd: len(o.EtcdEndpoints) == 0}
 	var ag *agent.Agent
 	if !o.NoAgent {
 		ag = agent.New(agent.Config{
@@ -183,7 +197,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 }
 
-func openStore(ctx context.Context, log *slog.Logger, o Options) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster) (*clientv3.Client, func(), error) {
 	if len(o.EtcdEndpoints) > 0 {
 		c, err := store.Connect(ctx, o.EtcdEndpoints)
 		if err != nil {
@@ -193,9 +207,13 @@ func openStore(ctx context.Context, log *slog.Logger, o Options) (*clientv3.Clie
 	}
 	e, err := store.StartEmbedded(ctx, log, store.EmbedOptions{
 		Dir: filepath.Join(o.DataDir, "etcd"), ClientURL: o.EtcdClient, PeerURL: o.EtcdPeer, Name: o.Host,
-		PKIDir: filepath.Join(o.DataDir, "pki"),
+		PKIDir: filepath.Join(o.DataDir, "pki"), InitialCluster: cluster.initial, ClusterState: cluster.state,
 	})
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := recordPeerURL(o); err != nil {
+		e.Close()
 		return nil, nil, err
 	}
 	return e.Client(), e.Close, nil
@@ -255,6 +273,11 @@ func certHosts(o Options) []string {
 		hosts = append(hosts, h)
 	}
 	if u, err := url.Parse(o.Advertise); err == nil && u.Hostname() != "" {
+		hosts = append(hosts, u.Hostname())
+	}
+	// The embedded etcd's peers check that its certificate holds the
+	// address they reach it at.
+	if u, err := url.Parse(o.EtcdPeer); err == nil && u.Hostname() != "" && len(o.EtcdEndpoints) == 0 && !slices.Contains(hosts, u.Hostname()) {
 		hosts = append(hosts, u.Hostname())
 	}
 	if hn, err := os.Hostname(); err == nil {

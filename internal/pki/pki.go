@@ -96,13 +96,22 @@ func newCA(certPath, keyPath string) error {
 }
 
 func newLeaf(ca tls.Certificate, certPath, keyPath string, hosts []string) error {
+	der, key, err := serverLeaf(ca, hosts)
+	if err != nil {
+		return err
+	}
+	return writePair(certPath, keyPath, der, key)
+}
+
+// serverLeaf makes a server certificate (DER) for hosts, signed by ca.
+func serverLeaf(ca tls.Certificate, hosts []string) ([]byte, *ecdsa.PrivateKey, error) {
 	caCert, err := x509.ParseCertificate(ca.Certificate[0])
 	if err != nil {
-		return fmt.Errorf("parse CA: %w", err)
+		return nil, nil, fmt.Errorf("parse CA: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("server key: %w", err)
+		return nil, nil, fmt.Errorf("server key: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
@@ -115,23 +124,35 @@ func newLeaf(ca tls.Certificate, certPath, keyPath string, hosts []string) error
 	addHosts(&tmpl.DNSNames, &tmpl.IPAddresses, hosts)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
 	if err != nil {
-		return fmt.Errorf("server certificate: %w", err)
+		return nil, nil, fmt.Errorf("server certificate: %w", err)
 	}
-	return writePair(certPath, keyPath, der, key)
+	return der, key, nil
 }
 
 func writePair(certPath, keyPath string, der []byte, key *ecdsa.PrivateKey) error {
-	kb, err := x509.MarshalECPrivateKey(key)
+	kp, err := keyPEM(key)
 	if err != nil {
-		return fmt.Errorf("encode key: %w", err)
+		return err
 	}
-	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+	if err := os.WriteFile(keyPath, kp, 0o600); err != nil {
 		return fmt.Errorf("write key: %w", err)
 	}
-	if err := os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := os.WriteFile(certPath, certPEM(der), 0o644); err != nil {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	return nil
+}
+
+func certPEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func keyPEM(key *ecdsa.PrivateKey) ([]byte, error) {
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), nil
 }
 
 func serial() *big.Int {

@@ -28,3 +28,42 @@ func TestEnsure(t *testing.T) {
 		t.Fatal("a new address did not renew the server certificate")
 	}
 }
+
+func TestServerBundle(t *testing.T) {
+	first := t.TempDir()
+	if _, _, err := Ensure(first, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := ServerBundle(first, []string{"10.57.0.252", "server2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joiner := t.TempDir()
+	if err := InstallBundle(joiner, b); err != nil {
+		t.Fatal(err)
+	}
+	// The joiner keeps the certificate it was given, and shares the CA.
+	cert, caPEM, err := Ensure(joiner, []string{"10.57.0.252", "server2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(caPEM) != string(b.CACert) || string(certPEM(cert.Certificate[0])) != string(b.Cert) {
+		t.Error("Ensure replaced the installed CA or certificate")
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "10.57.0.252"}); err != nil {
+		t.Errorf("the replica's certificate does not verify: %v", err)
+	}
+	// A bundle whose certificate is another CA's is refused.
+	other := t.TempDir()
+	if _, _, err := Ensure(other, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	ob, _ := ServerBundle(other, []string{"127.0.0.1"})
+	ob.CACert, ob.CAKey = b.CACert, b.CAKey
+	if err := InstallBundle(t.TempDir(), ob); err == nil {
+		t.Error("a certificate of another CA was installed")
+	}
+}

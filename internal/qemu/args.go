@@ -195,6 +195,12 @@ func Args(cfg Config) ([]string, error) {
 			"-device", fmt.Sprintf("virtio-net-pci,netdev=%s,mac=%s,id=%s-dev", n.ID, n.MAC, n.ID),
 		)
 	}
+	// A guest kernel that panics tells QEMU through pvpanic (ISA, at
+	// port 0x505: it takes no PCI slot, so the guest's other devices keep
+	// their addresses), and QEMU then exits with a SHUTDOWN reason of
+	// guest-panic instead of the guest rebooting or hanging unseen; see
+	// exit.go. Linux drives it with pvpanic-mmio (ACPI QEMU0001).
+	a = append(a, "-device", "pvpanic", "-action", "panic=exit-failure")
 	if cfg.Paused {
 		a = append(a, "-S")
 	}

@@ -20,6 +20,7 @@ func TestArgs(t *testing.T) {
 		"-serial", "chardev:ser0",
 		"-pidfile", "/var/lib/shoal/vms/web1/qemu.pid", "-daemonize",
 		"-D", "/var/lib/shoal/vms/web1/qemu.log",
+		"-device pvpanic", "-action panic=exit-failure",
 	}
 	tests := []struct {
 		name    string

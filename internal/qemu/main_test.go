@@ -119,8 +119,6 @@ func multibootKernel(t *testing.T, msg string) string {
 	const (
 		base   = 0x100000
 		hdrLen = 32
-		magic  = 0x1BADB002
-		flags  = 0x00010000 // load addresses are in the header
 	)
 	var code []byte
 	if msg == "" {
@@ -141,6 +139,19 @@ func multibootKernel(t *testing.T, msg string) string {
 		code = append(code, msg...)
 		code = append(code, 0)
 	}
+	return writeMultiboot(t, code)
+}
+
+// writeMultiboot writes a multiboot kernel whose code (32-bit protected
+// mode) is code, loaded right after the 32-byte header at 1 MiB.
+func writeMultiboot(t *testing.T, code []byte) string {
+	t.Helper()
+	const (
+		base   = 0x100000
+		hdrLen = 32
+		magic  = 0x1BADB002
+		flags  = 0x00010000 // load addresses are in the header
+	)
 	sum := uint32(magic + flags)
 	var hdr []byte
 	for _, v := range []uint32{magic, flags, -sum, base, base, 0, 0, base + hdrLen} {

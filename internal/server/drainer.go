@@ -35,12 +35,23 @@ type drainer struct {
 func newDrainer(st *store.Store, log *slog.Logger, ev *eventLog,
 	migrate func(context.Context, string, api.MigrateRequest) (api.MigrationRecord, error),
 	place func(context.Context, int64, api.VMSpec) (string, error)) *drainer {
-	return &drainer{st: st, log: log, ev: ev, migrate: migrate, place: place, ctx: context.Background(), following: map[string]bool{}}
+	return &drainer{st: st, log: log, ev: ev, migrate: migrate, place: place, following: map[string]bool{}}
 }
 
 // start follows every drain left running by an earlier server.
 func (d *drainer) start(ctx context.Context) error {
+	d.mu.Lock()
 	d.ctx = ctx
+	d.mu.Unlock()
+	if err := d.scan(ctx); err != nil {
+		return err
+	}
+	go rescan(ctx, d.scan)
+	return nil
+}
+
+// scan follows every running drain (another replica may have started one).
+func (d *drainer) scan(ctx context.Context) error {
 	reps, err := d.st.ListDrains(ctx)
 	if err != nil {
 		return err
@@ -64,14 +75,21 @@ func (d *drainer) follow(host, id string, looked chan<- struct{}) {
 		}
 		return
 	}
+	if d.ctx == nil || d.ctx.Err() != nil { // not the leader: its scan picks the drain up
+		if looked != nil {
+			close(looked)
+		}
+		return
+	}
 	d.following[id] = true
+	ctx := d.ctx
 	go func() {
 		defer func() {
 			d.mu.Lock()
 			delete(d.following, id)
 			d.mu.Unlock()
 		}()
-		d.run(d.ctx, host, id, looked)
+		d.run(ctx, host, id, looked)
 	}()
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -27,6 +28,9 @@ type failover struct {
 	ev    *eventLog
 	m     *ha.Machine
 	busy  bool // the last look had something going on
+
+	mu   sync.Mutex
+	down map[string]time.Time // host -> when a look first saw it down
 }
 
 func newFailover(st *store.Store, cache *placeCache, log *slog.Logger, ev *eventLog, pol scheduler.Policy) *failover {
@@ -58,6 +62,7 @@ func (f *failover) look(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	f.noteDown(time.Now(), hosts)
 	obs := ha.Observation{Hosts: hosts}
 	var specs map[string]api.VMSpec
 	if f.busy || anyDown(hosts) {
@@ -71,6 +76,35 @@ func (f *failover) look(ctx context.Context) error {
 		f.carry(ctx, a, specs)
 	}
 	return nil
+}
+
+// noteDown records when each host was first seen down; a host seen up,
+// or no longer known, is forgotten.
+func (f *failover) noteDown(now time.Time, hosts []ha.Host) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.down) == 0 && !anyDown(hosts) {
+		return
+	}
+	down := make(map[string]time.Time)
+	for _, h := range hosts {
+		if h.State == api.HostDown {
+			down[h.Name] = now
+			if t, ok := f.down[h.Name]; ok {
+				down[h.Name] = t
+			}
+		}
+	}
+	f.down = down
+}
+
+// downSince reports when the controller first saw host down (its lease
+// gone), and false if it does not see it down.
+func (f *failover) downSince(host string) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.down[host]
+	return t, ok
 }
 
 func anyDown(hosts []ha.Host) bool {

@@ -41,15 +41,17 @@ func newMigrator(st *store.Store, log *slog.Logger, ev *eventLog) *migrator {
 // start follows every migration left in flight by an earlier server, and
 // calls off those whose start was cut short.
 func (m *migrator) start(ctx context.Context) error {
+	m.mu.Lock()
 	m.ctx = ctx
-	active, err := m.st.ActiveMigrations(ctx)
+	m.mu.Unlock()
+	if err := m.scan(ctx); err != nil {
+		return err
+	}
+	specs, _, err := m.st.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
-	for id := range active {
-		m.follow(id)
-	}
-	specs, _, err := m.st.ListVMs(ctx)
+	active, err := m.st.ActiveMigrations(ctx)
 	if err != nil {
 		return err
 	}
@@ -59,24 +61,41 @@ func (m *migrator) start(ctx context.Context) error {
 			_ = m.clear(ctx, sp.Name, sp.ID, sp.Migration.ID)
 		}
 	}
+	go rescan(ctx, m.scan)
+	return nil
+}
+
+// scan follows every migration in flight (another replica may have
+// started one).
+func (m *migrator) scan(ctx context.Context) error {
+	active, err := m.st.ActiveMigrations(ctx)
+	if err != nil {
+		return err
+	}
+	for id := range active {
+		m.follow(id)
+	}
 	return nil
 }
 
 // follow starts following the migration of a VM, unless it is followed.
+// Only the leader follows migrations: elsewhere it does nothing, and the
+// leader's scan picks the migration up.
 func (m *migrator) follow(vmID string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.following[vmID] {
+	if m.following[vmID] || m.ctx == nil || m.ctx.Err() != nil {
 		return
 	}
 	m.following[vmID] = true
+	ctx := m.ctx
 	go func() {
 		defer func() {
 			m.mu.Lock()
 			delete(m.following, vmID)
 			m.mu.Unlock()
 		}()
-		m.run(m.ctx, vmID)
+		m.run(ctx, vmID)
 	}()
 }
 

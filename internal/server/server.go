@@ -39,6 +39,11 @@ type Config struct {
 	Policy      scheduler.Policy         // placement: spread or pack, overcommit
 	DefaultPool string
 	DefaultNet  string
+	Name        string // this replica's name (default "server")
+	URL         string // where hosts and users reach this replica
+	// EmbeddedEtcd says the store is etcd embedded in the replicas: a
+	// joining replica becomes one of its members.
+	EmbeddedEtcd bool
 }
 
 // Server serves the API.
@@ -77,15 +82,6 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	return s
 }
 
-// Start runs the controllers (migrations, drains, failover) until ctx ends.
-func (s *Server) Start(ctx context.Context) error {
-	if err := s.migrations.start(ctx); err != nil {
-		return err
-	}
-	go s.failover.run(ctx)
-	return s.drains.start(ctx)
-}
-
 func (s *Server) routes() {
 	h := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
 		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -105,6 +101,7 @@ func (s *Server) routes() {
 	h("POST /v1/vms/{name}/migrate", s.migrateVM)
 	h("GET /v1/vms/{name}/migration", s.getMigration)
 	h("DELETE /v1/vms/{name}/migration", s.cancelMigration)
+	h("POST /v1/vms/{name}/recover", s.recoverVM)
 	h("GET /v1/hosts", s.listHosts)
 	h("GET /v1/hosts/{name}", s.getHost)
 	h("POST /v1/hosts/{name}/drain", s.drainHost)
@@ -117,6 +114,7 @@ func (s *Server) routes() {
 	h("PUT /v1/images/{name}", s.importImage)
 	h("DELETE /v1/images/{name}", s.deleteImage)
 	h("POST /v1/cluster/tokens", s.createJoinToken)
+	h("GET /v1/cluster/servers", s.listServers)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
 	})
@@ -132,6 +130,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case r.URL.Path == "/v1/join" && r.Method == http.MethodPost && s.cfg.PKIDir != "":
 		if err := s.join(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+		return
+	case r.URL.Path == ServerJoinPath && r.Method == http.MethodPost && s.cfg.PKIDir != "":
+		if err := s.joinServer(w, r); err != nil {
 			s.writeError(w, r, err)
 		}
 		return

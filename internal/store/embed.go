@@ -31,10 +31,26 @@ type EmbedOptions struct {
 	// the member's addresses (see package pki): the client and peer
 	// listeners then require certificates signed by that CA.
 	PKIDir string
+	// InitialCluster lists every member as NAME=PEER_URL, comma-separated
+	// (see InitialCluster); "" means a new cluster of this member alone.
+	InitialCluster string
+	// ClusterState is "new" (the default: the member founds the cluster)
+	// or "existing" (it joins a cluster that already added it, see
+	// Store.AddMember).
+	ClusterState string
 }
 
-// StartEmbedded starts a single-member etcd cluster (or reopens its data)
-// and returns once it serves.
+// Cluster states of EmbedOptions.
+const (
+	ClusterNew      = "new"
+	ClusterExisting = "existing"
+)
+
+// StartEmbedded starts an etcd member and returns once it serves: a new
+// single-member cluster by default, or a member of the cluster that
+// o.InitialCluster names. A member whose dir holds data reopens it (etcd
+// then ignores InitialCluster and ClusterState). A member that joined as
+// a learner is promoted to a voting member before this returns.
 func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embedded, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = o.Dir
@@ -53,6 +69,17 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	if o.InitialCluster != "" {
+		cfg.InitialCluster = o.InitialCluster
+	}
+	switch o.ClusterState {
+	case "", ClusterNew:
+		cfg.ClusterState = embed.ClusterStateFlagNew
+	case ClusterExisting:
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	default:
+		return nil, fmt.Errorf("etcd cluster state %q: use %q or %q", o.ClusterState, ClusterNew, ClusterExisting)
+	}
 	if o.PKIDir != "" {
 		tls := transport.TLSInfo{
 			CertFile:       filepath.Join(o.PKIDir, "server.crt"),
@@ -77,12 +104,20 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 		e.Close()
 		return nil, ctx.Err()
 	}
-	log.Info("embedded etcd ready", "dir", o.Dir, "client", o.ClientURL)
-	return &Embedded{etcd: e, client: v3client.New(e.Server)}, nil
+	m := &Embedded{etcd: e, client: v3client.New(e.Server)}
+	if err := m.settle(ctx, log, pu.String()); err != nil {
+		m.Close()
+		return nil, err
+	}
+	log.Info("embedded etcd ready", "dir", o.Dir, "client", o.ClientURL, "peer", o.PeerURL)
+	return m, nil
 }
 
 // Client returns an in-process client of the member.
 func (e *Embedded) Client() *clientv3.Client { return e.client }
+
+// IsLeader tells whether this member is the etcd cluster's raft leader.
+func (e *Embedded) IsLeader() bool { return e.etcd.Server.Leader() == e.etcd.Server.MemberID() }
 
 // Close stops the member.
 func (e *Embedded) Close() {

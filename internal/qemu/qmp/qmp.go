@@ -71,7 +71,8 @@ type Client struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan reply
-	dead    error // non-nil once the connection is unusable
+	dead    error            // non-nil once the connection is unusable
+	last    map[string]Event // the latest event of each name
 
 	events  chan Event
 	dropped atomic.Uint64
@@ -142,6 +143,7 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	c := &Client{
 		conn:    conn,
 		pending: make(map[uint64]chan reply),
+		last:    make(map[string]Event),
 		events:  make(chan Event, EventBuffer),
 		done:    make(chan struct{}),
 	}
@@ -211,6 +213,17 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 // share the events between them.
 func (c *Client) Events() <-chan Event { return c.events }
 
+// LastEvent returns the latest event named name that QEMU sent on this
+// connection, whether or not anyone received it from Events, so that what
+// QEMU said last (a SHUTDOWN before it exited) is never lost to a full or
+// unread channel. It keeps working after the connection ended.
+func (c *Client) LastEvent(name string) (Event, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ev, ok := c.last[name]
+	return ev, ok
+}
+
 // DroppedEvents reports how many events were discarded because the Events
 // channel was full.
 func (c *Client) DroppedEvents() uint64 { return c.dropped.Load() }
@@ -251,7 +264,11 @@ func (c *Client) readLoop(dec *json.Decoder) {
 		}
 		switch {
 		case m.Event != "":
-			c.deliver(toEvent(&m))
+			ev := toEvent(&m)
+			c.mu.Lock()
+			c.last[ev.Name] = ev
+			c.mu.Unlock()
+			c.deliver(ev)
 		case len(m.ID) > 0:
 			var id uint64
 			if err := json.Unmarshal(m.ID, &id); err != nil {

@@ -367,6 +367,13 @@ func TestEventsDropOldest(t *testing.T) {
 	if got := c.DroppedEvents(); got != total-EventBuffer {
 		t.Errorf("dropped = %d, want %d", got, total-EventBuffer)
 	}
+	// LastEvent keeps the newest of each name, unread or dropped alike.
+	if ev, ok := c.LastEvent("TICK"); !ok || string(ev.Data) != fmt.Sprintf(`{"n":%d}`, total-1) {
+		t.Errorf("LastEvent(TICK) = %s, %v; want n=%d", ev.Data, ok, total-1)
+	}
+	if _, ok := c.LastEvent("SHUTDOWN"); ok {
+		t.Error("LastEvent(SHUTDOWN) found one that was never sent")
+	}
 	var first, last int
 	for i := range EventBuffer {
 		ev := <-c.Events()

@@ -1,0 +1,128 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/ha"
+	"github.com/shoalvm/shoal/internal/qemu"
+)
+
+// Restarting crashed VMs in place.
+//
+// When a VM's QEMU ends without being asked, the worker asks QEMU why
+// (qemu.Process.ExitReason). A guest that powered itself off stays off
+// (guestStopped). Anything else, QEMU killed or crashed, or the guest's
+// kernel panicked, is a crash: the worker starts the VM again on this
+// host after the wait ha.RestartPolicy gives, reporting "starting" with
+// the reason meanwhile, and once the VM crashed more often than the
+// policy allows, reports it failed with the reason and leaves it off.
+//
+// The crash history is kept in the worker, in memory: an agent restart
+// forgets it, erring on the side of running the VM. The user clears it by
+// starting the VM again ('shoal vm start' on a failed VM writes its spec
+// anew), by restarting it, or by stopping it.
+
+// crashState is one VM's recent crashes.
+type crashState struct {
+	times  []time.Time // of the recent crashes, oldest first
+	gen    int         // the spec's RestartGen they happened under
+	rev    int64       // the spec revision when the policy gave up
+	due    time.Time   // a restart waits until then; zero = none pending
+	gaveUp bool
+	msg    string // what the VM reports while waiting, or once given up
+	timer  *time.Timer
+}
+
+// restartPolicy is how this agent restarts crashed VMs.
+func (a *Agent) restartPolicy() ha.RestartPolicy { return ha.DefaultRestartPolicy() }
+
+// noteExit records that QEMU ended on its own, and why. It must run
+// before the Process is closed: the reason is in QEMU's last QMP words.
+func (w *worker) noteExit() {
+	w.exit = w.proc.ExitReason()
+	w.guestExit = true
+}
+
+// crashed handles an exit that was not the guest powering off: it counts
+// the crash and schedules a restart or gives up. false means the exit was
+// a power-off, for guestStopped.
+func (w *worker) crashed(s *api.VMSpec) bool {
+	e := w.exit
+	if !e.Crashed() {
+		return false
+	}
+	w.guestExit = false
+	p, c, now := w.a.restartPolicy(), &w.crash, w.now()
+	if c.gen != s.RestartGen {
+		w.forgetCrashes()
+	}
+	c.times = append(slices.DeleteFunc(c.times, func(t time.Time) bool { return now.Sub(t) >= p.Period }), now)
+	c.gen = s.RestartGen
+	n, _ := p.Recent(c.times, now)
+	wait, giveUp := p.Next(c.times, now)
+	period := ha.ShortDuration(p.Period)
+	log := w.log.With("name", s.Name, "reason", e.Reason, "cause", e.Cause, "crashes", n, "within", period,
+		"qemu_log", qemuLogTail(w.a.vmDir(w.id)))
+	if giveUp {
+		c.gaveUp, c.rev, c.due = true, s.Rev, time.Time{}
+		c.msg = fmt.Sprintf("the VM crashed %d times in %s, the last time: %s; start it again with 'shoal vm start %s' once fixed",
+			n, period, e.Reason, s.Name)
+		log.Error("VM keeps crashing; not restarting it", "policy", p.String())
+		return true
+	}
+	c.due = now.Add(wait)
+	c.msg = fmt.Sprintf("the VM crashed (%s); restarting in %s (restart %d of %d allowed in %s)",
+		e.Reason, ha.ShortDuration(wait), n, p.Limit, period)
+	log.Warn("VM crashed; restarting it in place", "in", wait)
+	return true
+}
+
+// restartHold keeps a crashed VM off while its restart waits, or for good
+// once the policy gave up, reporting why; hold means this pass is done.
+// A newer intent of the user's clears the history.
+func (w *worker) restartHold(ctx context.Context, s *api.VMSpec, alive bool) (hold bool, err error) {
+	c := &w.crash
+	switch {
+	case len(c.times) == 0:
+		return false, nil
+	case s.Power == api.PowerStopped || s.RestartGen != c.gen || c.gaveUp && s.Rev > c.rev:
+		w.log.Info("crash history cleared by a new start, restart or stop", "name", s.Name)
+		w.forgetCrashes()
+		return false, nil
+	case alive:
+		c.due = time.Time{}
+		return false, nil
+	case c.gaveUp:
+		return true, w.report(ctx, s, api.StateFailed, c.msg)
+	case c.due.IsZero():
+		return false, nil
+	}
+	if left := c.due.Sub(w.now()); left > 0 {
+		w.wakeIn(left)
+		return true, w.report(ctx, s, api.StateStarting, c.msg)
+	}
+	c.due = time.Time{}
+	return false, nil
+}
+
+// wakeIn pokes the worker after d, once: the run loop is never blocked
+// by a restart's wait.
+func (w *worker) wakeIn(d time.Duration) {
+	if w.crash.timer == nil {
+		w.crash.timer = time.AfterFunc(d, w.poke)
+		return
+	}
+	w.crash.timer.Reset(d)
+}
+
+func (w *worker) forgetCrashes() {
+	if w.crash.timer != nil {
+		w.crash.timer.Stop()
+	}
+	w.crash = crashState{}
+	w.exit = qemu.Exit{}
+}

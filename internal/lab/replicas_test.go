@@ -1,0 +1,116 @@
+package lab
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLabReplicas runs three server replicas (embedded etcd members of
+// one cluster) and kills the one that leads: within 10 s another leads,
+// the VM made before still has its record and still serves, and the
+// killed replica comes back as a follower.
+func TestLabReplicas(t *testing.T) {
+	f := startLabWith(t, Options{Hosts: 2, Servers: 3})
+	l := f.layout()
+
+	list := f.replicasVia(1)
+	leader := leaderOf(list)
+	if len(list) != 3 || leader == "" {
+		t.Fatalf("servers %+v: want 3, one leading", list)
+	}
+	for k := 1; k <= 3; k++ {
+		if !hasReplica(list, ServerName(k), l.ReplicaURL(k)) {
+			t.Errorf("server%d (%s) is not listed: %+v", k, l.ReplicaURL(k), list)
+		}
+	}
+
+	v := f.createServing("r1")
+	killed, ok := ServerIndex(leader)
+	if !ok {
+		t.Fatalf("the leader %q is not a server of the lab", leader)
+	}
+	survivor := killed%3 + 1
+	t.Logf("killing %s, the leader; asking %s", leader, ServerName(survivor))
+	if err := Kill(f.ctx, f.log, f.dir, ServerName(killed)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var now []Replica
+	f.waitFor("another replica to lead", 10*time.Second, func() bool {
+		out, err := f.try(f.via(survivor, "cluster", "servers", "-o", "json")...)
+		if err != nil {
+			return false
+		}
+		now, _ = parseReplicas(out)
+		l := leaderOf(now)
+		return l != "" && l != leader && len(now) == 2
+	})
+	t.Logf("%s leads %s after the kill", leaderOf(now), time.Since(start).Round(100*time.Millisecond))
+
+	// Nothing was lost: the VM's record is there on every live replica,
+	// and the VM still serves its client.
+	for k := 1; k <= 3; k++ {
+		if k == killed {
+			continue
+		}
+		out := f.shoal(f.via(k, "vm", "show", "r1", "-o", "json")...)
+		var got struct{ Name, IP string }
+		if err := json.Unmarshal([]byte(out), &got); err != nil || got.Name != "r1" || got.IP != v.IP {
+			t.Errorf("vm r1 via %s: %s (%v)", ServerName(k), out, err)
+		}
+	}
+	f.waitServing(v.IP, 10*time.Second)
+
+	if err := Revive(f.ctx, f.log, f.dir, ServerName(killed)); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor("three replicas again", 60*time.Second, func() bool {
+		out, err := f.try(f.via(killed, "cluster", "servers", "-o", "json")...)
+		if err != nil {
+			return false
+		}
+		now, _ = parseReplicas(out)
+		return len(now) == 3 && leaderOf(now) != ""
+	})
+	if leaderOf(now) == leader {
+		t.Errorf("the revived %s leads again: leadership should have stayed", leader)
+	}
+	if out := f.shoal(f.via(killed, "vm", "show", "r1", "-o", "json")...); !strings.Contains(out, `"r1"`) {
+		t.Errorf("vm r1 via the revived %s: %s", leader, out)
+	}
+}
+
+// via is a CLI call through server k's unix socket.
+func (f *labFixture) via(k int, args ...string) []string {
+	return append([]string{"--server", f.layout().ServerSocket(k)}, args...)
+}
+
+// replicasVia lists the replicas as server k sees them.
+func (f *labFixture) replicasVia(k int) []Replica {
+	f.t.Helper()
+	rs, err := parseReplicas(f.shoal(f.via(k, "cluster", "servers", "-o", "json")...))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return rs
+}
+
+func leaderOf(rs []Replica) string {
+	for _, r := range rs {
+		if r.Leader {
+			return r.Name
+		}
+	}
+	return ""
+}
+
+func hasReplica(rs []Replica, name, url string) bool {
+	for _, r := range rs {
+		if r.Name == name && r.URL == url {
+			return true
+		}
+	}
+	return false
+}

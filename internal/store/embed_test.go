@@ -1,0 +1,154 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/store"
+	"github.com/shoalvm/shoal/internal/store/storetest"
+)
+
+// TestEmbeddedCluster grows an embedded etcd from one member to three,
+// each joining through another (mutual TLS with one shared CA, as server
+// replicas do), then loses a member: the other two keep serving, and the
+// lost one reopens its data and catches up.
+func TestEmbeddedCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	log := slog.New(slog.DiscardHandler)
+	base := t.TempDir()
+	hosts := []string{"127.0.0.1", "localhost"}
+	opts := make([]store.EmbedOptions, 3)
+	for i := range opts {
+		dir := filepath.Join(base, fmt.Sprintf("m%d", i+1))
+		opts[i] = store.EmbedOptions{
+			Dir: filepath.Join(dir, "etcd"), PKIDir: filepath.Join(dir, "pki"), Name: fmt.Sprintf("m%d", i+1),
+			ClientURL: fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t)),
+			PeerURL:   fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t)),
+		}
+	}
+	if _, _, err := pki.Ensure(opts[0].PKIDir, hosts); err != nil {
+		t.Fatal(err)
+	}
+	members := make([]*store.Embedded, 3)
+	start := func(i int) {
+		t.Helper()
+		e, err := store.StartEmbedded(ctx, log, opts[i])
+		if err != nil {
+			t.Fatalf("start %s: %v", opts[i].Name, err)
+		}
+		members[i] = e
+	}
+	stop := func(i int) {
+		if members[i] != nil {
+			members[i].Close()
+			members[i] = nil
+		}
+	}
+	defer func() {
+		for i := range members {
+			stop(i)
+		}
+	}()
+	start(0)
+	// m2 joins through m1, m3 through m2.
+	for i := 1; i < 3; i++ {
+		via := store.New(members[i-1].Client())
+		ic, err := via.AddMember(ctx, opts[i].Name, opts[i].PeerURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(ic, opts[i].Name+"="+opts[i].PeerURL) || strings.Count(ic, "=") != i+1 {
+			t.Fatalf("initial cluster for %s: %q", opts[i].Name, ic)
+		}
+		b, err := pki.ServerBundle(opts[0].PKIDir, hosts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pki.InstallBundle(opts[i].PKIDir, b); err != nil {
+			t.Fatal(err)
+		}
+		opts[i].InitialCluster, opts[i].ClusterState = ic, store.ClusterExisting
+		start(i)
+	}
+	st := func(i int) *store.Store { return store.New(members[i].Client()) }
+	ms, err := st(2).Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 3 {
+		t.Fatalf("members %+v", ms)
+	}
+	for _, m := range ms {
+		if m.Learner || !m.Started() {
+			t.Errorf("member %+v is a learner or never started", m)
+		}
+	}
+
+	// Written on one member, read on another.
+	if _, err := members[0].Client().Put(ctx, "/test/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := members[2].Client().Get(ctx, "/test/a"); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "1" {
+		t.Fatalf("read on m3: %v, %v", r, err)
+	}
+
+	// A started member's peer URL cannot be added again.
+	if _, err := st(0).AddMember(ctx, "dup", opts[1].PeerURL); !errors.Is(err, api.ErrConflict) {
+		t.Errorf("adding m2's peer URL again: %v", err)
+	}
+
+	// Lose the raft leader: the other two still serve.
+	lost := 0
+	for i, m := range members {
+		if m.IsLeader() {
+			lost = i
+		}
+	}
+	stop(lost)
+	a, b := (lost+1)%3, (lost+2)%3
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	if _, err := members[a].Client().Put(wctx, "/test/b", "2"); err != nil {
+		t.Fatalf("write with %s down: %v", opts[lost].Name, err)
+	}
+	wcancel()
+	if r, err := members[b].Client().Get(ctx, "/test/b"); err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("read with %s down: %v, %v", opts[lost].Name, r, err)
+	}
+
+	// The lost member restarts from its data (its options unchanged) and
+	// catches up.
+	start(lost)
+	if r, err := members[lost].Client().Get(ctx, "/test/b"); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "2" {
+		t.Fatalf("read on the restarted %s: %v, %v", opts[lost].Name, r, err)
+	}
+
+	// A join that never started is reused by its retry; a second one
+	// waits until the first runs.
+	pending := fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t))
+	ic1, err := st(a).AddMember(ctx, "m4", pending)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ic2, err := st(b).AddMember(ctx, "m4", pending); err != nil || ic2 != ic1 {
+		t.Errorf("retried join: %q, %v; want %q", ic2, err, ic1)
+	}
+	if _, err := st(a).AddMember(ctx, "m5", fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t))); !errors.Is(err, api.ErrConflict) || !strings.Contains(err.Error(), pending) {
+		t.Errorf("a second pending join: %v", err)
+	}
+	// The pending learner does not count towards the quorum.
+	stop(b)
+	wctx, wcancel = context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if _, err := members[a].Client().Put(wctx, "/test/c", "3"); err != nil {
+		t.Fatalf("write with a learner pending and one member down: %v", err)
+	}
+}
