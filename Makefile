@@ -9,7 +9,7 @@ DATA_DIR ?= /var/lib/shoal
 DEBS = qemu-system-x86 qemu-utils qemu-block-extra busybox-static linux-image-cloud-amd64 \
        genisoimage iproute2 etcd-server ca-certificates wget
 
-.PHONY: up test build deps bench clean
+.PHONY: up test build deps bench soak clean
 
 up: deps build
 	bin/shoal up --data-dir $(DATA_DIR)
@@ -34,6 +34,10 @@ test: deps
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/shoal/
+
+# soak: the failover soak, 30 randomized faults in a lab (about 30 min).
+soak: deps build
+	SHOAL_SOAK=$${SHOAL_SOAK:-30} $(GO) test -count=1 -run 'TestLabSoak$$' -v -timeout 90m ./internal/lab/
 
 clean:
 	rm -rf bin

@@ -219,6 +219,9 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 			return ctx.Err()
 		}
 	}
+	// The copy is committed: from now on it is the VM, not a copy to
+	// discard (see discardUncommitted).
+	_ = os.Remove(filepath.Join(w.a.vmDir(s.ID), incomingFile))
 	// The commit is this host's own write: act on it at once rather than
 	// on the older spec still held, which names the source as the owner.
 	w.update(&v)
@@ -239,7 +242,6 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 	} else {
 		w.tunnelStop() // the streams are over
 	}
-	_ = os.Remove(filepath.Join(w.a.vmDir(s.ID), incomingFile))
 	w.log.Info("migration committed; the VM runs here", "from", s.Migration.Source)
 	w.status.StartedAt = w.now()
 	return w.report(ctx, &v, api.StateRunning, "")
@@ -253,4 +255,24 @@ func freePort(ip string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// discardUncommitted kills, on the VM's owner, a QEMU that came in by a
+// migration this host never committed: the VM was given to this host
+// otherwise (a failover or recover while it migrated here), and that
+// copy, complete or not, must not run. The VM then boots afresh.
+func (w *worker) discardUncommitted(s *api.VMSpec) bool {
+	marker := filepath.Join(w.a.vmDir(s.ID), incomingFile)
+	if s.Migration != nil || readTrim(marker) == "" {
+		return false
+	}
+	_ = os.Remove(marker)
+	if w.proc == nil {
+		return false
+	}
+	w.log.Warn("discarding the copy of an incoming migration that was never committed; the VM boots afresh", "name", s.Name)
+	qemu.KillAll(w.log, w.a.vmDir(s.ID))
+	w.close()
+	w.guestExit, w.exit = false, qemu.Exit{}
+	return true
 }

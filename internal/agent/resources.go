@@ -98,8 +98,13 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	return nil
 }
 
-// start launches the VM's QEMU.
+// start launches the VM's QEMU, once the control plane confirms that
+// the VM is still this host's and the host's lease holds (the fencing
+// check: a VM given to another host is never started here).
 func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
+	if err := w.a.cp.ClaimStart(ctx, w.a.cfg.Host, *s); err != nil {
+		return fmt.Errorf("not starting vm %s: %w", s.Name, err)
+	}
 	p, err := w.launch(ctx, s, false)
 	if err != nil {
 		return err

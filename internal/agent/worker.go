@@ -178,6 +178,10 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 	if err := w.attach(ctx); err != nil {
 		return false, err
 	}
+	if w.discardUncommitted(s) {
+		w.poke()
+		return false, nil
+	}
 	alive := w.alive()
 	if s.HA && w.a.fence.holds() {
 		// Fenced: the VM may be restarted elsewhere; it must not run here.

@@ -53,6 +53,10 @@ type Reporter interface {
 	// MigrationProgress publishes how the migration of the VM with this id
 	// fares, from host, its source.
 	MigrationProgress(ctx context.Context, host, vmID string, p api.MigrationProgress) error
+	// ClaimStart checks, just before host launches the VM's QEMU, that
+	// the VM is still host's and host's lease holds (store.ClaimStart);
+	// api.ErrConflict otherwise, and the host must not start it.
+	ClaimStart(ctx context.Context, host string, s api.VMSpec) error
 }
 
 // Catalog answers what a host needs to build a VM.

@@ -57,6 +57,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/images/{name}", h.image)
 	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
 	route("GET /v1/agent/servers", h.servers)
+	route("POST /v1/agent/claim-start", h.claimStart)
 	return h
 }
 
@@ -315,5 +316,17 @@ func (h *Handler) servers(ctx context.Context, _ string, w http.ResponseWriter, 
 		return err
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (h *Handler) claimStart(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var s api.VMSpec
+	if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
+		return api.Errorf(api.ErrInvalid, "bad request body: %v", err)
+	}
+	if err := h.Local.ClaimStart(ctx, host, s); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -271,3 +271,8 @@ func (l *Local) MigrationProgress(ctx context.Context, host, vmID string, p api.
 // Servers returns the live control-plane replicas, for agents to know
 // where else to turn.
 func (l *Local) Servers(ctx context.Context) ([]api.Server, error) { return l.st.ListServers(ctx) }
+
+// ClaimStart implements Reporter.
+func (l *Local) ClaimStart(ctx context.Context, host string, s api.VMSpec) error {
+	return l.st.ClaimStart(ctx, host, s.Name, s.ID)
+}

@@ -217,6 +217,11 @@ func (c *Remote) GuestStopped(ctx context.Context, s api.VMSpec) (api.VMSpec, er
 	return v, c.do(ctx, "POST", "/v1/agent/guest-stopped", s, &v)
 }
 
+// ClaimStart implements Reporter.
+func (c *Remote) ClaimStart(ctx context.Context, _ string, s api.VMSpec) error {
+	return c.do(ctx, "POST", "/v1/agent/claim-start", s, nil)
+}
+
 // Removed implements Reporter.
 func (c *Remote) Removed(ctx context.Context, s api.VMSpec) error {
 	return c.do(ctx, "POST", "/v1/agent/removed", s, nil)

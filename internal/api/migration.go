@@ -82,22 +82,25 @@ const (
 // MigrationRecord is one migration as the API shows it: the one in flight
 // and the history kept with each VM.
 type MigrationRecord struct {
-	ID         string             `json:"id"`
-	VM         string             `json:"vm"`
-	From       string             `json:"from"`
-	To         string             `json:"to"`
-	Result     string             `json:"result"` // running, completed, failed, cancelled
-	Shared     bool               `json:"shared_storage"`
-	Insecure   bool               `json:"insecure,omitempty"`
-	StartedAt  time.Time          `json:"started_at"`
-	EndedAt    time.Time          `json:"ended_at,omitzero"`
-	TotalMs    int64              `json:"total_ms"`
-	DowntimeMs int64              `json:"downtime_ms"`
-	Bytes      int64              `json:"bytes"`
-	DiskBytes  int64              `json:"disk_bytes,omitempty"`
-	SwitchMs   int64              `json:"switch_ms,omitempty"` // on the target, from the stream's end to the VM running (commit included)
-	Relayed    int                `json:"relayed_frames,omitempty"`
-	Postcopy   bool               `json:"postcopy,omitempty"` // it switched to post-copy
+	ID         string    `json:"id"`
+	VM         string    `json:"vm"`
+	From       string    `json:"from"`
+	To         string    `json:"to"`
+	Result     string    `json:"result"` // running, completed, failed, cancelled
+	Shared     bool      `json:"shared_storage"`
+	Insecure   bool      `json:"insecure,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	EndedAt    time.Time `json:"ended_at,omitzero"`
+	TotalMs    int64     `json:"total_ms"`
+	DowntimeMs int64     `json:"downtime_ms"`
+	Bytes      int64     `json:"bytes"`
+	DiskBytes  int64     `json:"disk_bytes,omitempty"`
+	SwitchMs   int64     `json:"switch_ms,omitempty"` // on the target, from the stream's end to the VM running (commit included)
+	Relayed    int       `json:"relayed_frames,omitempty"`
+	Postcopy   bool      `json:"postcopy,omitempty"` // it switched to post-copy
+	// Superseded: a failover (or recover) took the VM away while it
+	// migrated; the migration failed, whichever host the VM now runs on.
+	Superseded bool               `json:"superseded,omitempty"`
 	Error      string             `json:"error,omitempty"`
 	Progress   *MigrationProgress `json:"progress,omitempty"` // while running
 }

@@ -30,6 +30,9 @@ func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *w
 		return verdict{actEnd, api.MigrationFailed, reasonDeleted}
 	}
 	m := sp.Migration
+	if rec.Superseded {
+		return verdict{actEnd, api.MigrationFailed, rec.Error}
+	}
 	if m == nil || m.ID != rec.ID {
 		if sp.Host != rec.To {
 			if rec.Result == api.MigrationCancelled || rec.Result == api.MigrationFailed {

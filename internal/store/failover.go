@@ -19,7 +19,7 @@ import (
 // status becomes "starting" on the new host. api.ErrConflict when either
 // condition fails.
 func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why string) (api.VMSpec, error) {
-	rev := sp.Rev
+	rev, m := sp.Rev, sp.Migration
 	sp.Host, sp.Migration, sp.Rev = to, nil, 0
 	b, err := json.Marshal(sp)
 	if err != nil {
@@ -34,8 +34,24 @@ func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why stri
 	if guard != "" {
 		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(AlivePrefix+guard), "=", 0))
 	}
-	resp, err := s.c.Txn(ctx).If(conds...).
-		Then(clientv3.OpPut(vmKey(sp.Name), string(b)), clientv3.OpPut(statusKey(sp.ID), string(st))).Commit()
+	ops := []clientv3.Op{clientv3.OpPut(vmKey(sp.Name), string(b)), clientv3.OpPut(statusKey(sp.ID), string(st))}
+	if m != nil {
+		// A migration in flight ends with the failover: its record says
+		// so, lest the VM on its target be taken for a migration that
+		// completed.
+		rec, mrev, err := get[api.MigrationRecord](ctx, s.c, activeKey(sp.ID), "migration of vm "+sp.Name)
+		if err == nil && rec.ID == m.ID {
+			rec.Result, rec.Superseded = api.MigrationFailed, true
+			rec.Error = fmt.Sprintf("%s; vm %s was restarted on %s instead", why, sp.Name, to)
+			rb, err := json.Marshal(rec)
+			if err != nil {
+				return sp, fmt.Errorf("encode migration: %w", err)
+			}
+			conds = append(conds, clientv3.Compare(clientv3.ModRevision(activeKey(sp.ID)), "=", mrev))
+			ops = append(ops, clientv3.OpPut(activeKey(sp.ID), string(rb)))
+		}
+	}
+	resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Commit()
 	if err != nil {
 		return sp, fmt.Errorf("fail over vm %q: %w: %w", sp.Name, api.ErrUnavailable, err)
 	}
@@ -44,4 +60,39 @@ func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why stri
 	}
 	sp.Rev = resp.Header.Revision
 	return sp, nil
+}
+
+// ClaimStart is the check a host makes before it launches the QEMU of a
+// VM: in one transaction, the VM is still host's (its spec names it) and
+// host's liveness lease holds. With FailOver's condition (the lease is
+// gone), a VM can never be started by a host it was taken from: either
+// the claim comes first, and the failover must wait for the lease to
+// lapse, by which time the host's watchdog has killed the VM; or the
+// failover comes first, and the claim fails. api.ErrConflict otherwise.
+func (s *Store) ClaimStart(ctx context.Context, host, name, id string) error {
+	for {
+		sp, rev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+		if err != nil {
+			return err
+		}
+		if sp.ID != id || sp.Host != host {
+			return api.Errorf(api.ErrConflict, "vm %q is no longer host %s's to start", name, host)
+		}
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(name)), "=", rev),
+			clientv3.Compare(clientv3.CreateRevision(AlivePrefix+host), ">", 0)).Commit()
+		if err != nil {
+			return fmt.Errorf("claim the start of vm %q: %w: %w", name, api.ErrUnavailable, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		alive, err := s.HostAlive(ctx, host)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return api.Errorf(api.ErrConflict, "host %s has no lease: it may not start vm %q now", host, name)
+		}
+		// The spec changed meanwhile: look again.
+	}
 }

@@ -45,3 +45,59 @@ func TestFailOverNeedsTheHostStillGone(t *testing.T) {
 		t.Fatalf("failover from a stale spec: %v, want a conflict", err)
 	}
 }
+
+// TestClaimStart: a host may start a VM only while it owns it and its
+// lease holds.
+func TestClaimStart(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	sp := api.VMSpec{Name: "db1", ID: "id1", Host: "host1", HA: true, Power: api.PowerRunning, Network: "default"}
+	if _, err := s.CreateVM(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ClaimStart(ctx, "host1", "db1", "id1"); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("claim without a lease: %v, want a conflict", err)
+	}
+	if _, err := s.MarkAlive(ctx, "host1", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ClaimStart(ctx, "host1", "db1", "id1"); err != nil {
+		t.Fatalf("claim by the owner with a lease: %v", err)
+	}
+	for _, tc := range []struct{ host, id string }{{"host2", "id1"}, {"host1", "other"}} {
+		if err := s.ClaimStart(ctx, tc.host, "db1", tc.id); !errors.Is(err, api.ErrConflict) {
+			t.Errorf("claim by %s of id %s: %v, want a conflict", tc.host, tc.id, err)
+		}
+	}
+}
+
+// TestFailOverEndsTheMigrationInFlight: a VM taken away while it
+// migrates has its migration marked failed and superseded, whichever host
+// it goes to (even the migration's target).
+func TestFailOverEndsTheMigrationInFlight(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	sp := api.VMSpec{Name: "db1", ID: "id1", Host: "host1", HA: true, Power: api.PowerRunning, Network: "default",
+		Migration: &api.Migration{ID: "m1", Source: "host1", Target: "host2"}}
+	if _, err := s.CreateVM(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.StartMigration(ctx, "id1", api.MigrationRecord{ID: "m1", VM: "db1", From: "host1", To: "host2", Result: api.MigrationRunning}); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := s.GetVM(ctx, "db1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.FailOver(ctx, cur, "host2", "host1", "host host1 failed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Host != "host2" || got.Migration != nil {
+		t.Fatalf("after failover: host %s, migration %+v", got.Host, got.Migration)
+	}
+	rec, err := s.ActiveMigration(ctx, "id1")
+	if err != nil || !rec.Superseded || rec.Result != api.MigrationFailed || rec.Error == "" {
+		t.Fatalf("migration record after failover: %+v %v", rec, err)
+	}
+}
