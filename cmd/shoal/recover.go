@@ -52,5 +52,6 @@ VM is only reassigned. Without --to, the scheduler picks the host.`,
 	}
 	cmd.Flags().StringVar(&req.To, "to", "", "host to restart it on (default: the scheduler picks)")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the VM runs on its new host")
+	cmd.Flags().BoolVar(&req.Force, "force", false, "for a VM that is not HA: you have made sure its host is powered off")
 	return cmd
 }

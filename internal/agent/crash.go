@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -77,7 +79,7 @@ func (w *worker) crashed(s *api.VMSpec) bool {
 	c.due = now.Add(wait)
 	c.msg = fmt.Sprintf("the VM crashed (%s); restarting in %s (restart %d of %d allowed in %s)",
 		e.Reason, ha.ShortDuration(wait), n, p.Limit, period)
-	log.Warn("VM crashed; restarting it in place", "in", wait)
+	log.Warn("VM crashed; restarting it in place", "in", wait, "console", consoleTail(w.a.vmDir(w.id), 20))
 	return true
 }
 
@@ -125,4 +127,11 @@ func (w *worker) forgetCrashes() {
 	}
 	w.crash = crashState{}
 	w.exit = qemu.Exit{}
+}
+
+// consoleTail returns the last n lines of a VM's serial console, where a
+// guest's panic message is: the restart's boot will push it out of sight.
+func consoleTail(dir string, n int) string {
+	lines := strings.Split(readTrim(filepath.Join(dir, "console.log")), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }

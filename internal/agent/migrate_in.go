@@ -207,9 +207,13 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 		if err == nil {
 			break
 		}
-		if errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrUnauthorized) {
+		if errors.Is(err, api.ErrConflict) || errors.Is(err, api.ErrUnauthorized) || api.IsNotFound(err) {
 			w.log.Warn("migration was called off before its commit; discarding this copy", "err", err)
 			return w.destroy(ctx, false)
+		}
+		if l := w.latest(); l == nil || l.Migration == nil || l.Migration.ID != s.Migration.ID {
+			w.log.Warn("the migration is over (called off, or the VM was given to a host otherwise); not committing this copy")
+			return nil // reconcile acts on the new spec
 		}
 		if tries%100 == 0 {
 			w.log.Warn("cannot commit the migration yet; retrying", "err", err)
@@ -225,6 +229,7 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 	// The commit is this host's own write: act on it at once rather than
 	// on the older spec still held, which names the source as the owner.
 	w.update(&v)
+	w.markHA(v.HA) // before it runs: the fence watchdog must know it
 	if err := w.proc.Resume(ctx); err != nil {
 		return fmt.Errorf("resume after migration: %w", err)
 	}
@@ -266,13 +271,14 @@ func (w *worker) discardUncommitted(s *api.VMSpec) bool {
 	if s.Migration != nil || readTrim(marker) == "" {
 		return false
 	}
-	_ = os.Remove(marker)
 	if w.proc == nil {
+		_ = os.Remove(marker)
 		return false
 	}
 	w.log.Warn("discarding the copy of an incoming migration that was never committed; the VM boots afresh", "name", s.Name)
-	qemu.KillAll(w.log, w.a.vmDir(s.ID))
+	qemu.KillAll(w.log, w.a.vmDir(s.ID)) // first: a crash before the marker goes must not leave a copy to resume
 	w.close()
+	_ = os.Remove(marker)
 	w.guestExit, w.exit = false, qemu.Exit{}
 	return true
 }

@@ -58,7 +58,7 @@ func (l *Local) Register(ctx context.Context, h api.Host, ttl time.Duration) err
 	l.mu.Unlock()
 	// The fast path: the same machine with the same facts only renews.
 	if known && reflect.DeepEqual(cur.host, facts) {
-		if err := l.st.KeepAlive(ctx, cur.id); err == nil {
+		if err := l.st.RenewAlive(ctx, h.Name, cur.id); err == nil {
 			l.beat(h.Name)
 			return nil
 		}
@@ -83,7 +83,7 @@ func (l *Local) Register(ctx context.Context, h api.Host, ttl time.Duration) err
 		return fmt.Errorf("register host %s: %w", h.Name, err)
 	}
 	id := cur.id
-	if !known || cur.host.ID != h.ID || l.st.KeepAlive(ctx, id) != nil {
+	if !known || cur.host.ID != h.ID || l.st.RenewAlive(ctx, h.Name, id) != nil {
 		if id, err = l.st.MarkAlive(ctx, h.Name, ttl); err != nil {
 			return err
 		}

@@ -22,6 +22,9 @@ type UpdateVMRequest struct {
 // VM whose host is dead (and fenced) on another host.
 type RecoverRequest struct {
 	To string `json:"to,omitempty"` // "" = the scheduler picks
+	// Force: the user vouches that the VM's host is off. Needed for a VM
+	// that is not HA, which its host does not kill when cut off.
+	Force bool `json:"force,omitempty"`
 }
 
 // ValidatePriority checks a failover priority: high, medium, low, or ""

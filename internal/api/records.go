@@ -78,3 +78,7 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 
 // SetRev records the revision a spec was read at.
 func (s *VMSpec) SetRev(rev int64) { s.Rev = rev }
+
+// SharedDisk reports whether the VM's disk is on a shared pool, which
+// every host reaches (any pool but a host's own "local").
+func (s VMSpec) SharedDisk() bool { return s.Pool != "local" }

@@ -153,8 +153,18 @@ func (m *Machine) Step(now time.Time, obs Observation) []Action {
 	return m.place(now, obs.Hosts, cands, out)
 }
 
-// stepHosts notes hosts lost, fenced and back.
+// stepHosts notes hosts lost, fenced and back; a lost host removed from
+// the cluster is forgotten.
 func (m *Machine) stepHosts(now time.Time, hosts []Host, out []Action) []Action {
+	seen := make(map[string]bool, len(hosts))
+	for _, h := range hosts {
+		seen[h.Name] = true
+	}
+	for name := range m.hosts {
+		if !seen[name] {
+			delete(m.hosts, name)
+		}
+	}
 	for _, h := range hosts {
 		l := m.hosts[h.Name]
 		switch {
@@ -188,11 +198,13 @@ func (m *Machine) stepVM(now time.Time, v VM) (act *Action, cand bool) {
 			f.to = "" // the driver could not carry it out; decide again
 		case m.hosts[f.to] != nil:
 			f.from, f.to = f.to, "" // its new host died too: wait for that one's fence
-		case v.State == api.StateFailed || now.Sub(f.at) >= m.cfg.StartTimeout:
+		case v.State != api.StateFailed && now.Sub(f.at) >= m.cfg.StartTimeout:
+			// Slow, but its host lives and may yet start it: taking it
+			// away without the host's word could make two copies.
+			return m.tell(f, Action{Kind: Waiting, Host: v.Host, VM: v.Name, ID: v.ID, Priority: v.Priority,
+				Reason: fmt.Sprintf("not running %s after it was given to %s; waiting for %s", m.cfg.StartTimeout, f.to, f.to)}), false
+		case v.State == api.StateFailed: // the driver says failed only once QEMU is not running
 			why := v.Error
-			if v.State != api.StateFailed {
-				why = fmt.Sprintf("not running %s after it was given to %s", m.cfg.StartTimeout, f.to)
-			}
 			f.failedOn = append(f.failedOn, f.to)
 			f.to = ""
 			f.attempts++
@@ -207,8 +219,10 @@ func (m *Machine) stepVM(now time.Time, v VM) (act *Action, cand bool) {
 		}
 	}
 	l, down := m.hosts[v.Host]
-	if f != nil && !down && f.attempts == 0 {
-		delete(m.vms, v.ID) // its host came back before anything moved
+	if f != nil && !down && (f.attempts == 0 || v.State == api.StateRunning) {
+		// Its host came back before anything moved, or it runs on a live
+		// host after all (the user started it): nothing left to do.
+		delete(m.vms, v.ID)
 		return nil, false
 	}
 	if f == nil && (!down || !v.HA || !v.Running) {

@@ -81,7 +81,7 @@ func TestLabFailover(t *testing.T) {
 			recovered := ""
 			if mode == Power {
 				// The plain VM's host is dead: the user moves it by hand.
-				out := f.shoal("vm", "recover", plain.Name)
+				out := f.shoal("vm", "recover", plain.Name, "--force")
 				v := f.vm(plain.Name)
 				if v.Host == "host1" || v.State != api.StateRunning {
 					t.Fatalf("after %q the plain VM is %s on %s", strings.TrimSpace(out), v.State, v.Host)

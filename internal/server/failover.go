@@ -26,6 +26,7 @@ type failover struct {
 	cache *placeCache
 	log   *slog.Logger
 	ev    *eventLog
+	pol   scheduler.Policy
 	m     *ha.Machine
 	busy  bool // the last look had something going on
 
@@ -34,11 +35,17 @@ type failover struct {
 }
 
 func newFailover(st *store.Store, cache *placeCache, log *slog.Logger, ev *eventLog, pol scheduler.Policy) *failover {
-	return &failover{st: st, cache: cache, log: log, ev: ev, m: ha.New(ha.DefaultConfig(), pol)}
+	return &failover{st: st, cache: cache, log: log, ev: ev, pol: pol, m: ha.New(ha.DefaultConfig(), pol)}
 }
 
 // run looks every failoverTick until ctx ends.
 func (f *failover) run(ctx context.Context) {
+	// A new term starts from scratch: what an earlier term saw (a host
+	// lost, then fenced) may be stale, and a stale "fenced" would skip the
+	// fence's wait.
+	f.mu.Lock()
+	f.m, f.down, f.busy = ha.New(ha.DefaultConfig(), f.pol), nil, false
+	f.mu.Unlock()
 	t := time.NewTicker(failoverTick)
 	defer t.Stop()
 	for {
@@ -64,14 +71,21 @@ func (f *failover) look(ctx context.Context) error {
 	}
 	f.noteDown(time.Now(), hosts)
 	obs := ha.Observation{Hosts: hosts}
+	f.mu.Lock()
+	m, busy := f.m, f.busy // this term's (a new term replaces them)
+	f.mu.Unlock()
 	var specs map[string]api.VMSpec
-	if f.busy || anyDown(hosts) {
+	if busy || anyDown(hosts) {
 		if obs.VMs, specs, err = f.observeVMs(ctx); err != nil {
 			return err
 		}
 	}
-	acts := f.m.Step(time.Now(), obs)
-	f.busy = anyDown(hosts) || len(acts) > 0 || f.m.Busy()
+	acts := m.Step(time.Now(), obs)
+	f.mu.Lock()
+	if f.m == m {
+		f.busy = anyDown(hosts) || len(acts) > 0 || m.Busy()
+	}
+	f.mu.Unlock()
 	for _, a := range acts {
 		f.carry(ctx, a, specs)
 	}
@@ -134,10 +148,13 @@ func (f *failover) observeVMs(ctx context.Context) ([]ha.VM, map[string]api.VMSp
 		}
 		byID[sp.ID] = sp
 		v := ha.VM{ID: sp.ID, Name: sp.Name, Host: sp.Host, HA: sp.HA, Priority: sp.Priority,
-			Running: sp.Power == api.PowerRunning, Shared: sp.Pool != "local",
+			Running: sp.Power == api.PowerRunning, Shared: sp.SharedDisk(),
 			Req: scheduler.Request{CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB, Pool: sp.Pool, AntiAffinity: sp.AntiAffinity}}
 		if st, ok := sts[sp.ID]; ok && st.Host == sp.Host { // a status from an earlier owner says nothing
 			v.State, v.Error = st.State, st.Error
+			if st.State == api.StateFailed && st.PID > 0 {
+				v.State = "" // failed with QEMU still there: not a failed start
+			}
 		}
 		out = append(out, v)
 	}

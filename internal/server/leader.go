@@ -57,7 +57,8 @@ func (s *Server) self() api.Server {
 // once this replica runs the controllers, or another one leads.
 func (s *Server) lead(ctx context.Context, ss *store.Session, first chan<- error) {
 	var once sync.Once
-	settled := func() { once.Do(func() { first <- nil }) }
+	done := make(chan struct{})
+	settled := func() { once.Do(func() { first <- nil; close(done) }) }
 	go func() {
 		for ctx.Err() == nil {
 			if l, err := s.st.Leader(ctx); err == nil && l != "" && l != s.self().Name {
@@ -66,6 +67,8 @@ func (s *Server) lead(ctx context.Context, ss *store.Session, first chan<- error
 			}
 			select {
 			case <-ctx.Done():
+			case <-done:
+				return
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
@@ -85,6 +88,14 @@ func (s *Server) lead(ctx context.Context, ss *store.Session, first chan<- error
 			case <-time.After(time.Second):
 			}
 			continue
+		}
+		select {
+		case <-ss.Done(): // won with a session that had lapsed meanwhile
+			if ss, err = s.renewSession(ctx); err != nil {
+				return
+			}
+			continue
+		default:
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		s.log.Info("this server leads: running the controllers", "name", s.self().Name)
@@ -130,13 +141,25 @@ func (s *Server) renewSession(ctx context.Context) (*store.Session, error) {
 	}
 }
 
-// runControllers starts the controllers for as long as ctx lives.
+// runControllers starts the controllers for as long as ctx lives:
+// failover at once, the others as soon as their first look succeeds
+// (etcd may still be settling after a change of leader).
 func (s *Server) runControllers(ctx context.Context) error {
-	if err := s.migrations.start(ctx); err != nil {
-		return err
-	}
 	go s.failover.run(ctx)
-	return s.drains.start(ctx)
+	for _, start := range []func(context.Context) error{s.migrations.start, s.drains.start} {
+		for {
+			err := start(ctx)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			s.log.Warn("a controller did not start; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return ctx.Err()
 }
 
 // rescan calls scan every scanEvery until ctx ends.

@@ -51,7 +51,7 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	}
 	now := time.Now().UTC()
 	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
-		Shared: sp.Pool != "local", Insecure: req.Insecure, StartedAt: now}
+		Shared: sp.SharedDisk(), Insecure: req.Insecure, StartedAt: now}
 	if err := s.st.StartMigration(ctx, sp.ID, rec); err != nil {
 		undo()
 		return rec, err

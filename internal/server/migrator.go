@@ -35,7 +35,7 @@ type migrator struct {
 }
 
 func newMigrator(st *store.Store, log *slog.Logger, ev *eventLog) *migrator {
-	return &migrator{st: st, log: log, ev: ev, ctx: context.Background(), following: map[string]bool{}}
+	return &migrator{st: st, log: log, ev: ev, following: map[string]bool{}} // ctx: set while leading
 }
 
 // start follows every migration left in flight by an earlier server, and

@@ -8,6 +8,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/ha"
+	"github.com/shoalvm/shoal/internal/store"
 )
 
 // recoverVM restarts a VM whose host is dead on another host, at the
@@ -37,7 +38,7 @@ func (s *Server) recoverVM(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return notFoundHint(err, "see 'shoal vm list'")
 	}
-	if err := s.canRecover(ctx, sp, req.To); err != nil {
+	if err := s.canRecover(ctx, sp, req.To, req.Force); err != nil {
 		return err
 	}
 	dead := sp.Host
@@ -67,7 +68,7 @@ func (s *Server) recoverVM(w http.ResponseWriter, r *http.Request) error {
 
 // canRecover says whether VM sp may be recovered now, onto to ("" =
 // anywhere): its host is dead and fenced, its disk on a shared pool.
-func (s *Server) canRecover(ctx context.Context, sp api.VMSpec, to string) error {
+func (s *Server) canRecover(ctx context.Context, sp api.VMSpec, to string, force bool) error {
 	switch {
 	case sp.Deleting:
 		return api.Errorf(api.ErrConflict, "vm %q is being deleted", sp.Name)
@@ -82,27 +83,44 @@ func (s *Server) canRecover(ctx context.Context, sp api.VMSpec, to string) error
 	switch {
 	case alive:
 		return api.Errorf(api.ErrConflict, "host %s is up: vm %s runs there; use 'shoal vm migrate' to move it", sp.Host, sp.Name)
-	case sp.Pool == "local":
+	case !sp.SharedDisk():
 		return api.Errorf(api.ErrConflict, "vm %s has its disk on the local pool of %s, which is down: it can run again only when %s is back",
 			sp.Name, sp.Host, sp.Host)
 	case to == sp.Host:
 		return api.Errorf(api.ErrConflict, "vm %s is on host %s, which is down: recover it onto another host", sp.Name, sp.Host)
 	}
-	if left := s.fenceLeft(sp.Host, time.Now()); left > 0 {
+	if !sp.HA && !force {
+		return api.Errorf(api.ErrConflict, "vm %s is not HA, so host %s does not kill it when it is cut off, and Shoal cannot tell a dead host from a cut-off one: make sure %s is powered off, then run 'shoal vm recover %s --force'",
+			sp.Name, sp.Host, sp.Host, sp.Name)
+	}
+	if left := s.fenceLeft(ctx, sp.Host, time.Now()); left > 0 {
 		return api.Errorf(api.ErrConflict, "host %s is not fenced yet: try again in %s", sp.Host, left)
 	}
 	return nil
 }
 
 // fenceLeft is how long until host, whose lease is gone, is surely fenced
-// (its agent has killed its VMs), rounded up to the second; 0 once it is.
-// A host the failover controller has not seen down yet has the whole
-// wait ahead.
-func (s *Server) fenceLeft(host string, now time.Time) time.Duration {
+// (its agent has killed its HA VMs), rounded up to the second; 0 once it
+// is. It counts from when this server's failover controller saw it down,
+// else (another replica leads) from the host's last host.lost event; a
+// host seen down by neither has the whole wait ahead.
+func (s *Server) fenceLeft(ctx context.Context, host string, now time.Time) time.Duration {
 	safe := ha.DefaultConfig().SafeAfter()
 	left := safe
 	if since, ok := s.failover.downSince(host); ok {
 		left = since.Add(safe).Sub(now)
+	} else if evs, err := s.st.ListEvents(ctx, store.EventFilter{Host: host, Since: now.Add(-24 * time.Hour)}); err == nil {
+		// Not the leader: the leader's host.lost event tells.
+		for i := len(evs) - 1; i >= 0; i-- {
+			e := evs[i]
+			if e.Host != host || (e.Kind != api.EventHostLost && e.Kind != api.EventHostBack) {
+				continue
+			}
+			if e.Kind == api.EventHostLost { // and not back since
+				left = e.Time.Add(safe).Sub(now)
+			}
+			break
+		}
 	}
 	if left <= 0 {
 		return 0

@@ -73,15 +73,16 @@ func TestAPIRecoverRefusals(t *testing.T) {
 
 	h.kill("host1")
 	// Not fenced: the controller has not seen it down yet, then just now.
-	h.call("POST", "/v1/vms/web1/recover", nil).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 2s")
+	force := api.RecoverRequest{Force: true}
+	h.call("POST", "/v1/vms/web1/recover", force).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 2s")
 	must(t, h.srv.failover.look(ctx))
 	if _, ok := h.srv.failover.downSince("host1"); !ok {
 		t.Fatal("the failover controller did not note host1 down")
 	}
 	before := h.snapshot() // (the look recorded host1 lost)
-	h.call("POST", "/v1/vms/web1/recover", nil).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 2s")
+	h.call("POST", "/v1/vms/web1/recover", force).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 2s")
 	h.seenDown("host1", 1500*time.Millisecond)
-	h.call("POST", "/v1/vms/web1/recover", nil).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 1s")
+	h.call("POST", "/v1/vms/web1/recover", force).wantError(t, 409, "conflict", "host host1 is not fenced yet: try again in 1s")
 
 	h.seenDown("host1", time.Minute)
 	for _, c := range []struct {
@@ -95,13 +96,14 @@ func TestAPIRecoverRefusals(t *testing.T) {
 		{"migrating", "mig1", `{}`, 409, "conflict", []string{"migrating to host3", "try again shortly"}},
 		{"local pool", "loc1", `{}`, 409, "conflict",
 			[]string{"vm loc1 has its disk on the local pool of host1, which is down: it can run again only when host1 is back"}},
-		{"onto its own host", "web1", `{"to":"host1"}`, 409, "conflict", []string{"host1, which is down", "another host"}},
-		{"unknown target", "web1", `{"to":"nope"}`, 404, "not_found", []string{`host "nope" not found`}},
-		{"bad target name", "web1", `{"to":"Bad_Host"}`, 400, "invalid", []string{"host"}},
-		{"target down", "web1", `{"to":"host5"}`, 507, "capacity", []string{"host5: down"}},
-		{"target in maintenance", "web1", `{"to":"host2"}`, 507, "capacity", []string{"host2: in maintenance"}},
-		{"target without the pool", "web1", `{"to":"host4"}`, 507, "capacity", []string{`host4: no pool "shared"`}},
-		{"target too small", "web1", `{"to":"host6"}`, 507, "capacity", []string{"host6: 128 MiB free, needs 256 MiB"}},
+		{"onto its own host", "web1", `{"to":"host1","force":true}`, 409, "conflict", []string{"host1, which is down", "another host"}},
+		{"unknown target", "web1", `{"to":"nope","force":true}`, 404, "not_found", []string{`host "nope" not found`}},
+		{"bad target name", "web1", `{"to":"Bad_Host","force":true}`, 400, "invalid", []string{"host"}},
+		{"target down", "web1", `{"to":"host5","force":true}`, 507, "capacity", []string{"host5: down"}},
+		{"target in maintenance", "web1", `{"to":"host2","force":true}`, 507, "capacity", []string{"host2: in maintenance"}},
+		{"target without the pool", "web1", `{"to":"host4","force":true}`, 507, "capacity", []string{`host4: no pool "shared"`}},
+		{"target too small", "web1", `{"to":"host6","force":true}`, 507, "capacity", []string{"host6: 128 MiB free, needs 256 MiB"}},
+		{"not HA, no --force", "web1", `{"to":"host3"}`, 409, "conflict", []string{"vm web1 is not HA", "make sure host1 is powered off", "--force"}},
 		{"unknown field", "web1", `{"host":"host3"}`, 400, "invalid", []string{"malformed JSON"}},
 		{"bad timeout", "web1", `{}`, 400, "invalid", []string{"timeout"}},
 	} {
@@ -134,7 +136,7 @@ func TestAPIRecover(t *testing.T) {
 	h.seenDown("host1", time.Minute)
 
 	var vm api.VM
-	h.call("POST", "/v1/vms/web1/recover?timeout=10s", api.RecoverRequest{To: "host3"}).decodeOK(t, http.StatusOK, &vm)
+	h.call("POST", "/v1/vms/web1/recover?timeout=10s", api.RecoverRequest{To: "host3", Force: true}).decodeOK(t, http.StatusOK, &vm)
 	if vm.Host != "host3" || vm.State != api.StateRunning {
 		t.Errorf("recovered web1 is %s on %s, want running on host3", vm.State, vm.Host)
 	}
@@ -144,7 +146,7 @@ func TestAPIRecover(t *testing.T) {
 
 	// Stopped: reassigned, still stopped; the scheduler picks (host3,
 	// the only host that fits).
-	h.call("POST", "/v1/vms/idle1/recover?timeout=10s", nil).decodeOK(t, http.StatusOK, &vm)
+	h.call("POST", "/v1/vms/idle1/recover?timeout=10s", api.RecoverRequest{Force: true}).decodeOK(t, http.StatusOK, &vm)
 	if vm.Host != "host3" || vm.State != api.StateStopped {
 		t.Errorf("recovered idle1 is %s on %s, want stopped on host3", vm.State, vm.Host)
 	}

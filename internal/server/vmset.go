@@ -31,6 +31,17 @@ func (s *Server) updateVM(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if want.HA != sp.HA && sp.Host != "" {
+		// A host that is away has not learned the change: it would not
+		// fence a VM that became HA, and failover must not act on it.
+		alive, err := s.st.HostAlive(ctx, sp.Host)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return api.Errorf(api.ErrConflict, "host %s of vm %s is down: change its HA setting once the host is back (or recover the VM first)", sp.Host, name)
+		}
+	}
 	undo := func() {}
 	if regroup {
 		rev, err := s.st.Revision(ctx)

@@ -40,6 +40,9 @@ func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why stri
 		// so, lest the VM on its target be taken for a migration that
 		// completed.
 		rec, mrev, err := get[api.MigrationRecord](ctx, s.c, activeKey(sp.ID), "migration of vm "+sp.Name)
+		if err != nil && !api.IsNotFound(err) {
+			return sp, err
+		}
 		if err == nil && rec.ID == m.ID {
 			rec.Result, rec.Superseded = api.MigrationFailed, true
 			rec.Error = fmt.Sprintf("%s; vm %s was restarted on %s instead", why, sp.Name, to)

@@ -58,3 +58,22 @@ func (s *Store) AliveHosts(ctx context.Context) (map[string]bool, error) {
 	}
 	return out, nil
 }
+
+// RenewAlive renews host's liveness lease and checks that the host's
+// liveness key still hangs on it: another server replica may have put the
+// key on a lease of its own meanwhile, and renewing a lease that holds
+// nothing would keep the host "alive" to no one. An error means: mark the
+// host alive afresh (MarkAlive).
+func (s *Store) RenewAlive(ctx context.Context, host string, lease clientv3.LeaseID) error {
+	if err := s.KeepAlive(ctx, lease); err != nil {
+		return err
+	}
+	resp, err := s.c.Get(ctx, AlivePrefix+host)
+	if err != nil {
+		return fmt.Errorf("read liveness: %w: %w", api.ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != lease {
+		return fmt.Errorf("host %s's liveness key is not on lease %x", host, lease)
+	}
+	return nil
+}
