@@ -28,9 +28,12 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# -p 1: one package at a time. The lab and CLI integration tests each boot
+# many emulated (TCG) guests; run side by side on two cores, they starve
+# each other's guests and migrations.
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 25m ./...
+	$(GO) test -count=1 -p 1 -timeout 25m ./...
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/shoal/
