@@ -37,7 +37,7 @@ func TestLabFailover(t *testing.T) {
 			for _, n := range names {
 				before[n] = diskCounter(t, f, vms[n].IP)
 			}
-			stop := f.watchCopies(t, vms)
+			stop := f.watchSplit(t, vms, func(string) bool { return false })
 			cut := time.Now()
 			if err := breakHost(f, "host1", mode); err != nil {
 				t.Fatal(err)
@@ -145,39 +145,6 @@ func diskCounter(t *testing.T, f *labFixture, ip string) int {
 func counterOf(answer string) int {
 	n, _ := strconv.Atoi(fields(answer)["disk"])
 	return n
-}
-
-// watchCopies samples the QEMUs of vms until the returned func is called;
-// that returns the most copies of one VM seen running at once.
-func (f *labFixture) watchCopies(t *testing.T, vms map[string]api.VM) func() int {
-	done := make(chan struct{})
-	var most int
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			for _, v := range vms {
-				n := len(f.qemuOf(v.ID)) // hosts where it runs (a launch may show two pids on one)
-				if n > most {
-					most = n
-					if n > 1 {
-						t.Logf("%s: %d copies run: %v", v.Name, n, f.qemuOf(v.ID))
-					}
-				}
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
-	return func() int {
-		close(done)
-		wg.Wait()
-		return most
-	}
 }
 
 // requireHostEvent fails the test unless the event log has an event of
