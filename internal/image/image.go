@@ -50,7 +50,7 @@ const (
 	tinyFormat = "shoal-tiny/1"
 )
 
-//go:embed guest/init.sh guest/lib.sh guest/index.cgi guest/profile.sh guest/udhcpc.sh
+//go:embed guest/init.sh guest/lib.sh guest/index.cgi guest/profile.sh guest/udhcpc.sh guest/disklog.sh
 var guestFS embed.FS
 
 // TinyOptions selects the inputs of the tiny image. Zero values pick the
@@ -396,6 +396,7 @@ func buildInitramfs(busybox string, mods []kmod) ([]byte, error) {
 		{"guest/index.cgi", "www/cgi-bin/index.cgi", 0o755},
 		{"guest/profile.sh", "etc/profile", 0o644},
 		{"guest/udhcpc.sh", "etc/shoal/udhcpc.sh", 0o755},
+		{"guest/disklog.sh", "etc/shoal/disklog.sh", 0o755},
 	} {
 		data, err := guestFS.ReadFile(g.src)
 		if err != nil {

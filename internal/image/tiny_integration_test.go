@@ -435,8 +435,25 @@ func TestTinyBootIntegration(t *testing.T) {
 	if r4.boot == r1.boot || r4.count != 1 || r4.disk != last.disk+1 {
 		t.Errorf("after reboot %+v (before %+v): want new boot id, count=1, disk=%d", r4, last, last.disk+1)
 	}
+	time.Sleep(time.Second) // a record or two of the disk log
 	qmpPowerdown(t, vm2.qmp)
 	vm2.waitExit(t, 15*time.Second)
+
+	// The disk write log names the two boots, one after the other.
+	flat := filepath.Join(dir, "overlay.raw")
+	run(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", overlay, flat)
+	data, err := os.ReadFile(flat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ParseDiskLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("disk log: %s", l.Summary())
+	if len(l.Runs) != 2 || l.Runs[0].Boot != r1.boot || l.Runs[1].Boot != r4.boot || len(l.Problems) > 0 {
+		t.Errorf("disk log %s: want boot %s then boot %s, no problem", l.Summary(), r1.boot, r4.boot)
+	}
 }
 
 func mustWget(t *testing.T, ns, url string) string {

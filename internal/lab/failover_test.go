@@ -13,7 +13,9 @@ import (
 // TestLabFailover is the failover issue's check in a lab of three hosts:
 // a host running three HA VMs (disks on the shared pool) and one plain VM
 // fails; each HA VM answers again on a survivor, with its disk counter
-// not lower than before, and at no moment do two copies of one VM run.
+// not lower than before, and at no moment do two copies of one VM run
+// (seen from the hosts' processes, and from the write log the guest keeps
+// on its disk).
 // The plain VM is left alone, shown unknown (after the power cut, the
 // user recovers it onto a survivor). After the host comes back it does
 // not start the VMs that moved again. Once by power cut, once by
@@ -100,6 +102,9 @@ func TestLabFailover(t *testing.T) {
 			}
 			for _, n := range names {
 				v := f.vm(n)
+				// Its boot on host1, then its boot on a survivor,
+				// never both writing.
+				f.requireOneWriter(t, n, v.ID, 2)
 				f.requireClean(v.ID, v.Host)
 				f.shoal("vm", "delete", n, "--force")
 			}

@@ -86,6 +86,9 @@ func TestLabSoak(t *testing.T) {
 	if most := split(); most > 1 {
 		t.Errorf("split brain: a VM ran on %d hosts at once", most)
 	}
+	for _, name := range names {
+		f.requireOneWriter(t, name, vms[name].ID, 1)
+	}
 	t.Logf("%d faults %v: no split brain, no HA VM lost", n, kinds)
 }
 

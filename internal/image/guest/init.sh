@@ -69,6 +69,7 @@ hostname >/etc/hostname
 configure_net
 
 httpd -p 80 -h /www || say "httpd failed to start"
+setsid /etc/shoal/disklog.sh </dev/null >/dev/console 2>&1 &
 
 ips=$(ip -4 -o addr show scope global | awk '{ sub(/\/.*/, "", $4); printf "%s%s", s, $4; s = " " }')
 say "serving on ${ips:-no-address}"
