@@ -1,0 +1,107 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// TestJudge walks the migration controller's decisions through scripts of
+// looks: what the VM's spec and the migration's record say at each look,
+// and what judge must decide.
+func TestJudge(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	rec := api.MigrationRecord{ID: "m1", VM: "web1", From: "host1", To: "host2", Result: api.MigrationRunning, StartedAt: t0}
+	migrating := &api.VMSpec{Name: "web1", Host: "host1", Migration: &api.Migration{ID: "m1", Source: "host1", Target: "host2"}}
+	ready := &api.VMSpec{Name: "web1", Host: "host1", Migration: &api.Migration{ID: "m1", Source: "host1", Target: "host2",
+		Endpoint: &api.MigrationEndpoint{URI: "tunnel:x"}}}
+	stayed := &api.VMSpec{Name: "web1", Host: "host1"}
+	moved := &api.VMSpec{Name: "web1", Host: "host2"}
+	both := map[string]bool{"host1": true, "host2": true}
+	with := func(f func(*api.MigrationRecord)) api.MigrationRecord { r := rec; f(&r); return r }
+
+	type look struct {
+		at     time.Duration // after t0
+		rec    api.MigrationRecord
+		sp     *api.VMSpec
+		alive  map[string]bool
+		action int
+		result string
+		reason string // a part of it
+	}
+	for _, tc := range []struct {
+		name  string
+		looks []look
+	}{
+		{"a rescan between the record and the spec waits for the spec", []look{
+			{at: 10 * time.Millisecond, rec: rec, sp: stayed, alive: both, action: actWait},
+			{at: 30 * time.Millisecond, rec: rec, sp: migrating, alive: both, action: actWait},
+		}},
+		{"a record whose spec never came ends as never started", []look{
+			{at: time.Second, rec: rec, sp: stayed, alive: both, action: actWait},
+			{at: startGrace, rec: rec, sp: stayed, alive: both, action: actEnd, result: api.MigrationFailed, reason: "never started"},
+		}},
+		{"taken out of the spec without a reason", []look{
+			{at: time.Second, rec: rec, sp: migrating, alive: both, action: actWait},
+			{at: 2 * time.Second, rec: rec, sp: stayed, alive: both, action: actEnd, result: api.MigrationFailed, reason: "called off"},
+		}},
+		{"cancelled: the record says why", []look{
+			{at: time.Second, rec: rec, sp: ready, alive: both, action: actWait},
+			{at: 2 * time.Second, rec: with(func(r *api.MigrationRecord) { r.Result, r.Error = api.MigrationCancelled, "cancelled by the user" }),
+				sp: stayed, alive: both, action: actEnd, result: api.MigrationCancelled, reason: "cancelled by the user"},
+		}},
+		{"committed with the figures", []look{
+			{at: time.Second, rec: rec, sp: ready, alive: both, action: actWait},
+			{at: 2 * time.Second, rec: with(func(r *api.MigrationRecord) {
+				r.SwitchMs, r.Progress = 30, &api.MigrationProgress{ID: "m1", Phase: api.MigrationCompleted}
+			}), sp: moved, alive: both, action: actEnd, result: api.MigrationCompleted},
+		}},
+		{"committed, the figures never come", []look{
+			{at: time.Second, rec: rec, sp: moved, alive: both, action: actWait},
+			{at: time.Second + finalReportGrace, rec: rec, sp: moved, alive: both, action: actEnd, result: api.MigrationCompleted},
+		}},
+		{"failed over meanwhile", []look{
+			{at: time.Second, rec: with(func(r *api.MigrationRecord) {
+				r.Superseded, r.Result, r.Error = true, api.MigrationFailed, "host1 died; restarted on host3"
+			}), sp: &api.VMSpec{Name: "web1", Host: "host3"}, alive: both, action: actEnd, result: api.MigrationFailed, reason: "restarted on host3"},
+		}},
+		{"the VM deleted", []look{
+			{at: time.Second, rec: rec, sp: nil, alive: both, action: actEnd, result: api.MigrationFailed, reason: reasonDeleted},
+		}},
+		{"the target fails to prepare", []look{
+			{at: time.Second, rec: rec, sp: &api.VMSpec{Name: "web1", Host: "host1", Migration: &api.Migration{ID: "m1", Target: "host2",
+				Endpoint: &api.MigrationEndpoint{Error: "disk full"}}}, alive: both, action: actAbort, result: api.MigrationFailed, reason: "disk full"},
+		}},
+		{"the target host goes down", []look{
+			{at: time.Second, rec: rec, sp: ready, alive: map[string]bool{"host1": true}, action: actWait},
+			{at: time.Second + targetDownGrace, rec: rec, sp: ready, alive: map[string]bool{"host1": true},
+				action: actAbort, result: api.MigrationFailed, reason: "target host host2 is down"},
+		}},
+		{"a target down for a moment is fine", []look{
+			{at: time.Second, rec: rec, sp: ready, alive: map[string]bool{"host1": true}, action: actWait},
+			{at: 2 * time.Second, rec: rec, sp: ready, alive: both, action: actWait},
+			{at: time.Second + targetDownGrace, rec: rec, sp: ready, alive: map[string]bool{"host1": true}, action: actWait},
+		}},
+		{"no progress", []look{
+			{at: time.Second, rec: rec, sp: ready, alive: both, action: actWait},
+			{at: time.Second + stallTimeout, rec: rec, sp: ready, alive: both, action: actAbort, result: api.MigrationFailed, reason: "no progress"},
+		}},
+		{"source reports failure", []look{
+			{at: time.Second, rec: with(func(r *api.MigrationRecord) {
+				r.Progress = &api.MigrationProgress{ID: "m1", Phase: api.MigrationFailed, Error: "connection reset"}
+			}), sp: ready, alive: both, action: actAbort, result: api.MigrationFailed, reason: "connection reset"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var wt watch
+			for i, l := range tc.looks {
+				v := judge(l.rec, l.sp, l.alive, &wt, t0.Add(l.at))
+				if v.action != l.action || v.result != l.result || !strings.Contains(v.reason, l.reason) {
+					t.Fatalf("look %d: %+v, want action %d result %q reason with %q", i, v, l.action, l.result, l.reason)
+				}
+			}
+		})
+	}
+}
