@@ -34,7 +34,7 @@ const (
 	tinyManifestFile = "manifest.json"
 
 	// TinyCmdline is the kernel command line the tiny guest expects.
-	TinyCmdline = "console=ttyS0 quiet panic=-1"
+	TinyCmdline = "console=ttyS0 quiet panic=-1 oops=panic"
 	// TinyProbeArg, appended to the command line, makes the guest print
 	// TinyProbeOK on the console and power off at once.
 	TinyProbeArg = "shoal.probe=1"
