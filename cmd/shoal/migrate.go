@@ -162,7 +162,7 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 // at once; then gently.
 func pollEvery(running time.Duration) time.Duration {
 	if running < 10*time.Second {
-		return 50 * time.Millisecond
+		return 20 * time.Millisecond
 	}
 	return 250 * time.Millisecond
 }

@@ -108,12 +108,19 @@ type watch struct {
 	sourceDown time.Time // since when the source is seen down (zero: up)
 	endedAt    time.Time // when the end was first seen
 	inSpec     bool      // the VM's spec was seen carrying the migration
+	name       string    // the VM's name (set by step)
 }
 
+// run follows the migration of VM vmID until it has ended: a look at
+// each change of its spec or record, and at least every migrationTick
+// (for the clocks of judge).
 func (m *migrator) run(ctx context.Context, vmID string) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wt watch
 	t := time.NewTicker(migrationTick)
 	defer t.Stop()
+	var changes <-chan struct{}
 	for {
 		done, err := m.step(ctx, vmID, &wt, time.Now())
 		if err != nil {
@@ -122,10 +129,14 @@ func (m *migrator) run(ctx context.Context, vmID string) {
 		if done {
 			return
 		}
+		if changes == nil && wt.name != "" {
+			changes = m.st.MigrationChanges(ctx, wt.name, vmID)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changes:
 		}
 	}
 }
@@ -139,6 +150,7 @@ func (m *migrator) step(ctx context.Context, vmID string, wt *watch, now time.Ti
 	if err != nil {
 		return false, err
 	}
+	wt.name = rec.VM
 	sp, err := m.st.GetVM(ctx, rec.VM)
 	var spec *api.VMSpec
 	if err == nil && sp.ID == vmID {

@@ -153,3 +153,23 @@ func (s *Store) FinishMigration(ctx context.Context, vmID string, r api.Migratio
 	}
 	return nil
 }
+
+// MigrationChanges signals each change to VM name's spec or to the record
+// of VM vmID's migration in flight (coalesced: one pending signal at
+// most), until ctx ends, so that a controller can look at once rather
+// than at its next tick.
+func (s *Store) MigrationChanges(ctx context.Context, name, vmID string) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	for _, k := range []string{vmKey(name), activeKey(vmID)} {
+		wc := s.c.Watch(clientv3.WithRequireLeader(ctx), k)
+		go func() {
+			for range wc {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	return ch
+}
