@@ -52,25 +52,10 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	now := time.Now().UTC()
 	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
 		Shared: sp.SharedDisk(), Insecure: req.Insecure, StartedAt: now}
-	if err := s.st.StartMigration(ctx, sp.ID, rec); err != nil {
+	// The record and the spec naming the migration are written together.
+	mig := api.Migration{ID: rec.ID, Source: sp.Host, Target: to, Options: req.MigrationOptions, StartedAt: now}
+	if _, err := s.st.BeginMigration(ctx, sp, rec, mig); err != nil {
 		undo()
-		return rec, err
-	}
-	_, err = s.st.UpdateVM(ctx, name, func(v *api.VMSpec) error {
-		if v.ID != sp.ID || v.Host != sp.Host || v.Migration != nil || v.Deleting || v.Power != api.PowerRunning {
-			return api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", name)
-		}
-		v.Migration = &api.Migration{ID: rec.ID, Source: sp.Host, Target: to, Options: req.MigrationOptions, StartedAt: now}
-		return nil
-	})
-	if err != nil {
-		undo()
-		rec.Result, rec.Error, rec.EndedAt = api.MigrationFailed, "not started: "+err.Error(), time.Now().UTC()
-		if ferr := s.st.FinishMigration(context.WithoutCancel(ctx), sp.ID, rec); ferr != nil {
-			s.log.Warn("record migration", "err", ferr)
-		}
-		rec.TotalMs = rec.EndedAt.Sub(rec.StartedAt).Milliseconds()
-		s.events.record(ctx, migrationEndEvent(rec))
 		return rec, err
 	}
 	s.log.Info("migration requested", "vm", name, "from", sp.Host, "to", to, "id", rec.ID)

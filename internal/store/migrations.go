@@ -100,6 +100,35 @@ func activeKey(id string) string { return key("migrating", id) }
 // ActivePrefix holds the record of each migration in flight, by VM id.
 var ActivePrefix = key("migrating") + "/"
 
+// BeginMigration starts migration m of the VM whose spec was read as sp
+// (at sp.Rev), in one transaction: its record r in flight, and the spec
+// naming it. api.ErrConflict if the spec changed since, or a migration is
+// in flight already. It returns the spec as written.
+func (s *Store) BeginMigration(ctx context.Context, sp api.VMSpec, r api.MigrationRecord, m api.Migration) (api.VMSpec, error) {
+	rev := sp.Rev
+	sp.Migration, sp.Rev = &m, 0
+	spec, err := json.Marshal(sp)
+	if err != nil {
+		return sp, fmt.Errorf("encode vm: %w", err)
+	}
+	rb, err := json.Marshal(r)
+	if err != nil {
+		return sp, fmt.Errorf("encode migration: %w", err)
+	}
+	resp, err := s.c.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(vmKey(sp.Name)), "=", rev),
+		clientv3.Compare(clientv3.CreateRevision(activeKey(sp.ID)), "=", 0),
+	).Then(clientv3.OpPut(activeKey(sp.ID), string(rb)), clientv3.OpPut(vmKey(sp.Name), string(spec))).Commit()
+	if err != nil {
+		return sp, fmt.Errorf("start the migration of vm %q: %w: %w", sp.Name, api.ErrUnavailable, err)
+	}
+	if !resp.Succeeded {
+		return sp, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, or migrates already; try again", sp.Name)
+	}
+	sp.Rev = resp.Header.Revision
+	return sp, nil
+}
+
 // StartMigration records a migration in flight for the VM with this id;
 // api.ErrConflict if one is recorded already.
 func (s *Store) StartMigration(ctx context.Context, vmID string, r api.MigrationRecord) error {
