@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"syscall"
@@ -49,6 +50,21 @@ func TestIntegrationCrashRestart(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if v := l.vm("c1"); v.State != api.StateFailed || v.PID != 0 || len(l.qemuPids()) != 0 {
 		t.Fatalf("a given-up VM runs again: %+v, qemu %v", v, l.qemuPids())
+	}
+	// shoal events tells each crash and what was done about it.
+	var evs []api.Event
+	if err := json.Unmarshal([]byte(l.mustShoal("events", "--vm", "c1", "-o", "json")), &evs); err != nil {
+		t.Fatal(err)
+	}
+	var crashes []string
+	for _, e := range evs {
+		if e.Kind == api.EventVMCrashed {
+			crashes = append(crashes, e.Severity+": "+e.Message)
+		}
+	}
+	if len(crashes) != 4 || !strings.Contains(crashes[1], "the guest kernel panicked") || !strings.Contains(crashes[1], "restarting it in place in 2s") ||
+		!strings.HasPrefix(crashes[3], api.SeverityError+": ") || !strings.Contains(crashes[3], "not restarting it: 4 crashes in 10m") {
+		t.Errorf("crash events:\n%s", strings.Join(crashes, "\n"))
 	}
 
 	// The user starts it again: a fresh history.

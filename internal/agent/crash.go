@@ -74,13 +74,28 @@ func (w *worker) crashed(s *api.VMSpec) bool {
 		c.msg = fmt.Sprintf("the VM crashed %d times in %s, the last time: %s; start it again with 'shoal vm start %s' once fixed",
 			n, period, e.Reason, s.Name)
 		log.Error("VM keeps crashing; not restarting it", "policy", p.String())
+		w.crashEvent(*s, e.Reason, fmt.Sprintf("not restarting it: %d crashes in %s; 'shoal vm start %s' tries again", n, period, s.Name), true)
 		return true
 	}
 	c.due = now.Add(wait)
 	c.msg = fmt.Sprintf("the VM crashed (%s); restarting in %s (restart %d of %d allowed in %s)",
 		e.Reason, ha.ShortDuration(wait), n, p.Limit, period)
 	log.Warn("VM crashed; restarting it in place", "in", wait, "console", consoleTail(w.a.vmDir(w.id), 20))
+	w.crashEvent(*s, e.Reason, fmt.Sprintf("restarting it in place in %s (restart %d of %d allowed in %s)",
+		ha.ShortDuration(wait), n, p.Limit, period), false)
 	return true
+}
+
+// crashEvent records the crash in the cluster's event log, in the
+// background: the worker goes on with the restart meanwhile.
+func (w *worker) crashEvent(s api.VMSpec, reason, what string, gaveUp bool) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := w.a.cp.Crashed(ctx, w.a.cfg.Host, s, reason, what, gaveUp); err != nil {
+			w.log.Warn("could not record the crash as an event", "err", err)
+		}
+	}()
 }
 
 // restartHold keeps a crashed VM off while its restart waits, or for good

@@ -57,6 +57,10 @@ type Reporter interface {
 	// the VM is still host's and host's lease holds (store.ClaimStart);
 	// api.ErrConflict otherwise, and the host must not start it.
 	ClaimStart(ctx context.Context, host string, s api.VMSpec) error
+	// Crashed records, as a vm.crashed event, that the VM crashed on
+	// host (its QEMU died, or its guest panicked), and what host does
+	// about it (what, e.g. "restarting it in 1s").
+	Crashed(ctx context.Context, host string, s api.VMSpec, reason, what string, gaveUp bool) error
 }
 
 // Catalog answers what a host needs to build a VM.

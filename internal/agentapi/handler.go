@@ -58,6 +58,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
 	route("GET /v1/agent/servers", h.servers)
 	route("POST /v1/agent/claim-start", h.claimStart)
+	route("POST /v1/agent/crashed", h.crashed)
 	return h
 }
 
@@ -316,6 +317,18 @@ func (h *Handler) servers(ctx context.Context, _ string, w http.ResponseWriter, 
 		return err
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var c crashReport
+	if err := readJSON(r, &c); err != nil {
+		return err
+	}
+	if err := h.Local.Crashed(ctx, host, c.Spec, c.Reason, c.What, c.GaveUp); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

@@ -276,3 +276,21 @@ func (l *Local) Servers(ctx context.Context) ([]api.Server, error) { return l.st
 func (l *Local) ClaimStart(ctx context.Context, host string, s api.VMSpec) error {
 	return l.st.ClaimStart(ctx, host, s.Name, s.ID)
 }
+
+// Crashed implements Reporter: only for a VM of host's.
+func (l *Local) Crashed(ctx context.Context, host string, s api.VMSpec, reason, what string, gaveUp bool) error {
+	cur, err := l.st.GetVM(ctx, s.Name)
+	if err != nil {
+		return err
+	}
+	if cur.ID != s.ID || cur.Host != host {
+		return api.Errorf(api.ErrConflict, "vm %q is not host %s's", s.Name, host)
+	}
+	e := api.Event{Kind: api.EventVMCrashed, Severity: api.SeverityWarning, VM: s.Name, Host: host,
+		Message: fmt.Sprintf("vm %s crashed on %s: %s; %s", s.Name, host, reason, what)}
+	if gaveUp {
+		e.Severity = api.SeverityError
+	}
+	_, err = l.st.AppendEvent(ctx, e)
+	return err
+}

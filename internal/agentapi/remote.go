@@ -222,6 +222,19 @@ func (c *Remote) ClaimStart(ctx context.Context, _ string, s api.VMSpec) error {
 	return c.do(ctx, "POST", "/v1/agent/claim-start", s, nil)
 }
 
+// Crashed implements Reporter.
+func (c *Remote) Crashed(ctx context.Context, _ string, s api.VMSpec, reason, what string, gaveUp bool) error {
+	return c.do(ctx, "POST", "/v1/agent/crashed", crashReport{Spec: s, Reason: reason, What: what, GaveUp: gaveUp}, nil)
+}
+
+// crashReport is the body of POST /v1/agent/crashed.
+type crashReport struct {
+	Spec   api.VMSpec `json:"spec"`
+	Reason string     `json:"reason"`
+	What   string     `json:"what"`
+	GaveUp bool       `json:"gave_up,omitempty"`
+}
+
 // Removed implements Reporter.
 func (c *Remote) Removed(ctx context.Context, s api.VMSpec) error {
 	return c.do(ctx, "POST", "/v1/agent/removed", s, nil)

@@ -50,6 +50,7 @@ const (
 	EventVMStranded       = "vm.stranded"        // it cannot run elsewhere
 	EventVMFailoverFailed = "vm.failover_failed" // restarts kept failing
 	EventVMRecovered      = "vm.recovered"       // the user moved it off a failed host
+	EventVMCrashed        = "vm.crashed"         // its QEMU died or its guest panicked (restarted in place, or given up)
 )
 
 // Involves reports whether the event concerns host (as its host or as

@@ -120,6 +120,24 @@ func qmpChardev(dir string) string {
 	return "socket,id=qmp,path=" + escapeOpt(filepath.Join(dir, QMPSocket)) + ",server=on,wait=off"
 }
 
+// tcgMemoryPadKiB is added to the memory of software-emulated guests.
+// QEMU before 9.0 syncs the dirty bitmap of a RAM block whose size is a
+// multiple of 256 KiB by a fast path that forgets to reset TCG's TLB, so
+// guest stores through the TLB are not seen as dirty and a live
+// migration loses them (QEMU commit "physmem: Fix migration dirty bitmap
+// coherency with TCG memory access", 2024): the guest's kernel crashes
+// on its target now and then. A size off that multiple takes the slow
+// path, which resets the TLB. QEMU rounds -m to 8 KiB.
+const tcgMemoryPadKiB = 8
+
+// memoryArg is the -m value of cfg: MiB, or for TCG KiB with the pad.
+func memoryArg(cfg Config) string {
+	if cfg.Accel == "tcg" {
+		return strconv.Itoa(cfg.MemoryMiB*1024+tcgMemoryPadKiB) + "K"
+	}
+	return strconv.Itoa(cfg.MemoryMiB)
+}
+
 // Args returns QEMU's argv (without the binary) for cfg, or an error
 // wrapping ErrInvalidConfig. It does no I/O.
 func Args(cfg Config) ([]string, error) {
@@ -149,7 +167,7 @@ func Args(cfg Config) ([]string, error) {
 		"-accel", cfg.Accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(cfg.CPUs),
-		"-m", strconv.Itoa(cfg.MemoryMiB),
+		"-m", memoryArg(cfg),
 		"-chardev", qmpChardev(dir),
 		"-mon", "chardev=qmp,mode=control",
 		"-chardev", "socket,id=ser0,path="+escapeOpt(path(ConsoleSocket))+
