@@ -85,9 +85,13 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 	}
 	w.migStart = time.Now()
 	o := m.Options
+	bw := o.BandwidthBytes
+	if bw == 0 { // the API's "unlimited", not QEMU's default of 128 MiB/s
+		bw = qemu.UnlimitedBandwidth
+	}
 	return w.proc.Migrate(ctx, uri, qemu.MigrateOptions{
 		DowntimeLimit:  time.Duration(o.DowntimeMs) * time.Millisecond,
-		BandwidthBytes: o.BandwidthBytes,
+		BandwidthBytes: bw,
 		AutoConverge:   o.AutoConverge,
 		PostCopy:       o.PostcopyAfterMs > 0,
 		// With a disk mirror, QEMU waits once the guest is stopped for

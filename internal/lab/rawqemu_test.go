@@ -116,9 +116,10 @@ type rawMigration struct {
 }
 
 // migrate moves the VM to the other host the plain way: a target QEMU
-// waiting on TCP, 'migrate' on the source with QEMU's default settings,
-// the target starting the guest by itself once the stream is in.
-func (r *rawVM) migrate(ctx context.Context, timeout time.Duration) (rawMigration, error) {
+// waiting on TCP, 'migrate' on the source with QEMU's default settings
+// but for those of o, the target starting the guest by itself once the
+// stream is in.
+func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.MigrateOptions) (rawMigration, error) {
 	to := map[string]string{"host1": "host2", "host2": "host1"}[r.host]
 	k, _ := HostIndex(to)
 	start := time.Now()
@@ -128,7 +129,7 @@ func (r *rawVM) migrate(ctx context.Context, timeout time.Duration) (rawMigratio
 		target.Kill()
 		return rawMigration{}, err
 	}
-	if err := r.proc.Migrate(ctx, uri, qemu.MigrateOptions{}); err != nil {
+	if err := r.proc.Migrate(ctx, uri, o); err != nil {
 		target.Kill()
 		return rawMigration{}, err
 	}

@@ -21,6 +21,10 @@ import (
 // progress as MIGRATION ({"status": ...}) and MIGRATION_PASS events on
 // Process.QMP().Events(); Migrate turns them on.
 
+// UnlimitedBandwidth, as MigrateOptions.BandwidthBytes, lets a migration
+// go as fast as the link and the CPUs allow (1 TiB/s: no cap in effect).
+const UnlimitedBandwidth = 1 << 40
+
 // maxDowntimeLimit is QEMU's bound on downtime-limit (2000 s).
 const maxDowntimeLimit = 2000 * time.Second
 
@@ -30,7 +34,8 @@ type MigrateOptions struct {
 	// DowntimeLimit is the longest the guest may be stopped for the final
 	// copy; rounded down to milliseconds.
 	DowntimeLimit time.Duration
-	// BandwidthBytes caps the transfer, in bytes per second.
+	// BandwidthBytes caps the transfer, in bytes per second;
+	// UnlimitedBandwidth lifts QEMU's default cap of 128 MiB/s.
 	BandwidthBytes int64
 	// AutoConverge throttles the guest's CPUs when it dirties memory
 	// faster than it can be sent.

@@ -88,7 +88,14 @@ func (s *streams) closeAll() {
 func splice(a, b net.Conn) error {
 	errc := make(chan error, 2)
 	cp := func(dst, src net.Conn) {
-		_, err := io.CopyBuffer(dst, src, make([]byte, copyBuffer))
+		var err error
+		if b, ok := dst.(*batched); ok {
+			err = copyBatched(b, src)
+		} else if b, ok := src.(*batched); ok {
+			err = copyGathered(dst, b)
+		} else {
+			_, err = io.CopyBuffer(dst, src, make([]byte, copyBuffer))
+		}
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		} else {
@@ -110,9 +117,30 @@ func splice(a, b net.Conn) error {
 	return errors.Join(err, err2)
 }
 
+// copyBatched copies src into the TLS connection b until src ends, each
+// read going out as one batch of records.
+func copyBatched(b *batched, src net.Conn) error {
+	buf := make([]byte, copyBuffer)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if werr := b.write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // Listener is the target's end: it takes streams from the source.
 type Listener struct {
 	l       net.Listener
+	cfg     *tls.Config // nil: plain TCP
 	targets map[byte]string
 	log     *slog.Logger
 	s       streams
@@ -128,10 +156,7 @@ func Listen(addr string, cfg *tls.Config, targets map[byte]string, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen on %s: %w", addr, err)
 	}
-	if cfg != nil {
-		l = tls.NewListener(l, cfg)
-	}
-	t := &Listener{l: l, targets: targets, log: log, done: make(chan struct{})}
+	t := &Listener{l: l, cfg: cfg, targets: targets, log: log, done: make(chan struct{})}
 	go t.serve()
 	return t, nil
 }
@@ -161,7 +186,9 @@ func (t *Listener) serve() {
 // handle reads a stream's kind and splices it to QEMU's socket.
 func (t *Listener) handle(c net.Conn) {
 	_ = c.SetDeadline(time.Now().Add(handshakeLimit))
-	if tc, ok := c.(*tls.Conn); ok {
+	if t.cfg != nil {
+		tc := newBatched(c, t.cfg, false)
+		c = tc
 		if err := tc.Handshake(); err != nil {
 			t.log.Warn("tunnel: refused a connection", "from", c.RemoteAddr(), "err", err)
 			c.Close()
@@ -270,20 +297,26 @@ func (f *Forwarder) handle(c net.Conn) {
 
 // Dial opens a stream of kind to the Listener at remote.
 func Dial(ctx context.Context, remote string, kind byte, cfg *tls.Config) (net.Conn, error) {
-	var c net.Conn
-	var err error
-	if cfg != nil {
-		d := tls.Dialer{Config: cfg}
-		c, err = d.DialContext(ctx, "tcp", remote)
-	} else {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, "tcp", remote)
-	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", remote)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: dial %s: %w", remote, err)
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+	}
+	if cfg != nil {
+		if cfg.ServerName == "" {
+			host, _, _ := net.SplitHostPort(remote)
+			cfg = cfg.Clone()
+			cfg.ServerName = host
+		}
+		b := newBatched(c, cfg, true)
+		if err := b.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("tunnel: dial %s: %w", remote, err)
+		}
+		c = b
 	}
 	if _, err := c.Write([]byte{kind}); err != nil {
 		c.Close()
