@@ -77,6 +77,12 @@ func newBatched(raw net.Conn, cfg *tls.Config, client bool) *batched {
 	return &batched{tls.Server(co, cfg), co}
 }
 
+// Close closes the TCP connection at once, without TLS's close_notify:
+// that alert would wait for a batch stuck on a silent peer (up to the 5 s
+// write deadline crypto/tls gives it), and cutting a stream to a silent
+// peer at once is what Close is for here.
+func (b *batched) Close() error { return b.co.Conn.Close() }
+
 // write sends p as TLS records in one batch.
 func (b *batched) write(p []byte) error {
 	b.co.batch()

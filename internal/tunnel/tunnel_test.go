@@ -237,3 +237,52 @@ func TestCloseCutsOpenStreams(t *testing.T) {
 func isClosed(err error) bool {
 	return strings.Contains(err.Error(), "reset") || strings.Contains(err.Error(), "closed")
 }
+
+// TestCloseCutsAStalledTLSStream: a target that stops reading (cut off,
+// or its QEMU stuck) fills the TCP window; closing the source's end must
+// still cut the stream at once, not after TLS's 5 s close_notify wait.
+func TestCloseCutsAStalledTLSStream(t *testing.T) {
+	dir := t.TempDir()
+	stuck := filepath.Join(dir, "stuck.sock")
+	ln, err := net.Listen("unix", stuck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			time.Sleep(time.Minute) // never reads
+		}
+	}()
+	p := newTestPKI(t)
+	l, err := Listen("127.0.0.1:0", p.config(t, "host2", "host1"), map[byte]string{Migration: stuck}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := Forward(filepath.Join(dir, "out.sock"), l.Addr(), Migration, p.config(t, "host1", "host2"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", f.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(time.Second) // every buffer on the way fills up
+	start := time.Now()
+	f.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("closing a stalled stream took %s", d)
+	}
+}
