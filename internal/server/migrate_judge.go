@@ -33,25 +33,13 @@ func judge(rec api.MigrationRecord, sp *api.VMSpec, alive map[string]bool, wt *w
 	if rec.Superseded {
 		return verdict{actEnd, api.MigrationFailed, rec.Error}
 	}
-	if m != nil && m.ID == rec.ID {
-		wt.inSpec = true
-	}
 	if m == nil || m.ID != rec.ID {
 		if sp.Host != rec.To {
 			if rec.Result == api.MigrationCancelled || rec.Result == api.MigrationFailed {
 				return verdict{actEnd, rec.Result, rec.Error}
 			}
-			if !wt.inSpec && now.Sub(rec.StartedAt) < startGrace {
-				// The record is written before the spec: a look between
-				// the two (a rescan) sees a migration not started yet.
-				return verdict{action: actWait}
-			}
-			if !wt.inSpec && m == nil {
-				return verdict{actEnd, api.MigrationFailed, "never started: the server that accepted it did not finish starting it"}
-			}
-			// Taken out of the spec by a path that recorded no reason
-			// (a replica calling off a migration it found without a
-			// record); the VM stayed on its host.
+			// Taken out of the spec without a commit by a path that
+			// recorded no reason; the VM stayed on its host.
 			return verdict{actEnd, api.MigrationFailed, fmt.Sprintf("called off: the migration left the VM's spec without a commit; the VM stays on %s", sp.Host)}
 		}
 		if wt.endedAt.IsZero() {

@@ -35,14 +35,6 @@ func TestJudge(t *testing.T) {
 		name  string
 		looks []look
 	}{
-		{"a rescan between the record and the spec waits for the spec", []look{
-			{at: 10 * time.Millisecond, rec: rec, sp: stayed, alive: both, action: actWait},
-			{at: 30 * time.Millisecond, rec: rec, sp: migrating, alive: both, action: actWait},
-		}},
-		{"a record whose spec never came ends as never started", []look{
-			{at: time.Second, rec: rec, sp: stayed, alive: both, action: actWait},
-			{at: startGrace, rec: rec, sp: stayed, alive: both, action: actEnd, result: api.MigrationFailed, reason: "never started"},
-		}},
 		{"taken out of the spec without a reason", []look{
 			{at: time.Second, rec: rec, sp: migrating, alive: both, action: actWait},
 			{at: 2 * time.Second, rec: rec, sp: stayed, alive: both, action: actEnd, result: api.MigrationFailed, reason: "called off"},

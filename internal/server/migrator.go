@@ -17,7 +17,6 @@ const (
 	stallTimeout     = 30 * time.Second // without any progress, a migration is called off
 	targetDownGrace  = 3 * time.Second  // a target host down this long fails the migration
 	finalReportGrace = 3 * time.Second  // after the commit, for the hosts' last figures
-	startGrace       = 10 * time.Second // for a migration's record to reach the VM's spec
 )
 
 // migrator follows the migrations in flight: it ends them when the hosts
@@ -107,7 +106,6 @@ type watch struct {
 	targetDown time.Time // since when the target is seen down (zero: up)
 	sourceDown time.Time // since when the source is seen down (zero: up)
 	endedAt    time.Time // when the end was first seen
-	inSpec     bool      // the VM's spec was seen carrying the migration
 	name       string    // the VM's name (set by step)
 }
 

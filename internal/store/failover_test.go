@@ -77,15 +77,16 @@ func TestClaimStart(t *testing.T) {
 func TestFailOverEndsTheMigrationInFlight(t *testing.T) {
 	ctx := context.Background()
 	s := storetest.New(t)
-	sp := api.VMSpec{Name: "db1", ID: "id1", Host: "host1", HA: true, Power: api.PowerRunning, Network: "default",
-		Migration: &api.Migration{ID: "m1", Source: "host1", Target: "host2"}}
+	sp := api.VMSpec{Name: "db1", ID: "id1", Host: "host1", HA: true, Power: api.PowerRunning, Network: "default"}
 	if _, err := s.CreateVM(ctx, sp); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.StartMigration(ctx, "id1", api.MigrationRecord{ID: "m1", VM: "db1", From: "host1", To: "host2", Result: api.MigrationRunning}); err != nil {
+	cur, err := s.GetVM(ctx, "db1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	cur, err := s.GetVM(ctx, "db1")
+	cur, err = s.BeginMigration(ctx, cur, api.MigrationRecord{ID: "m1", VM: "db1", From: "host1", To: "host2", Result: api.MigrationRunning},
+		api.Migration{ID: "m1", Source: "host1", Target: "host2"})
 	if err != nil {
 		t.Fatal(err)
 	}

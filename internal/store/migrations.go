@@ -129,12 +129,6 @@ func (s *Store) BeginMigration(ctx context.Context, sp api.VMSpec, r api.Migrati
 	return sp, nil
 }
 
-// StartMigration records a migration in flight for the VM with this id;
-// api.ErrConflict if one is recorded already.
-func (s *Store) StartMigration(ctx context.Context, vmID string, r api.MigrationRecord) error {
-	return create(ctx, s.c, activeKey(vmID), "migration of vm "+r.VM, r)
-}
-
 // ActiveMigration reads the record of the VM's migration in flight.
 func (s *Store) ActiveMigration(ctx context.Context, vmID string) (api.MigrationRecord, error) {
 	r, _, err := get[api.MigrationRecord](ctx, s.c, activeKey(vmID), "migration of vm "+vmID)

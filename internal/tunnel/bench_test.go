@@ -15,7 +15,6 @@ import (
 func BenchmarkTunnel(b *testing.B) {
 	for _, secure := range []bool{false, true} {
 		b.Run(map[bool]string{false: "plain", true: "tls"}[secure], func(b *testing.B) {
-			t := &testing.T{}
 			dir := b.TempDir()
 			sink := filepath.Join(dir, "sink.sock")
 			ln, err := net.Listen("unix", sink)
@@ -35,8 +34,8 @@ func BenchmarkTunnel(b *testing.B) {
 			}()
 			var srvCfg, cliCfg *tls.Config
 			if secure {
-				p := newTestPKI(t)
-				srvCfg, cliCfg = p.config(t, "host2", "host1"), p.config(t, "host1", "host2")
+				p := newTestPKI(b)
+				srvCfg, cliCfg = p.config(b, "host2", "host1"), p.config(b, "host1", "host2")
 			}
 			l, err := Listen("127.0.0.1:0", srvCfg, map[byte]string{Migration: sink}, quiet())
 			if err != nil {

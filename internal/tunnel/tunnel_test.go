@@ -26,7 +26,7 @@ type testPKI struct {
 	caKey *ecdsa.PrivateKey
 }
 
-func newTestPKI(t *testing.T) *testPKI {
+func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -49,7 +49,7 @@ func newTestPKI(t *testing.T) *testPKI {
 }
 
 // config returns a mutual-TLS config for peer name that accepts only want.
-func (p *testPKI) config(t *testing.T, name, want string) *tls.Config {
+func (p *testPKI) config(t testing.TB, name, want string) *tls.Config {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
