@@ -12,11 +12,40 @@ import (
 // while batching, the coalescer gathers them, and Flush sends them in
 // one write. Outside a batch (the handshake, alerts, a record written by
 // the reading side) it writes straight through.
+//
+// On the receiving side it reads the socket in large chunks: TLS asks for
+// little at a time (a record's header, then its body), and each of those
+// would otherwise be a system call of its own.
 type coalescer struct {
 	net.Conn
 	mu       sync.Mutex
 	batching bool
 	buf      []byte
+	// read side, used by TLS's reader only
+	rbuf       []byte
+	rpos, rend int
+}
+
+// readChunk is how much the receiving side reads from the socket at once.
+const readChunk = 256 << 10
+
+func (c *coalescer) Read(p []byte) (int, error) {
+	if c.rpos == c.rend {
+		if len(p) >= readChunk {
+			return c.Conn.Read(p)
+		}
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, readChunk)
+		}
+		n, err := c.Conn.Read(c.rbuf)
+		c.rpos, c.rend = 0, n
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, c.rbuf[c.rpos:c.rend])
+	c.rpos += n
+	return n, nil
 }
 
 // coalesceLimit is the most a batch holds before it is sent anyway.
