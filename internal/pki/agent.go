@@ -24,6 +24,14 @@ const (
 	OUServer = "shoal-server"
 )
 
+// AgentDN returns the distinguished name of host's agent certificate as
+// GnuTLS, and so QEMU's TLS authorization, may write it: in the order of
+// the certificate ("OU=shoal-agent,CN=host1", GnuTLS 3.7), and in the
+// reverse order of RFC 4514 (later versions).
+func AgentDN(host string) []string {
+	return []string{"OU=" + OUAgent + ",CN=" + host, "CN=" + host + ",OU=" + OUAgent}
+}
+
 // Files of an agent's PKI directory.
 const (
 	AgentCert = "agent.crt"

@@ -275,6 +275,10 @@ type IncomingOptions struct {
 	// endpoint): the target then accepts only a TLS stream from a
 	// source whose certificate chains to its CA. Empty means plain.
 	TLSCreds string
+	// TLSAuthz names an authz object (AddAuthz) the source's certificate
+	// must satisfy, beyond chaining to the CA; only with TLSCreds. A
+	// target launched for one migration needs no way to unset it.
+	TLSAuthz string
 	// PostCopy enables postcopy-ram, for a source that migrates with
 	// MigrateOptions.PostCopy.
 	PostCopy bool
@@ -302,7 +306,16 @@ func (p *Process) PrepareIncoming(ctx context.Context, uri string, o IncomingOpt
 	}); err != nil {
 		return "", err
 	}
-	if err := p.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"tls-creds": o.TLSCreds}, nil); err != nil {
+	if o.TLSAuthz != "" && o.TLSCreds == "" {
+		return "", fmt.Errorf("qemu %s: migrate-incoming: tls authz %q without tls creds", p.Dir, o.TLSAuthz)
+	}
+	params := map[string]any{"tls-creds": o.TLSCreds}
+	if o.TLSAuthz != "" {
+		// Only then: QEMU 7.2 takes an empty tls-authz for the name of an
+		// authz object, and turns every source away.
+		params["tls-authz"] = o.TLSAuthz
+	}
+	if err := p.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
 		return "", fmt.Errorf("qemu %s: %w", p.Dir, err)
 	}
 	if err := p.MigrateIncoming(ctx, uri); err != nil {

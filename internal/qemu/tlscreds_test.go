@@ -58,7 +58,7 @@ func TestWriteTLSDir(t *testing.T) {
 	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("dir: %v, %v; want mode 0700", st.Mode(), err)
 	}
-	for _, name := range []string{TLSCACert, TLSServerCert, TLSServerKey, TLSClientCert, TLSClientKey} {
+	for _, name := range []string{TLSCACert, TLSServerCert, TLSServerKey, TLSClientCert, TLSClientKey, TLSDHParams} {
 		if st, err := os.Stat(filepath.Join(dir, name)); err != nil || st.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: %v, %v; want mode 0600", name, st.Mode(), err)
 		}
@@ -75,8 +75,8 @@ func TestWriteTLSDir(t *testing.T) {
 	if _, err := x509.ParsePKCS8PrivateKey(blk.Bytes); err != nil {
 		t.Fatal(err)
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 5 {
-		t.Errorf("dir holds %d files; want 5", len(entries))
+	if entries, _ := os.ReadDir(dir); len(entries) != 6 {
+		t.Errorf("dir holds %d files; want 6", len(entries))
 	}
 
 	_, _, _, otherKey := testPKI(t)
@@ -193,5 +193,61 @@ func TestMigrateTLSWrongCA(t *testing.T) {
 	default:
 		st, err := dst.Status(ctx)
 		t.Logf("target status after the failed migration: %q, %v", st, err)
+	}
+}
+
+// TestMigrateTLSAuthz: a target with an authz object takes the stream of
+// the one source it names (by pki.AgentDN), and turns any other away.
+func TestMigrateTLSAuthz(t *testing.T) {
+	qemuBinary(t)
+	ctx := migrationCtx(t)
+	caDir, caPEM, serverCert, serverKey := testPKI(t)
+	srcTLS, dstTLS := filepath.Join(t.TempDir(), "tls"), filepath.Join(t.TempDir(), "tls")
+	cert, key := agentCert(t, caDir) // host "h1"
+	if err := WriteTLSDir(srcTLS, caPEM, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteTLSDir(dstTLS, caPEM, serverCert, serverKey); err != nil {
+		t.Fatal(err)
+	}
+	src := launch(t, testConfig(testDir(t), false))
+	if err := src.AddTLSCreds(ctx, "tls0", srcTLS, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		admits string
+		ok     bool
+	}{{"h2", false}, {"h1", true}} {
+		cfg := testConfig(testDir(t), false)
+		cfg.Incoming = true
+		dst := launch(t, cfg)
+		if err := dst.AddTLSCreds(ctx, "tls0", dstTLS, true); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // the second time finds it there
+			if err := dst.AddAuthz(ctx, "authz0", pki.AgentDN(c.admits)...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dst.AddAuthz(ctx, "authz0", pki.AgentDN("other")...); err == nil {
+			t.Error("authz re-added for another identity")
+		}
+		uri, err := dst.PrepareIncoming(ctx, "tcp:127.0.0.1:0", IncomingOptions{TLSCreds: "tls0", TLSAuthz: "authz0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := src.Migrate(ctx, uri, MigrateOptions{TLSCreds: "tls0"}); err != nil {
+			t.Fatal(err)
+		}
+		s, err := src.WaitMigration(ctx, 10*time.Millisecond)
+		if c.ok && err != nil {
+			b, _ := os.ReadFile(filepath.Join(cfg.Dir, "qemu.log"))
+			t.Logf("target log: %s", b)
+			t.Fatalf("target admitting %s (%s): %v (%+v)", c.admits, pki.AgentDN(c.admits), err, s)
+		}
+		if !c.ok && (!errors.Is(err, ErrMigrationFailed) || s.Status != "failed") {
+			t.Fatalf("target admitting only %s took h1's stream: %+v, %v", c.admits, s, err)
+		}
+		t.Logf("target admitting %s: %s %s", pki.AgentDN(c.admits), s.Status, s.Error)
 	}
 }
