@@ -47,7 +47,10 @@ type Config struct {
 	// it lives).
 	Watchdog    []string
 	MigrationIP string      // this host's address for migration streams ("" = it cannot be a target)
-	PeerTLS     *tls.Config // this host's certificate, for host-to-host links (migration tunnel, frame relay); nil = none
+	PeerTLS     *tls.Config // this host's certificate, for host-to-host links (migration streams, frame relay); nil = none
+	// QEMUTLSDir holds the same certificate for QEMU (qemu.WriteTLSDir):
+	// a migration target's QEMU receives the stream with TLS itself.
+	QEMUTLSDir string
 }
 
 // Agent runs the VMs of one host.

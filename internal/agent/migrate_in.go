@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/qemu"
 )
 
@@ -75,10 +76,11 @@ func (a *Agent) incomingFailed(ctx context.Context, s *api.VMSpec, cause error) 
 // on a local pool, to be filled by the source's mirror), launches the
 // waiting QEMU, and tells the control plane where it listens.
 //
-// By default QEMU listens on unix sockets in the VM's state dir, and this
-// agent takes the streams from the source agent over mutual TLS with the
-// cluster's certificates (package tunnel). With --insecure, QEMU listens
-// on TCP itself, and the streams go between the two QEMUs in clear.
+// By default QEMU listens on TCP with TLS, with this host's certificate,
+// and admits only the source host's (the source's agent encrypts the
+// stream); a disk mirror comes through this agent, over mutual TLS with
+// the source's (see tunnel.go). With --insecure, QEMU and qemu-nbd listen
+// on TCP themselves, and the streams go between the two hosts in clear.
 func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
 	ip := w.a.cfg.MigrationIP
@@ -86,7 +88,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return errors.New("this host has no address for migration streams")
 	}
 	secure := !m.Options.Insecure
-	if secure && w.a.cfg.PeerTLS == nil {
+	if secure && (w.a.cfg.PeerTLS == nil || w.a.cfg.QEMUTLSDir == "") {
 		return errors.New("this host has no cluster certificate to encrypt the migration; use --insecure")
 	}
 	pool, err := w.a.pool(s.Pool)
@@ -105,7 +107,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	w.proc = p
-	migSock, nbdSock := filepath.Join(dir, tunnelMigSock), filepath.Join(dir, tunnelNBDSock)
+	nbdSock := filepath.Join(dir, tunnelNBDSock)
 	ep := api.MigrationEndpoint{}
 	if !pool.Shared {
 		// The source mirrors the disk into a qemu-nbd of its own, not into
@@ -129,23 +131,28 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if err := p.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
 		return err
 	}
-	listen := "tcp:" + net.JoinHostPort(ip, "0")
+	in := qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0, LateBlockActivate: !pool.Shared}
 	if secure {
-		listen = "unix:" + migSock
+		if err := p.AddTLSCreds(ctx, migTLSCreds, w.a.cfg.QEMUTLSDir, true); err != nil {
+			return err
+		}
+		if err := p.AddAuthz(ctx, migAuthz, pki.AgentDN(m.Source)...); err != nil {
+			return err
+		}
+		in.TLSCreds, in.TLSAuthz = migTLSCreds, migAuthz
 	}
-	uri, err := p.PrepareIncoming(ctx, listen, qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0,
-		LateBlockActivate: !pool.Shared})
+	uri, err := p.PrepareIncoming(ctx, "tcp:"+net.JoinHostPort(ip, "0"), in)
 	if err != nil {
 		return err
 	}
 	ep.URI = uri
 	if secure {
-		addr, err := w.tunnelListen(s, migSock, nbdSock)
-		if err != nil {
-			return err
-		}
-		ep.URI = tunnelScheme + addr
+		ep.URI = tlsScheme + strings.TrimPrefix(uri, "tcp:")
 		if !pool.Shared {
+			addr, err := w.tunnelListen(s, nbdSock)
+			if err != nil {
+				return err
+			}
 			ep.NBD = tunnelScheme + addr
 		}
 	}
@@ -233,11 +240,13 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 	if err := w.proc.Resume(ctx); err != nil {
 		return fmt.Errorf("resume after migration: %w", err)
 	}
+	resumed := time.Now()
 	if err := w.proc.AnnounceSelf(ctx); err != nil {
 		w.log.Warn("announce", "err", err)
 	}
-	switchMs := max(time.Since(arrived).Milliseconds(), 1)
-	if err := w.a.cp.MigrationProgress(ctx, w.a.cfg.Host, s.ID, api.MigrationProgress{ID: s.Migration.ID, Phase: "resumed", SwitchMs: switchMs}); err != nil {
+	switchMs := max(resumed.Sub(arrived).Milliseconds(), 1)
+	if err := w.a.cp.MigrationProgress(ctx, w.a.cfg.Host, s.ID, api.MigrationProgress{ID: s.Migration.ID, Phase: "resumed",
+		SwitchMs: switchMs, ResumedAt: resumed}); err != nil {
 		w.log.Debug("switch time not recorded", "err", err)
 	}
 	w.relayDeliver(netdev.TapName(s.ID))

@@ -60,8 +60,8 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 }
 
 // startOutgoing mirrors the disk to the target when it is on a local pool,
-// then starts the memory stream: through this agent's end of the tunnel
-// to the target agent (TLS), or, with --insecure, straight from QEMU to
+// then starts the memory stream: through this agent, which encrypts it
+// for the target's QEMU (TLS), or, with --insecure, straight from QEMU to
 // the target's QEMU.
 func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
@@ -105,11 +105,18 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 // is mirrored, what starts the mirror, for the target's endpoint.
 func (w *worker) outgoingStreams(s *api.VMSpec) (string, func(context.Context) error, error) {
 	ep := s.Migration.Endpoint
-	if remote, ok := tunnelAddr(ep.URI); ok {
+	if remote, kind, ok := secureEndpoint(ep.URI); ok {
 		if w.a.cfg.PeerTLS == nil {
 			return "", nil, fmt.Errorf("host %s has no cluster certificate to encrypt the migration; use --insecure", w.a.cfg.Host)
 		}
-		mig, nbd, err := w.tunnelForward(s, remote, ep.NBD != "")
+		nbdRemote := ""
+		if ep.NBD != "" {
+			var ok bool
+			if nbdRemote, ok = strings.CutPrefix(ep.NBD, tunnelScheme); !ok {
+				return "", nil, fmt.Errorf("target disk export %q is not tunnel:HOST:PORT", ep.NBD)
+			}
+		}
+		mig, nbd, err := w.tunnelForward(s, remote, kind, nbdRemote)
 		if err != nil {
 			return "", nil, err
 		}
@@ -122,7 +129,7 @@ func (w *worker) outgoingStreams(s *api.VMSpec) (string, func(context.Context) e
 		return "unix:" + mig, mirror, nil
 	}
 	if !strings.HasPrefix(ep.URI, "tcp:") {
-		return "", nil, fmt.Errorf("target endpoint %q is neither tunnel:HOST:PORT nor tcp:HOST:PORT", ep.URI)
+		return "", nil, fmt.Errorf("target endpoint %q is none of tls:HOST:PORT, tunnel:HOST:PORT, tcp:HOST:PORT", ep.URI)
 	}
 	var mirror func(context.Context) error
 	if ep.NBD != "" {
@@ -193,7 +200,8 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 	events := w.proc.QMP().Events()
 	switched := false
 	silent := false     // the target stopped answering, and that was reported
-	var final time.Time // when QEMU first said completed
+	var final time.Time   // when QEMU first said completed
+	var stopped time.Time // when the guest stopped for the last step (QEMU's STOP event)
 	for {
 		q, err := w.proc.QueryMigrate(ctx)
 		if err != nil {
@@ -229,7 +237,11 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				continue
 			}
 			w.migEnded = m.ID
-			w.relayMark(time.Now().Add(-q.Downtime)) // if the STOP event was missed
+			if stopped.IsZero() { // the STOP event was missed
+				stopped = time.Now().Add(-q.Downtime)
+			}
+			w.relayMark(stopped)
+			p.StoppedAt = stopped
 			w.log.Info("migration completed", "to", m.Target, "total", q.TotalTime, "downtime", q.Downtime,
 				"bytes", q.TransferredBytes)
 			w.relayForward(s)
@@ -303,6 +315,9 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			// from then on are for the target.
 			if ev.Name == "STOP" && ev.Timestamp.After(w.migStart) {
 				w.relayMark(ev.Timestamp)
+				if stopped.IsZero() {
+					stopped = ev.Timestamp
+				}
 			}
 		case <-t.C:
 		}

@@ -15,17 +15,35 @@ import (
 	"github.com/shoalvm/shoal/internal/tunnel"
 )
 
-// A migration's streams (memory, and the disk mirror of a local-pool
-// disk) go between the two agents over mutual TLS with the cluster's
-// certificates; each QEMU speaks plain NBD and migration over unix
-// sockets in its VM's state dir. An endpoint of the form
-// "tunnel:IP:PORT" names the target agent's end.
+// A migration's streams are encrypted and authenticated with the
+// cluster's certificates, and the source's agent is on the path of each,
+// so that it can cut them at once.
+//
+//   - Memory: the source's QEMU sends its stream in clear to this agent
+//     over a unix socket in the VM's state dir; the agent carries it over
+//     TLS to the target's QEMU, which listens with TLS credentials of the
+//     target host's certificate and admits only the source host's
+//     certificate (QEMU's tls-creds-x509 and authz). QEMU's own TLS is
+//     slow to send (a TLS record and a system call per page) but quick
+//     to receive; the agent's is quick to send. The endpoint is
+//     "tls:IP:PORT".
+//   - The disk mirror of a local-pool disk: between the two agents over
+//     mutual TLS (package tunnel), each QEMU or qemu-nbd speaking plain
+//     NBD over a unix socket. The endpoint is "tunnel:IP:PORT". (Earlier
+//     versions sent memory this way too; a source still follows such an
+//     endpoint.)
 const (
+	tlsScheme      = "tls:"
 	tunnelScheme   = "tunnel:"
-	tunnelMigSock  = "mig.sock"     // target: QEMU's incoming migration
-	tunnelNBDSock  = "nbd.sock"     // target: QEMU's NBD server
+	tunnelNBDSock  = "nbd.sock"     // target: qemu-nbd, receiving the disk mirror
 	forwardMigSock = "mig-out.sock" // source: where QEMU sends its migration
 	forwardNBDSock = "nbd-out.sock" // source: where QEMU mirrors its disk
+)
+
+// Names of the QEMU objects of a migration target's TLS.
+const (
+	migTLSCreds = "mig-tls"
+	migAuthz    = "mig-authz"
 )
 
 // tunnelState holds this host's ends of the current migration's tunnel.
@@ -42,12 +60,13 @@ func (w *worker) peerTLS(peer string) *tls.Config {
 	return cfg
 }
 
-// tunnelListen, on the target, opens the end the source connects to,
-// carrying its streams to QEMU's sockets, and returns its address.
-func (w *worker) tunnelListen(s *api.VMSpec, migSock, nbdSock string) (string, error) {
+// tunnelListen, on the target, opens the end the source's agent connects
+// to for the disk mirror, carried to qemu-nbd's socket, and returns its
+// address.
+func (w *worker) tunnelListen(s *api.VMSpec, nbdSock string) (string, error) {
 	w.tunnelStop()
 	l, err := tunnel.Listen(net.JoinHostPort(w.a.cfg.MigrationIP, "0"), w.peerTLS(s.Migration.Source),
-		map[byte]string{tunnel.Migration: migSock, tunnel.Disk: nbdSock}, w.log)
+		map[byte]string{tunnel.Disk: nbdSock}, w.log)
 	if err != nil {
 		return "", err
 	}
@@ -58,9 +77,11 @@ func (w *worker) tunnelListen(s *api.VMSpec, migSock, nbdSock string) (string, e
 }
 
 // tunnelForward, on the source, opens the local sockets QEMU sends its
-// streams to (the disk's only if disk), each carried to the target's end
-// at remote, and returns their paths.
-func (w *worker) tunnelForward(s *api.VMSpec, remote string, disk bool) (mig, nbd string, err error) {
+// streams to and returns their paths: the memory stream's, carried as a
+// stream of migKind to migRemote (tunnel.Direct: QEMU's TLS listener),
+// and, if nbdRemote is not empty, the disk mirror's, carried to the
+// target agent's end there.
+func (w *worker) tunnelForward(s *api.VMSpec, migRemote string, migKind byte, nbdRemote string) (mig, nbd string, err error) {
 	w.tunnelStop()
 	dir := w.a.vmDir(s.ID)
 	cfg := w.peerTLS(s.Migration.Target)
@@ -72,14 +93,14 @@ func (w *worker) tunnelForward(s *api.VMSpec, remote string, disk bool) (mig, nb
 			}
 		}
 	}()
-	f, err := tunnel.Forward(filepath.Join(dir, forwardMigSock), remote, tunnel.Migration, cfg, w.log)
+	f, err := tunnel.Forward(filepath.Join(dir, forwardMigSock), migRemote, migKind, cfg, w.log)
 	if err != nil {
 		return "", "", err
 	}
 	fwds = append(fwds, f)
 	mig = f.Path()
-	if disk {
-		f, err := tunnel.Forward(filepath.Join(dir, forwardNBDSock), remote, tunnel.Disk, cfg, w.log)
+	if nbdRemote != "" {
+		f, err := tunnel.Forward(filepath.Join(dir, forwardNBDSock), nbdRemote, tunnel.Disk, cfg, w.log)
 		if err != nil {
 			return "", "", err
 		}
@@ -134,8 +155,14 @@ func (w *worker) stopNBD() error {
 	return s.Stop()
 }
 
-// tunnelAddr returns the target agent's end named by an endpoint, if it
-// is a tunnel.
-func tunnelAddr(endpoint string) (string, bool) {
-	return strings.CutPrefix(endpoint, tunnelScheme)
+// secureEndpoint returns the address an endpoint names for a stream the
+// source's agent carries over TLS, and the kind of stream it takes.
+func secureEndpoint(endpoint string) (addr string, kind byte, ok bool) {
+	if addr, ok := strings.CutPrefix(endpoint, tlsScheme); ok {
+		return addr, tunnel.Direct, true
+	}
+	if addr, ok := strings.CutPrefix(endpoint, tunnelScheme); ok {
+		return addr, tunnel.Migration, true
+	}
+	return "", 0, false
 }

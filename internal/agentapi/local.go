@@ -253,7 +253,7 @@ func (l *Local) MigrationProgress(ctx context.Context, host, vmID string, p api.
 			return api.Errorf(api.ErrConflict, "migration %s of vm %s is over", p.ID, r.VM)
 		}
 		if p.Phase == "resumed" && r.To == host {
-			r.SwitchMs = p.SwitchMs
+			r.SwitchMs, r.ResumedAt = p.SwitchMs, p.ResumedAt
 			return nil
 		}
 		if r.From != host {

@@ -69,6 +69,10 @@ type MigrationProgress struct {
 	Error      string `json:"error,omitempty"`
 	Relayed    int    `json:"relayed_frames,omitempty"` // frames caught on the source after its last instant and sent on
 	SwitchMs   int64  `json:"switch_ms,omitempty"`      // reported by the target (Phase "resumed")
+	// StoppedAt is when the source stopped the guest for the last step;
+	// ResumedAt when the target resumed it (Phase "resumed").
+	StoppedAt time.Time `json:"stopped_at,omitzero"`
+	ResumedAt time.Time `json:"resumed_at,omitzero"`
 }
 
 // Migration results.
@@ -96,6 +100,7 @@ type MigrationRecord struct {
 	Bytes      int64     `json:"bytes"`
 	DiskBytes  int64     `json:"disk_bytes,omitempty"`
 	SwitchMs   int64     `json:"switch_ms,omitempty"` // on the target, from the stream's end to the VM running (commit included)
+	ResumedAt  time.Time `json:"resumed_at,omitzero"` // when the target resumed the guest
 	Relayed    int       `json:"relayed_frames,omitempty"`
 	Postcopy   bool      `json:"postcopy,omitempty"` // it switched to post-copy
 	// Superseded: a failover (or recover) took the VM away while it

@@ -24,6 +24,7 @@ import (
 	"github.com/shoalvm/shoal/internal/hostcheck"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/server"
 	"github.com/shoalvm/shoal/internal/storage"
 )
@@ -93,9 +94,10 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 		pools = append(pools, storage.Pool{Name: name, Dir: dir, Shared: true})
 	}
 	imageDir := filepath.Join(o.DataDir, "images")
-	// QEMU TLS credentials of earlier versions: migrations now go
-	// through the agents' own TLS (package tunnel).
-	_ = os.RemoveAll(filepath.Join(o.DataDir, "agent", "migration-tls"))
+	qemuTLS := filepath.Join(o.DataDir, "agent", "migration-tls")
+	if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
+		return err
+	}
 	migIP, _, _ := net.SplitHostPort(o.Listen)
 	var watchdog []string
 	if o.Watchdog {
@@ -108,7 +110,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	ag := agent.New(agent.Config{Watchdog: watchdog,
 		Host: o.Host, Dir: filepath.Join(o.DataDir, "agent"), ImageDir: imageDir, Pools: pools,
 		Address: "https://" + o.Listen, BridgeAddr: o.BridgeAddr, Uplink: o.Uplink,
-		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, PeerTLS: tlsCfg,
+		Heartbeat: o.Heartbeat, StopTimeout: o.StopTimeout, MigrationIP: migIP, PeerTLS: tlsCfg, QEMUTLSDir: qemuTLS,
 	}, cp, log)
 	n, err := waitNetwork(ctx, log, cp)
 	if err != nil {
@@ -265,4 +267,19 @@ func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Ha
 		defer cancel()
 		_ = hs.Shutdown(ctx)
 	}, nil
+}
+
+// writeQEMUTLS lays out the agent's certificate in pkiDir for QEMU's
+// tls-creds-x509 in dir, with which a migration target's QEMU receives
+// the stream.
+func writeQEMUTLS(pkiDir, dir string) error {
+	var files [3][]byte
+	for i, name := range []string{pki.CACert, pki.AgentCert, pki.AgentKey} {
+		b, err := os.ReadFile(filepath.Join(pkiDir, name))
+		if err != nil {
+			return fmt.Errorf("certificates for QEMU: %w", err)
+		}
+		files[i] = b
+	}
+	return qemu.WriteTLSDir(dir, files[0], files[1], files[2])
 }

@@ -97,3 +97,32 @@ func TestJudge(t *testing.T) {
 		})
 	}
 }
+
+// TestFinishDowntime: the recorded downtime is the guest's pause from the
+// source's stop to the target's resume, never less than QEMU's downtime
+// plus the target's switch (which clocks out of step could suggest).
+func TestFinishDowntime(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	stop := t0.Add(900 * time.Millisecond)
+	for _, c := range []struct {
+		name     string
+		stopped  time.Time
+		resumed  time.Time
+		downtime int64
+	}{
+		{"no times", time.Time{}, time.Time{}, 30},
+		{"target lagged", stop, stop.Add(85 * time.Millisecond), 85},
+		{"clocks apart, pause too short", stop, stop.Add(10 * time.Millisecond), 30},
+		{"clocks apart, resumed before stopped", stop, stop.Add(-time.Second), 30},
+		{"clocks apart, pause longer than the migration", stop, stop.Add(time.Minute), 30},
+		{"only the source's time", stop, time.Time{}, 30},
+	} {
+		r := api.MigrationRecord{Result: api.MigrationCompleted, StartedAt: t0, EndedAt: t0.Add(2 * time.Second),
+			SwitchMs: 12, ResumedAt: c.resumed,
+			Progress: &api.MigrationProgress{Phase: api.MigrationCompleted, DowntimeMs: 18, StoppedAt: c.stopped, Moved: 5}}
+		finish(&r)
+		if r.DowntimeMs != c.downtime || r.TotalMs != 2000 || r.Bytes != 5 || r.Progress != nil {
+			t.Errorf("%s: downtime %d ms, total %d ms, bytes %d, progress %v; want downtime %d ms", c.name, r.DowntimeMs, r.TotalMs, r.Bytes, r.Progress, c.downtime)
+		}
+	}
+}

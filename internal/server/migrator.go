@@ -183,12 +183,25 @@ func (m *migrator) step(ctx context.Context, vmID string, wt *watch, now time.Ti
 }
 
 // finish fills a record's figures from the hosts' last reports.
+//
+// The downtime is the guest's pause: from the source stopping it to the
+// target resuming it, by the two hosts' clocks. It is at least QEMU's
+// downtime (on the source, from the stop to the stream's end) plus the
+// target's switch (from the stream's end there to the resume); more when
+// the target took longer to read the stream's last part than the source
+// to send it. Without both times, or with clocks that make the pause
+// shorter than that sum, it is the sum.
 func finish(rec *api.MigrationRecord) {
 	rec.TotalMs = rec.EndedAt.Sub(rec.StartedAt).Milliseconds()
 	if p := rec.Progress; p != nil {
 		rec.Bytes, rec.DiskBytes, rec.Relayed, rec.Postcopy = p.Moved, p.DiskLen, p.Relayed, p.Postcopy
 		if rec.Result == api.MigrationCompleted {
 			rec.DowntimeMs = p.DowntimeMs + rec.SwitchMs
+			if !p.StoppedAt.IsZero() && !rec.ResumedAt.IsZero() {
+				if d := rec.ResumedAt.Sub(p.StoppedAt).Milliseconds(); d > rec.DowntimeMs && d < rec.TotalMs {
+					rec.DowntimeMs = d
+				}
+			}
 		}
 	}
 	rec.Progress = nil

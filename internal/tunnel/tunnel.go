@@ -29,6 +29,9 @@ import (
 const (
 	Migration byte = 'M' // QEMU's migration stream
 	Disk      byte = 'N' // NBD, for the disk mirror
+	// Direct streams go to a TLS server that is not a Listener (QEMU's
+	// own TLS listener), so they open with no kind byte.
+	Direct byte = 0
 )
 
 // handshakeLimit bounds the TLS handshake and the kind byte of a stream.
@@ -317,6 +320,9 @@ func Dial(ctx context.Context, remote string, kind byte, cfg *tls.Config) (net.C
 			return nil, fmt.Errorf("tunnel: dial %s: %w", remote, err)
 		}
 		c = b
+	}
+	if kind == Direct {
+		return c, nil
 	}
 	if _, err := c.Write([]byte{kind}); err != nil {
 		c.Close()

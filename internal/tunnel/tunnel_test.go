@@ -286,3 +286,57 @@ func TestCloseCutsAStalledTLSStream(t *testing.T) {
 		t.Fatalf("closing a stalled stream took %s", d)
 	}
 }
+
+// TestForwardDirect: a Direct stream goes to a TLS server that is not a
+// Listener (as QEMU's own TLS listener is): no kind byte precedes the
+// data, both directions flow, and a server of the wrong peer is refused.
+func TestForwardDirect(t *testing.T) {
+	p := newTestPKI(t)
+	srv := func(name string) net.Listener {
+		l, err := tls.Listen("tcp", "127.0.0.1:0", p.config(t, name, "host1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					b := make([]byte, 5)
+					if _, err := io.ReadFull(c, b); err != nil {
+						return
+					}
+					c.Write(bytes.ToUpper(b))
+				}()
+			}
+		}()
+		return l
+	}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		server string
+		ok     bool
+	}{{"host2", true}, {"host3", false}} {
+		l := srv(c.server)
+		f, err := Forward(filepath.Join(dir, c.server+".sock"), l.Addr().String(), Direct, p.config(t, "host1", "host2"), quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := net.Dial("unix", f.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		q.SetDeadline(time.Now().Add(5 * time.Second))
+		q.Write([]byte("hello"))
+		got, _ := io.ReadAll(q)
+		q.Close()
+		f.Close()
+		if ok := string(got) == "HELLO"; ok != c.ok {
+			t.Errorf("server %s: got %q; want an answer: %t", c.server, got, c.ok)
+		}
+	}
+}
