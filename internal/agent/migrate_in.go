@@ -168,6 +168,8 @@ func (w *worker) awaitIncoming(ctx context.Context, s *api.VMSpec) error {
 	t := time.NewTicker(migrationPoll)
 	defer t.Stop()
 	events := w.proc.QMP().Events()
+	kicked := false
+	defer w.handBack(&kicked)
 	for {
 		q, err := w.proc.QueryMigrate(ctx)
 		if err != nil {
@@ -188,11 +190,10 @@ func (w *worker) awaitIncoming(ctx context.Context, s *api.VMSpec) error {
 			w.log.Warn("the waiting QEMU exited: the incoming migration failed", "log", qemuLogTail(w.a.vmDir(s.ID)))
 			return nil
 		case <-w.kick:
-			w.poke()
+			kicked = true
 			if l := w.latest(); l == nil || l.Migration == nil || l.Migration.ID != s.Migration.ID {
 				return nil // reconcile discards the copy
 			}
-			sleep(ctx, migrationPoll/4)
 		case <-events:
 		case <-t.C:
 		}

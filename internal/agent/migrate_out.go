@@ -150,6 +150,8 @@ func (w *worker) outgoingStreams(s *api.VMSpec) (string, func(context.Context) e
 func (w *worker) waitMirror(ctx context.Context, s *api.VMSpec) error {
 	t := time.NewTicker(migrationPoll)
 	defer t.Stop()
+	kicked := false
+	defer w.handBack(&kicked)
 	for {
 		st, err := w.proc.MirrorStatus(ctx, "disk0")
 		if err != nil {
@@ -169,11 +171,10 @@ func (w *worker) waitMirror(ctx context.Context, s *api.VMSpec) error {
 		case <-w.proc.Exited():
 			return fmt.Errorf("QEMU exited")
 		case <-w.kick:
-			w.poke()
+			kicked = true
 			if !w.stillMigrating(s) {
 				return fmt.Errorf("migration called off")
 			}
-			sleep(ctx, migrationPoll/4)
 		case <-t.C:
 		}
 	}
@@ -198,6 +199,8 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 		postcopyAt = time.Now().Add(time.Duration(m.Options.PostcopyAfterMs) * time.Millisecond)
 	}
 	events := w.proc.QMP().Events()
+	kicked := false
+	defer w.handBack(&kicked)
 	switched := false
 	silent := false     // the target stopped answering, and that was reported
 	var final time.Time   // when QEMU first said completed
@@ -293,11 +296,10 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			w.migEnded = m.ID
 			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: "QEMU exited on the source"})
 		case <-w.kick:
-			w.poke()
+			kicked = true
 			if !w.stillMigrating(s) && p.Postcopy {
 				// Committed in post-copy: the target runs the guest and
 				// takes the rest of its memory from here until the end.
-				sleep(ctx, migrationPoll/4)
 				continue
 			}
 			if !w.stillMigrating(s) {
@@ -309,7 +311,6 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 				w.migEnded = m.ID
 				return nil
 			}
-			sleep(ctx, migrationPoll/4)
 		case ev := <-events:
 			// The guest stops for the last step of the migration: frames
 			// from then on are for the target.

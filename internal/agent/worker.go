@@ -81,6 +81,17 @@ func (w *worker) poke() {
 	}
 }
 
+// handBack, deferred by a wait loop that takes kicks itself (to look at
+// a new spec at once, then wait for the next event), gives a kick it took
+// back to run, which then reconciles with the newest spec. Re-arming the
+// kick inside the loop instead would wake it again at once, and it would
+// poll rather than wait.
+func (w *worker) handBack(kicked *bool) {
+	if *kicked {
+		w.poke()
+	}
+}
+
 // pending reports whether an update arrived that no pass has seen.
 func (w *worker) pending() bool { return len(w.kick) > 0 }
 
