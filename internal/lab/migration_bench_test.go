@@ -3,13 +3,15 @@ package lab
 import (
 	"context"
 	"fmt"
-	"github.com/shoalvm/shoal/internal/qemu"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoalvm/shoal/internal/qemu"
 )
 
 // dirtyScript is the memory-dirtying workload: user-data that copies a
@@ -36,12 +38,25 @@ func (f *labFixture) waitDirtying(ip string) {
 	})
 }
 
-// plainUncapped is plain QEMU without its default bandwidth cap of
-// 128 MiB/s, as Shoal (and libvirt) migrate.
-const plainUncapped = "plain QEMU, no cap"
+// Modes of plain QEMU beside its defaults: without the default bandwidth
+// cap of 128 MiB/s, as Shoal (and libvirt) migrate; and that, with QEMU's
+// own TLS.
+const (
+	plainUncapped = "plain QEMU, no cap"
+	plainTLS      = "plain QEMU, no cap, TLS"
+)
 
-// benchRounds is how many migrations of each kind the benchmark makes.
-const benchRounds = 6
+// benchRounds is how many migrations of each kind the benchmark makes;
+// SHOAL_BENCH_ROUNDS sets another number, for a quick look.
+var benchRounds = envInt("SHOAL_BENCH_ROUNDS", 6)
+
+// envInt is the integer in environment variable name, or def.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
 
 // migSample is one measured migration. Wall runs from the request to
 // the guest running on the target (for Shoal, the CLI's whole run); Total
@@ -80,11 +95,14 @@ func BenchmarkMigration(b *testing.B) {
 		data  []byte
 		modes []mode
 	}{
-		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}}},
+		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}, {plainTLS, nil}}},
 		{"dirty", []string{"--user-data", userData}, []byte(dirtyScript), []mode{
 			{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}},
 			{"shoal --postcopy-after 3s", []string{"--postcopy-after", "3s"}}, {"plain QEMU", nil}}},
 	} {
+		if only := os.Getenv("SHOAL_BENCH_WORKLOAD"); only != "" && only != wl.name {
+			continue
+		}
 		name := "b-" + wl.name
 		v := f.createServing(name, append([]string{"--pool", "shared", "--host", "host1"}, wl.extra...)...)
 		raw := f.newRawVM(b, "10.57.0.240", v.CPUModel, int(v.MemoryMiB), wl.data)
@@ -99,10 +117,10 @@ func BenchmarkMigration(b *testing.B) {
 				if m.args == nil {
 					s = f.measure(raw.ip, func() (migSample, error) {
 						var o qemu.MigrateOptions
-						if m.name == plainUncapped {
+						if m.name != "plain QEMU" {
 							o.BandwidthBytes = qemu.UnlimitedBandwidth
 						}
-						r, err := raw.migrate(context.Background(), 90*time.Second, o)
+						r, err := raw.migrate(context.Background(), 90*time.Second, o, m.name == plainTLS)
 						return migSample{Wall: r.Wall, Total: r.Total, Downtime: r.Downtime}, err
 					})
 				} else {

@@ -111,30 +111,64 @@ func (r *rawVM) launch(ctx context.Context, host string, incoming bool) *qemu.Pr
 type rawMigration struct {
 	Wall     time.Duration // from launching the target QEMU to the VM running there
 	Total    time.Duration // QEMU's total-time of the stream
-	Downtime time.Duration // QEMU's downtime
+	Downtime time.Duration // the guest's pause: source's STOP to target's RESUME (QEMU's downtime if longer, or without them)
 	Bytes    int64
 }
 
 // migrate moves the VM to the other host the plain way: a target QEMU
 // waiting on TCP, 'migrate' on the source with QEMU's default settings
 // but for those of o, the target starting the guest by itself once the
-// stream is in.
-func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.MigrateOptions) (rawMigration, error) {
+// stream is in. With tls, the QEMUs encrypt the stream themselves
+// (tls-creds-x509 with each lab host's agent certificate).
+func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.MigrateOptions, tls bool) (rawMigration, error) {
 	to := map[string]string{"host1": "host2", "host2": "host1"}[r.host]
 	k, _ := HostIndex(to)
 	start := time.Now()
 	target := r.launch(ctx, to, true)
-	uri, err := target.PrepareIncoming(ctx, "tcp:"+mustAddr(HostName(k)).String()+":0", qemu.IncomingOptions{})
+	var in qemu.IncomingOptions
+	if tls {
+		if err := r.addTLS(ctx, r.proc, r.host, false); err != nil {
+			target.Kill()
+			return rawMigration{}, err
+		}
+		if err := r.addTLS(ctx, target, to, true); err != nil {
+			target.Kill()
+			return rawMigration{}, err
+		}
+		in.TLSCreds, o.TLSCreds = "tls-in", "tls-out"
+	}
+	uri, err := target.PrepareIncoming(ctx, "tcp:"+mustAddr(HostName(k)).String()+":0", in)
 	if err != nil {
 		target.Kill()
 		return rawMigration{}, err
 	}
+	began := time.Now()
 	if err := r.proc.Migrate(ctx, uri, o); err != nil {
 		target.Kill()
 		return rawMigration{}, err
 	}
+	// The guest's pause, as Shoal measures it: from the source's STOP
+	// event to the target's RESUME.
+	var stopped, resumed time.Time
+	events := func() {
+		for {
+			select {
+			case ev := <-r.proc.QMP().Events():
+				if ev.Name == "STOP" && ev.Timestamp.After(began) && stopped.IsZero() {
+					stopped = ev.Timestamp
+				}
+			case ev := <-target.QMP().Events():
+				if ev.Name == "RESUME" && resumed.IsZero() {
+					resumed = ev.Timestamp
+				}
+			default:
+				return
+			}
+		}
+	}
 	deadline := time.Now().Add(timeout)
 	for {
+		events()
 		q, err := r.proc.QueryMigrate(ctx)
 		if err != nil {
 			return rawMigration{}, err
@@ -152,6 +186,12 @@ func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.Migra
 				time.Sleep(time.Millisecond)
 			}
 			m := rawMigration{Wall: time.Since(start), Total: q.TotalTime, Downtime: q.Downtime, Bytes: q.TransferredBytes}
+			for wait := time.Now().Add(time.Second); resumed.IsZero() && time.Now().Before(wait); time.Sleep(time.Millisecond) {
+				events()
+			}
+			if !stopped.IsZero() && resumed.Sub(stopped) > m.Downtime {
+				m.Downtime = resumed.Sub(stopped)
+			}
 			old := r.proc
 			r.proc, r.host = target, to
 			_ = old.Kill()
@@ -170,6 +210,29 @@ func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.Migra
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// addTLS gives p the TLS credentials of host's agent, as the migration's
+// target (server) or source.
+func (r *rawVM) addTLS(ctx context.Context, p *qemu.Process, host string, server bool) error {
+	k, _ := HostIndex(host)
+	pki := filepath.Join(r.f.layout().Host(k), "pki")
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(pki, name))
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		return b
+	}
+	dir := filepath.Join(r.dirs[host], "tls")
+	if err := qemu.WriteTLSDir(dir, read("ca.crt"), read("agent.crt"), read("agent.key")); err != nil {
+		return err
+	}
+	id := "tls-out"
+	if server {
+		id = "tls-in"
+	}
+	return p.AddTLSCreds(ctx, id, dir, server)
 }
 
 // stop ends the VM and removes its taps.
