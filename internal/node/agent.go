@@ -96,7 +96,9 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	imageDir := filepath.Join(o.DataDir, "images")
 	qemuTLS := filepath.Join(o.DataDir, "agent", "migration-tls")
 	if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
-		return err
+		// The host still runs VMs; it only cannot take encrypted migrations.
+		log.Warn("this host cannot receive encrypted migrations (only --insecure ones)", "err", err)
+		qemuTLS = ""
 	}
 	migIP, _, _ := net.SplitHostPort(o.Listen)
 	var watchdog []string
