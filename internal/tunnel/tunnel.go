@@ -7,9 +7,11 @@
 // stream, the disk mirror) and is spliced to the local unix socket where
 // QEMU serves that kind. On the source, a Forwarder listens on a local
 // unix socket for QEMU and carries each connection to the target's
-// Listener. Closing either end cuts every stream at once, which is how a
-// migration that is called off stops QEMU without waiting for TCP to
-// give up on a silent peer.
+// Listener, or, for a Direct stream, to a TLS server of another kind
+// (the target's QEMU, which decrypts the memory stream itself). Closing
+// either end cuts every stream at once, which is how a migration that is
+// called off stops QEMU without waiting for TCP to give up on a silent
+// peer.
 package tunnel
 
 import (
