@@ -202,7 +202,7 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 	kicked := false
 	defer w.handBack(&kicked)
 	switched := false
-	silent := false     // the target stopped answering, and that was reported
+	silent := false       // the target stopped answering, and that was reported
 	var final time.Time   // when QEMU first said completed
 	var stopped time.Time // when the guest stopped for the last step (QEMU's STOP event)
 	for {
