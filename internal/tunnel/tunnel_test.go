@@ -82,6 +82,11 @@ func echoServer(t *testing.T, path, label string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveEcho(t, l, label)
+}
+
+// serveEcho answers on l as echoServer does.
+func serveEcho(t *testing.T, l net.Listener, label string) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -292,51 +297,36 @@ func TestCloseCutsAStalledTLSStream(t *testing.T) {
 // data, both directions flow, and a server of the wrong peer is refused.
 func TestForwardDirect(t *testing.T) {
 	p := newTestPKI(t)
-	srv := func(name string) net.Listener {
-		l, err := tls.Listen("tcp", "127.0.0.1:0", p.config(t, name, "host1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					b := make([]byte, 5)
-					if _, err := io.ReadFull(c, b); err != nil {
-						return
-					}
-					c.Write(bytes.ToUpper(b))
-				}()
-			}
-		}()
-		return l
-	}
 	dir := t.TempDir()
 	for _, c := range []struct {
 		server string
 		ok     bool
 	}{{"host2", true}, {"host3", false}} {
-		l := srv(c.server)
+		l, err := tls.Listen("tcp", "127.0.0.1:0", p.config(t, c.server, "host1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		serveEcho(t, l, c.server)
 		f, err := Forward(filepath.Join(dir, c.server+".sock"), l.Addr().String(), Direct, p.config(t, "host1", "host2"), quiet())
 		if err != nil {
 			t.Fatal(err)
 		}
-		q, err := net.Dial("unix", f.Path())
-		if err != nil {
-			t.Fatal(err)
+		if c.ok {
+			if got := roundTrip(t, f.Path(), "hello"); got != "host2:HELLO" {
+				t.Errorf("through a Direct stream: %q, want %q", got, "host2:HELLO")
+			}
+		} else {
+			q, err := net.Dial("unix", f.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			q.SetDeadline(time.Now().Add(5 * time.Second))
+			q.Write([]byte("hello"))
+			if got, _ := io.ReadAll(q); len(got) > 0 {
+				t.Errorf("a server that is not host2 answered: %q", got)
+			}
+			q.Close()
 		}
-		q.SetDeadline(time.Now().Add(5 * time.Second))
-		q.Write([]byte("hello"))
-		got, _ := io.ReadAll(q)
-		q.Close()
 		f.Close()
-		if ok := string(got) == "HELLO"; ok != c.ok {
-			t.Errorf("server %s: got %q; want an answer: %t", c.server, got, c.ok)
-		}
 	}
 }
