@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -259,4 +260,12 @@ func (f *labFixture) requireClean(id, owner string) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// envInt is the positive integer in environment variable name, or def.
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,14 +48,6 @@ const (
 // benchRounds is how many migrations of each kind the benchmark makes;
 // SHOAL_BENCH_ROUNDS sets another number, for a quick look.
 var benchRounds = envInt("SHOAL_BENCH_ROUNDS", 6)
-
-// envInt is the integer in environment variable name, or def.
-func envInt(name string, def int) int {
-	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
-		return n
-	}
-	return def
-}
 
 // migSample is one measured migration. Wall runs from the request to
 // the guest running on the target (for Shoal, the CLI's whole run); Total

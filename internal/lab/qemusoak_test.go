@@ -27,8 +27,8 @@ import (
 // migrations did; with the pad, 0 of 160. SHOAL_QEMU_SOAK_HELD=1 holds
 // the target paused until the stream is in, as Shoal does.
 func TestQEMUMigrationSoak(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("SHOAL_QEMU_SOAK"))
-	if n <= 0 {
+	n := envInt("SHOAL_QEMU_SOAK", 0)
+	if n == 0 {
 		t.Skip("set SHOAL_QEMU_SOAK=N to run N migrations")
 	}
 	ctx := context.Background()

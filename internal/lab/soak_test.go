@@ -29,8 +29,8 @@ import (
 // It takes about a minute per fault, so it is not part of 'make test':
 // run it with 'make soak' (SHOAL_SOAK=30; SHOAL_SOAK_SEED=N replays a run).
 func TestLabSoak(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("SHOAL_SOAK"))
-	if n <= 0 {
+	n := envInt("SHOAL_SOAK", 0)
+	if n == 0 {
 		t.Skip("the soak runs with 'make soak' (SHOAL_SOAK=number of faults)")
 	}
 	seed := time.Now().UnixNano()
