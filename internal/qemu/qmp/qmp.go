@@ -22,9 +22,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrClosed is wrapped by the errors of calls that fail because the
@@ -160,6 +163,20 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 // result is nil. An error reply from QEMU is returned as a *Error. If ctx
 // ends first, Execute returns ctx's error; QEMU may still run the command.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, nil, result)
+}
+
+// ExecuteWithFile is Execute, with f passed to QEMU alongside the
+// command (SCM_RIGHTS), as getfd and add-fd take it. QEMU keeps its own
+// copy of the descriptor; the caller still closes f.
+func (c *Client) ExecuteWithFile(ctx context.Context, command string, args any, f *os.File, result any) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp %s: passing a file needs a unix socket", command)
+	}
+	return c.execute(ctx, command, args, unix.UnixRights(int(f.Fd())), result)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, oob []byte, result any) error {
 	ch := make(chan reply, 1)
 	c.mu.Lock()
 	if c.dead != nil {
@@ -179,7 +196,7 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 	}
 	line = append(line, '\n')
 	c.wmu.Lock()
-	_, err = c.conn.Write(line)
+	err = c.write(line, oob)
 	c.wmu.Unlock()
 	if err != nil {
 		c.forget(id)
@@ -206,6 +223,20 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 		c.forget(id)
 		return fmt.Errorf("qmp %s: %w", command, ctx.Err())
 	}
+}
+
+// write sends one request line, with oob (ancillary data) on its first
+// byte if any.
+func (c *Client) write(line, oob []byte) error {
+	if oob == nil {
+		_, err := c.conn.Write(line)
+		return err
+	}
+	n, _, err := c.conn.(*net.UnixConn).WriteMsgUnix(line, oob, nil)
+	if err == nil && n < len(line) {
+		_, err = c.conn.Write(line[n:])
+	}
+	return err
 }
 
 // Events returns the channel of asynchronous events. It is closed when the
