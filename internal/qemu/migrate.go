@@ -299,24 +299,8 @@ func (p *Process) PrepareIncoming(ctx context.Context, uri string, o IncomingOpt
 	if uri == "" {
 		return "", fmt.Errorf("qemu %s: migrate-incoming: empty uri", p.Dir)
 	}
-	if err := p.SetMigrationCapabilities(ctx, map[string]bool{
-		"events":              true,
-		"postcopy-ram":        o.PostCopy,
-		"late-block-activate": o.LateBlockActivate,
-	}); err != nil {
+	if err := p.setIncoming(ctx, o); err != nil {
 		return "", err
-	}
-	if o.TLSAuthz != "" && o.TLSCreds == "" {
-		return "", fmt.Errorf("qemu %s: migrate-incoming: tls authz %q without tls creds", p.Dir, o.TLSAuthz)
-	}
-	params := map[string]any{"tls-creds": o.TLSCreds}
-	if o.TLSAuthz != "" {
-		// Only then: QEMU 7.2 takes an empty tls-authz for the name of an
-		// authz object, and turns every source away.
-		params["tls-authz"] = o.TLSAuthz
-	}
-	if err := p.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
-		return "", fmt.Errorf("qemu %s: %w", p.Dir, err)
 	}
 	if err := p.MigrateIncoming(ctx, uri); err != nil {
 		return "", err
@@ -325,6 +309,30 @@ func (p *Process) PrepareIncoming(ctx context.Context, uri string, o IncomingOpt
 		return uri, nil
 	}
 	return p.listenURI(ctx, uri)
+}
+
+// setIncoming sets the capabilities and parameters of o on a target.
+func (p *Process) setIncoming(ctx context.Context, o IncomingOptions) error {
+	if o.TLSAuthz != "" && o.TLSCreds == "" {
+		return fmt.Errorf("qemu %s: migrate-incoming: tls authz %q without tls creds", p.Dir, o.TLSAuthz)
+	}
+	if err := p.SetMigrationCapabilities(ctx, map[string]bool{
+		"events":              true,
+		"postcopy-ram":        o.PostCopy,
+		"late-block-activate": o.LateBlockActivate,
+	}); err != nil {
+		return err
+	}
+	params := map[string]any{"tls-creds": o.TLSCreds}
+	if o.TLSAuthz != "" {
+		// Only then: QEMU 7.2 takes an empty tls-authz for the name of an
+		// authz object, and turns every source away.
+		params["tls-authz"] = o.TLSAuthz
+	}
+	if err := p.qmp.Execute(ctx, "migrate-set-parameters", params, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
+	}
+	return nil
 }
 
 // listenURI reads back the address an incoming tcp migration listens on.

@@ -232,11 +232,15 @@ func TestMigrateTLSAuthz(t *testing.T) {
 		if err := dst.AddAuthz(ctx, "authz0", pki.AgentDN("other")...); err == nil {
 			t.Error("authz re-added for another identity")
 		}
-		uri, err := dst.PrepareIncoming(ctx, "tcp:127.0.0.1:0", IncomingOptions{TLSCreds: "tls0", TLSAuthz: "authz0"})
+		// The stream comes through the target's own listener, as
+		// Shoal's agents take it: QEMU's TLS works on the socket it is
+		// handed (migrate-incoming fd:).
+		il, err := dst.ListenIncoming(ctx, testLog(t), "127.0.0.1:0", IncomingOptions{TLSCreds: "tls0", TLSAuthz: "authz0"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := src.Migrate(ctx, uri, MigrateOptions{TLSCreds: "tls0"}); err != nil {
+		defer il.Close()
+		if err := src.Migrate(ctx, "tcp:"+il.Addr(), MigrateOptions{TLSCreds: "tls0"}); err != nil {
 			t.Fatal(err)
 		}
 		s, err := src.WaitMigration(ctx, 10*time.Millisecond)

@@ -1,0 +1,65 @@
+package qemu
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+// The target's own listener hands the first connection that sends to
+// QEMU: one that opens and closes at once (a port scan) and one that
+// stays silent do not spoil the migration.
+func TestListenIncoming(t *testing.T) {
+	qemuBinary(t)
+	ctx := migrationCtx(t)
+	src := launch(t, testConfig(testDir(t), false))
+	cfg := testConfig(testDir(t), false)
+	cfg.Incoming = true
+	dst := launch(t, cfg)
+	il, err := dst.ListenIncoming(ctx, testLog(t), "127.0.0.1:0", IncomingOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer il.Close()
+	scan, err := net.Dial("tcp", il.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan.Close()
+	silent, err := net.Dial("tcp", il.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	time.Sleep(50 * time.Millisecond)
+	if err := src.Migrate(ctx, "tcp:"+il.Addr(), MigrateOptions{BandwidthBytes: UnlimitedBandwidth}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := src.WaitMigration(ctx, 10*time.Millisecond)
+	if err != nil {
+		t.Fatalf("%v (%+v)", err, s)
+	}
+	select {
+	case <-il.Done():
+	case <-ctx.Done():
+		t.Fatal("the listener never handed the stream over")
+	}
+	if err := il.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for st := ""; st != "running"; time.Sleep(10 * time.Millisecond) {
+		if st, err = dst.Status(ctx); err != nil || ctx.Err() != nil {
+			t.Fatalf("target status %q, %v; want running", st, err)
+		}
+	}
+	// The silent connection was dropped with the listener, which takes
+	// no more.
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Errorf("silent connection still open (read %d bytes)", n)
+	}
+	if c, err := net.Dial("tcp", il.Addr()); err == nil {
+		c.Close()
+		t.Error("the listener still accepts after the handover")
+	}
+}
