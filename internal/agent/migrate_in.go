@@ -76,11 +76,14 @@ func (a *Agent) incomingFailed(ctx context.Context, s *api.VMSpec, cause error) 
 // on a local pool, to be filled by the source's mirror), launches the
 // waiting QEMU, and tells the control plane where it listens.
 //
-// By default QEMU listens on TCP with TLS, with this host's certificate,
-// and admits only the source host's (the source's agent encrypts the
-// stream); a disk mirror comes through this agent, over mutual TLS with
-// the source's (see tunnel.go). With --insecure, QEMU and qemu-nbd listen
-// on TCP themselves, and the streams go between the two hosts in clear.
+// This agent listens for the memory stream and hands it to QEMU (see
+// qemu.ListenIncoming: the socket's receive buffer stays small, so the
+// guest's pause at the switch does not wait for a backlog). By default
+// QEMU takes the stream with TLS, with this host's certificate, and
+// admits only the source host's (the source's agent encrypts the stream);
+// a disk mirror comes through this agent, over mutual TLS with the
+// source's (see tunnel.go). With --insecure, the stream is in clear and
+// qemu-nbd listens on TCP itself.
 func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
 	ip := w.a.cfg.MigrationIP
@@ -141,20 +144,20 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		}
 		in.TLSCreds, in.TLSAuthz = migTLSCreds, migAuthz
 	}
-	uri, err := p.PrepareIncoming(ctx, "tcp:"+net.JoinHostPort(ip, "0"), in)
+	if secure && !pool.Shared {
+		addr, err := w.tunnelListen(s, nbdSock)
+		if err != nil {
+			return err
+		}
+		ep.NBD = tunnelScheme + addr
+	}
+	addr, err := w.incomingListen(ctx, p, net.JoinHostPort(ip, "0"), in)
 	if err != nil {
 		return err
 	}
-	ep.URI = uri
+	ep.URI = "tcp:" + addr
 	if secure {
-		ep.URI = tlsScheme + strings.TrimPrefix(uri, "tcp:")
-		if !pool.Shared {
-			addr, err := w.tunnelListen(s, nbdSock)
-			if err != nil {
-				return err
-			}
-			ep.NBD = tunnelScheme + addr
-		}
+		ep.URI = tlsScheme + addr
 	}
 	ep.Relay = w.relayListen(s)
 	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)

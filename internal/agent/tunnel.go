@@ -21,8 +21,9 @@ import (
 //
 //   - Memory: the source's QEMU sends its stream in clear to this agent
 //     over a unix socket in the VM's state dir; the agent carries it over
-//     TLS to the target's QEMU, which listens with TLS credentials of the
-//     target host's certificate and admits only the source host's
+//     TLS to the target, whose agent takes the connection and hands it to
+//     its QEMU (incomingListen). That QEMU speaks TLS with credentials of
+//     the target host's certificate and admits only the source host's
 //     certificate (QEMU's tls-creds-x509 and authz). QEMU's own TLS is
 //     slow to send (a TLS record and a system call per page) but quick
 //     to receive; the agent's is quick to send. The endpoint is
@@ -49,8 +50,26 @@ const (
 // tunnelState holds this host's ends of the current migration's tunnel.
 type tunnelState struct {
 	mu       sync.Mutex
-	listener *tunnel.Listener    // target
-	fwds     []*tunnel.Forwarder // source
+	listener *tunnel.Listener       // target: the disk mirror
+	incoming *qemu.IncomingListener // target: the memory stream
+	fwds     []*tunnel.Forwarder    // source
+}
+
+// incomingListen, on the target, listens on addr for the memory stream
+// and gives it to p; it returns the address taken.
+func (w *worker) incomingListen(ctx context.Context, p *qemu.Process, addr string, o qemu.IncomingOptions) (string, error) {
+	il, err := p.ListenIncoming(ctx, w.log, addr, o)
+	if err != nil {
+		return "", err
+	}
+	w.tun.mu.Lock()
+	old := w.tun.incoming
+	w.tun.incoming = il
+	w.tun.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return il.Addr(), nil
 }
 
 // peerTLS is this host's TLS config for a link with agent peer only.
@@ -114,14 +133,18 @@ func (w *worker) tunnelForward(s *api.VMSpec, migRemote string, migKind byte, nb
 }
 
 // tunnelStop closes this host's ends of the tunnel, cutting every stream
-// still open: QEMU sees its migration and disk mirror end at once.
+// still open: QEMU sees its migration and disk mirror end at once. (On
+// the target, a memory stream already handed to QEMU is QEMU's.)
 func (w *worker) tunnelStop() {
 	w.tun.mu.Lock()
-	l, fwds := w.tun.listener, w.tun.fwds
-	w.tun.listener, w.tun.fwds = nil, nil
+	l, il, fwds := w.tun.listener, w.tun.incoming, w.tun.fwds
+	w.tun.listener, w.tun.incoming, w.tun.fwds = nil, nil, nil
 	w.tun.mu.Unlock()
 	if l != nil {
 		l.Close()
+	}
+	if il != nil {
+		il.Close()
 	}
 	for _, f := range fwds {
 		f.Close()

@@ -300,6 +300,13 @@ func (f *Forwarder) handle(c net.Conn) {
 	}
 }
 
+// SendBuffer is the send buffer (SO_SNDBUF; Linux doubles it) of a
+// stream Dial opens. Left to the kernel it grows to 4 MiB when the far
+// end reads slower than this end writes, as a migration target does:
+// QEMU on the source counts what sits there as sent, and at the switch
+// the guest stays paused until that backlog has crossed.
+const SendBuffer = 256 << 10
+
 // Dial opens a stream of kind to the Listener at remote.
 func Dial(ctx context.Context, remote string, kind byte, cfg *tls.Config) (net.Conn, error) {
 	var d net.Dialer
@@ -309,6 +316,7 @@ func Dial(ctx context.Context, remote string, kind byte, cfg *tls.Config) (net.C
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+		_ = tc.SetWriteBuffer(SendBuffer)
 	}
 	if cfg != nil {
 		if cfg.ServerName == "" {
