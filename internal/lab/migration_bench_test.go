@@ -43,6 +43,7 @@ func (f *labFixture) waitDirtying(ip string) {
 const (
 	plainUncapped = "plain QEMU, no cap"
 	plainTLS      = "plain QEMU, no cap, TLS"
+	plainPause    = "plain QEMU, pause only" // 50 ms, not migrating
 )
 
 // benchRounds is how many migrations of each kind the benchmark makes;
@@ -67,7 +68,10 @@ type migSample struct {
 // --insecure, and plain QEMU (QMP 'migrate' with QEMU's defaults; its
 // target starts the guest by itself). Each migration is watched by a
 // client polling the guest every 10 ms; its longest request is the
-// client's stall. Disks are on the shared pool for all.
+// client's stall. Disks are on the shared pool for all. The idle guest
+// is also paused for 50 ms where it runs (stop, cont), without migrating:
+// the stall that the pause alone costs the client, the floor of any
+// migration's.
 //
 // Rerun (as root): go test -run '^$' -bench Migration -benchtime 1x -timeout 60m ./internal/lab/
 func BenchmarkMigration(b *testing.B) {
@@ -86,7 +90,7 @@ func BenchmarkMigration(b *testing.B) {
 		data  []byte
 		modes []mode
 	}{
-		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}, {plainTLS, nil}}},
+		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}, {plainTLS, nil}, {plainPause, nil}}},
 		{"dirty", []string{"--user-data", userData}, []byte(dirtyScript), []mode{
 			{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}},
 			{"shoal --postcopy-after 3s", []string{"--postcopy-after", "3s"}}, {"plain QEMU", nil}}},
@@ -107,6 +111,9 @@ func BenchmarkMigration(b *testing.B) {
 				var s migSample
 				if m.args == nil {
 					s = f.measure(raw.ip, func() (migSample, error) {
+						if m.name == plainPause {
+							return raw.pause(context.Background(), 50*time.Millisecond)
+						}
 						var o qemu.MigrateOptions
 						if m.name != "plain QEMU" {
 							o.BandwidthBytes = qemu.UnlimitedBandwidth

@@ -212,6 +212,20 @@ func (r *rawVM) migrate(ctx context.Context, timeout time.Duration, o qemu.Migra
 	}
 }
 
+// pause stops the guest for d and runs it again where it is: the client's
+// stall from a pause alone, without a migration.
+func (r *rawVM) pause(ctx context.Context, d time.Duration) (migSample, error) {
+	start := time.Now()
+	if err := r.proc.Pause(ctx); err != nil {
+		return migSample{}, err
+	}
+	time.Sleep(d)
+	if err := r.proc.Resume(ctx); err != nil {
+		return migSample{}, err
+	}
+	return migSample{Wall: time.Since(start), Total: time.Since(start), Downtime: time.Since(start)}, nil
+}
+
 // addTLS gives p the TLS credentials of host's agent, as the migration's
 // target (server) or source.
 func (r *rawVM) addTLS(ctx context.Context, p *qemu.Process, host string, server bool) error {
