@@ -59,6 +59,7 @@ type migSample struct {
 	Wall, Total, Downtime, Stall, Median time.Duration
 	Failed                               int
 	Err                                  string
+	From                                 string // the host it left
 }
 
 // BenchmarkMigration measures live migration in a lab of two hosts,
@@ -107,7 +108,14 @@ func BenchmarkMigration(b *testing.B) {
 		}
 		samples := map[string][]migSample{}
 		for round := 0; round < benchRounds; round++ {
-			for _, m := range wl.modes {
+			// Every other round runs the modes backwards, so that each
+			// mode migrates as often from host1 as from host2 (with two
+			// Shoal modes, one would otherwise always go one way).
+			order := slices.Clone(wl.modes)
+			if round%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, m := range order {
 				var s migSample
 				if m.args == nil {
 					s = f.measure(raw.ip, func() (migSample, error) {
@@ -118,8 +126,9 @@ func BenchmarkMigration(b *testing.B) {
 						if m.name != "plain QEMU" {
 							o.BandwidthBytes = qemu.UnlimitedBandwidth
 						}
+						from := raw.host
 						r, err := raw.migrate(context.Background(), 90*time.Second, o, m.name == plainTLS)
-						return migSample{Wall: r.Wall, Total: r.Total, Downtime: r.Downtime}, err
+						return migSample{Wall: r.Wall, Total: r.Total, Downtime: r.Downtime, From: from}, err
 					})
 				} else {
 					s = f.measure(v.IP, func() (migSample, error) {
@@ -144,7 +153,8 @@ func BenchmarkMigration(b *testing.B) {
 // shoalMigrate migrates vm to the other host with the CLI and reads the
 // figures of its history.
 func (f *labFixture) shoalMigrate(vm string, args []string) (migSample, error) {
-	to := map[string]string{"host1": "host2", "host2": "host1"}[f.vm(vm).Host]
+	from := f.vm(vm).Host
+	to := map[string]string{"host1": "host2", "host2": "host1"}[from]
 	start := time.Now()
 	if _, err := f.try(append([]string{"vm", "migrate", vm, "--to", to}, args...)...); err != nil {
 		return migSample{}, err
@@ -155,7 +165,7 @@ func (f *labFixture) shoalMigrate(vm string, args []string) (migSample, error) {
 		return migSample{}, fmt.Errorf("no migration recorded")
 	}
 	return migSample{Wall: wall, Total: time.Duration(h[0].TotalMs) * time.Millisecond,
-		Downtime: time.Duration(h[0].DowntimeMs) * time.Millisecond}, nil
+		Downtime: time.Duration(h[0].DowntimeMs) * time.Millisecond, From: from}, nil
 }
 
 // measure runs one migration with a client polling ip, and adds what the
@@ -205,8 +215,12 @@ func (f *labFixture) report(b *testing.B, workload, main string, samples map[str
 			if s.Err != "" {
 				e = " error: " + s.Err
 			}
-			lines = append(lines, fmt.Sprintf("    %s #%d: wall %s total %s downtime %s stall %s (median request %s) failed %d%s",
-				m, i+1, ms(s.Wall), ms(s.Total), ms(s.Downtime), ms(s.Stall), ms(s.Median), s.Failed, e))
+			from := ""
+			if s.From != "" {
+				from = " from " + s.From
+			}
+			lines = append(lines, fmt.Sprintf("    %s #%d%s: wall %s total %s downtime %s stall %s (median request %s) failed %d%s",
+				m, i+1, from, ms(s.Wall), ms(s.Total), ms(s.Downtime), ms(s.Stall), ms(s.Median), s.Failed, e))
 		}
 	}
 	// Printed as well as logged: go test truncates a benchmark's long log.
