@@ -113,12 +113,16 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 	var lastPrint time.Time
 	var failingSince time.Time
 	began := time.Now()
+	etag := ""
 	for {
-		cur, err := c.Migration(ctx, name)
+		// The server answers when the record changes (or after the
+		// wait); one that does not tag records answers at once.
+		cur, next, changed, err := c.MigrationChange(ctx, name, etag, migrationWait)
 		switch {
 		case err == nil:
 			failingSince = time.Time{}
-			if cur.ID == rec.ID {
+			etag = next
+			if changed && cur.ID == rec.ID {
 				rec = cur
 			}
 		case ctx.Err() != nil:
@@ -150,6 +154,9 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 			}
 			lastLine = line
 		}
+		if err == nil && etag != "" {
+			continue
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(pollEvery(time.Since(began))):
@@ -157,9 +164,14 @@ func watchMigration(ctx context.Context, c *client.Client, name string, rec api.
 	}
 }
 
+// migrationWait is how long one request of watchMigration waits for a
+// change of the migration.
+const migrationWait = 10 * time.Second
+
 // pollEvery is how often the CLI asks about a migration that has run for
-// so long: often at first, when most migrations end, to report the end
-// at once; then gently.
+// so long, when the server cannot say when it changes (or is away):
+// often at first, when most migrations end, to report the end at once;
+// then gently.
 func pollEvery(running time.Duration) time.Duration {
 	if running < 10*time.Second {
 		return 20 * time.Millisecond

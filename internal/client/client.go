@@ -292,6 +292,30 @@ func (c *Client) Migration(ctx context.Context, name string) (api.MigrationRecor
 	return out, c.do(ctx, "GET", "/v1/vms/"+esc(name)+"/migration", nil, &out)
 }
 
+// MigrationChange returns the VM's migration record (as Migration) once it
+// differs from the one tagged etag, waiting up to wait for a change; with
+// an empty etag it answers at once. changed is false when the wait ran
+// out. The new record's tag comes back as next ("" from a server that
+// does not tag records: then poll).
+func (c *Client) MigrationChange(ctx context.Context, name, etag string, wait time.Duration) (rec api.MigrationRecord, next string, changed bool, err error) {
+	path := "/v1/vms/" + esc(name) + "/migration"
+	var b *body
+	if etag != "" {
+		path += "?timeout=" + url.QueryEscape(wait.String())
+		b = &body{ifNoneMatch: etag}
+	}
+	resp, err := c.roundTrip(ctx, "GET", path, b)
+	if err != nil {
+		return rec, etag, false, err
+	}
+	if resp.StatusCode == http.StatusNotModified {
+		resp.Body.Close()
+		return rec, etag, false, nil
+	}
+	next = resp.Header.Get("ETag")
+	return rec, next, true, decode(resp, &rec)
+}
+
 // CancelMigration calls off the VM's migration in flight and returns its
 // record once it has ended (the VM runs on its source).
 func (c *Client) CancelMigration(ctx context.Context, name string) (api.MigrationRecord, error) {

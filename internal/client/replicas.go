@@ -76,6 +76,9 @@ func (ep *endpoint) request(ctx context.Context, token, method, path string, b *
 	if b != nil && b.contentType != "" {
 		req.Header.Set("Content-Type", b.contentType)
 	}
+	if b != nil && b.ifNoneMatch != "" {
+		req.Header.Set("If-None-Match", b.ifNoneMatch)
+	}
 	return req, nil
 }
 
@@ -85,6 +88,7 @@ type body struct {
 	data        []byte
 	r           io.Reader
 	contentType string
+	ifNoneMatch string // an ETag: answer when what it tags has changed
 }
 
 func jsonBody(b []byte) *body {

@@ -211,6 +211,12 @@ func (h *apiHarness) callToken(token, method, path string, body any) apiResp {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	return h.do(req)
+}
+
+// do sends req and reads the whole answer.
+func (h *apiHarness) do(req *http.Request) apiResp {
+	h.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	must(h.t, err)
 	defer resp.Body.Close()

@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"time"
 
@@ -102,14 +104,73 @@ func canMigrate(vm api.VM, sp api.VMSpec, to string) error {
 	return nil
 }
 
-// getMigration shows the VM's migration in flight, or else its last one.
+// getMigration shows the VM's migration in flight, or else its last one,
+// with an ETag. A request with If-None-Match naming the record's ETag
+// waits until the record changes (up to ?timeout=, default and at most
+// migrationWaitMax) and then answers with it, or answers 304 Not
+// Modified: a client follows a migration without polling.
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) error {
-	rec, err := s.lastMigration(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
+	ctx, name := r.Context(), r.PathValue("name")
+	known := r.Header.Get("If-None-Match")
+	var changes <-chan struct{}
+	if known != "" {
+		wait := migrationWaitMax
+		if t := r.URL.Query().Get("timeout"); t != "" {
+			v, err := time.ParseDuration(t)
+			if err != nil || v <= 0 {
+				return api.Errorf(api.ErrInvalid, "timeout %q is not a duration such as 10s", t)
+			}
+			wait = min(v, migrationWaitMax)
+		}
+		sp, err := s.st.GetVM(ctx, name)
+		if err != nil {
+			return notFoundHint(err, "see 'shoal vm list'")
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+		changes = s.st.MigrationChanges(ctx, name, sp.ID) // before the first look: no change is missed
 	}
-	writeJSON(w, http.StatusOK, rec)
-	return nil
+	for {
+		rec, err := s.lastMigration(ctx, name)
+		if err != nil {
+			if known != "" && ctx.Err() != nil && r.Context().Err() == nil {
+				w.WriteHeader(http.StatusNotModified) // the wait ended while looking
+				return nil
+			}
+			return err
+		}
+		tag, err := etagOf(rec)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("ETag", tag)
+		if tag != known {
+			writeJSON(w, http.StatusOK, rec)
+			return nil
+		}
+		select {
+		case <-changes:
+		case <-ctx.Done():
+			w.WriteHeader(http.StatusNotModified)
+			return nil
+		}
+	}
+}
+
+// migrationWaitMax bounds how long a GET of a migration waits for a
+// change.
+const migrationWaitMax = 30 * time.Second
+
+// etagOf is a strong ETag of a migration record: a hash of its JSON.
+func etagOf(rec api.MigrationRecord) (string, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return "", err
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return fmt.Sprintf(`"%016x"`, h.Sum64()), nil
 }
 
 func (s *Server) lastMigration(ctx context.Context, name string) (api.MigrationRecord, error) {
