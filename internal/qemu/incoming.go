@@ -102,6 +102,9 @@ func (il *IncomingListener) Close() error {
 	for c := range conns {
 		c.Close()
 	}
+	if errors.Is(err, net.ErrClosed) {
+		return nil // by the handover, or closed twice
+	}
 	return err
 }
 

@@ -62,4 +62,7 @@ func TestListenIncoming(t *testing.T) {
 		c.Close()
 		t.Error("the listener still accepts after the handover")
 	}
+	if err := il.Close(); err != nil {
+		t.Errorf("close after the handover: %v", err)
+	}
 }
