@@ -47,8 +47,6 @@ type IncomingListener struct {
 	waiting map[net.Conn]struct{} // accepted, not yet sent anything
 	handed  bool                  // a stream has gone to QEMU
 	closed  bool
-	done    chan struct{}
-	err     error
 }
 
 // ListenIncoming sets the capabilities and parameters of o on p, a
@@ -70,24 +68,13 @@ func (p *Process) ListenIncoming(ctx context.Context, log *slog.Logger, addr str
 	if err != nil {
 		return nil, fmt.Errorf("qemu %s: listen for the incoming migration on %s: %w", p.Dir, addr, err)
 	}
-	il := &IncomingListener{p: p, l: l, log: log, waiting: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	il := &IncomingListener{p: p, l: l, log: log, waiting: map[net.Conn]struct{}{}}
 	go il.accept()
 	return il, nil
 }
 
 // Addr is the address the listener took, "HOST:PORT".
 func (il *IncomingListener) Addr() string { return il.l.Addr().String() }
-
-// Done is closed once a stream has gone to QEMU, or the handover failed
-// (Err), or the listener was closed.
-func (il *IncomingListener) Done() <-chan struct{} { return il.done }
-
-// Err is why the handover failed, once Done is closed.
-func (il *IncomingListener) Err() error {
-	il.mu.Lock()
-	defer il.mu.Unlock()
-	return il.err
-}
 
 // Close stops listening and drops connections not handed over. A stream
 // QEMU already has goes on.
@@ -96,7 +83,6 @@ func (il *IncomingListener) Close() error {
 	il.mu.Lock()
 	conns := il.waiting
 	il.waiting = map[net.Conn]struct{}{}
-	il.finish(nil)
 	il.closed = true
 	il.mu.Unlock()
 	for c := range conns {
@@ -106,16 +92,6 @@ func (il *IncomingListener) Close() error {
 		return nil // by the handover, or closed twice
 	}
 	return err
-}
-
-// finish records the end, once; il.mu held.
-func (il *IncomingListener) finish(err error) {
-	select {
-	case <-il.done:
-	default:
-		il.err = err
-		close(il.done)
-	}
 }
 
 func (il *IncomingListener) accept() {
@@ -158,14 +134,11 @@ func (il *IncomingListener) consider(c *net.TCPConn) {
 	for o := range others {
 		o.Close()
 	}
-	err := il.handOver(c)
-	c.Close() // QEMU holds its own descriptor
-	if err != nil {
+	if err := il.handOver(c); err != nil {
+		// Closing c fails the source's migration at once.
 		il.log.Warn("could not give the incoming migration's stream to QEMU", "err", err)
 	}
-	il.mu.Lock()
-	il.finish(err)
-	il.mu.Unlock()
+	c.Close() // QEMU holds its own descriptor
 }
 
 func (il *IncomingListener) handOver(c *net.TCPConn) error {
@@ -179,7 +152,12 @@ func (il *IncomingListener) handOver(c *net.TCPConn) error {
 	if err := il.p.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": incomingFD}, f, nil); err != nil {
 		return fmt.Errorf("qemu %s: %w", il.p.Dir, err)
 	}
-	return il.p.MigrateIncoming(ctx, "fd:"+incomingFD)
+	if err := il.p.MigrateIncoming(ctx, "fd:"+incomingFD); err != nil {
+		// QEMU's copy would keep the source's stream open.
+		_ = il.p.qmp.Execute(ctx, "closefd", map[string]any{"fdname": incomingFD}, nil)
+		return err
+	}
+	return nil
 }
 
 // waitFirstByte reports whether c has data to read within d, without
