@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/crashpoint"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/qemu"
@@ -134,7 +135,12 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if err := p.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
 		return err
 	}
-	in := qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0, LateBlockActivate: !pool.Shared}
+	// The disks stay inactive (unlocked) until the guest resumes here,
+	// after the commit: a copy that never commits, say because this
+	// agent died once the stream was in, must not hold the lock of a
+	// shared disk that the source needs to resume the guest. (A local
+	// pool's disk is written by the mirror's qemu-nbd until then anyway.)
+	in := qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0, LateBlockActivate: true}
 	if secure {
 		if err := p.AddTLSCreds(ctx, migTLSCreds, w.a.cfg.QEMUTLSDir, true); err != nil {
 			return err
@@ -211,6 +217,7 @@ func (w *worker) commitIncoming(ctx context.Context, s *api.VMSpec, arrived time
 	if err := w.stopNBD(); err != nil {
 		w.log.Warn("stop the disk mirror's receiving end", "err", err)
 	}
+	crashpoint.Hit("agent-migrate-in-before-commit") // the whole VM is here, not yet ours
 	var v api.VMSpec
 	for tries := 0; ; tries++ {
 		var err error
