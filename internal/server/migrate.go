@@ -112,27 +112,26 @@ func canMigrate(vm api.VM, sp api.VMSpec, to string) error {
 func (s *Server) getMigration(w http.ResponseWriter, r *http.Request) error {
 	ctx, name := r.Context(), r.PathValue("name")
 	known := r.Header.Get("If-None-Match")
+	var ws waitSpec
+	if known != "" { // ?timeout= matters only then
+		var err error
+		if ws, err = s.wantWait(r); err != nil {
+			return err
+		}
+	}
+	sp, err := s.st.GetVM(ctx, name)
+	if err != nil {
+		return notFoundHint(err, "see 'shoal vm list'")
+	}
 	var changes <-chan struct{}
 	if known != "" {
-		wait := migrationWaitMax
-		if t := r.URL.Query().Get("timeout"); t != "" {
-			v, err := time.ParseDuration(t)
-			if err != nil || v <= 0 {
-				return api.Errorf(api.ErrInvalid, "timeout %q is not a duration such as 10s", t)
-			}
-			wait = min(v, migrationWaitMax)
-		}
-		sp, err := s.st.GetVM(ctx, name)
-		if err != nil {
-			return notFoundHint(err, "see 'shoal vm list'")
-		}
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait)
+		ctx, cancel = context.WithTimeout(ctx, min(ws.timeout, migrationWaitMax))
 		defer cancel()
 		changes = s.st.MigrationChanges(ctx, name, sp.ID) // before the first look: no change is missed
 	}
 	for {
-		rec, err := s.lastMigration(ctx, name)
+		rec, err := s.lastMigration(ctx, name, sp.ID)
 		if err != nil {
 			if known != "" && ctx.Err() != nil && r.Context().Err() == nil {
 				w.WriteHeader(http.StatusNotModified) // the wait ended while looking
@@ -173,16 +172,14 @@ func etagOf(rec api.MigrationRecord) (string, error) {
 	return fmt.Sprintf(`"%016x"`, h.Sum64()), nil
 }
 
-func (s *Server) lastMigration(ctx context.Context, name string) (api.MigrationRecord, error) {
-	sp, err := s.st.GetVM(ctx, name)
-	if err != nil {
-		return api.MigrationRecord{}, notFoundHint(err, "see 'shoal vm list'")
-	}
-	rec, err := s.st.ActiveMigration(ctx, sp.ID)
+// lastMigration is VM vmID's (named name) migration in flight, or else
+// its last one.
+func (s *Server) lastMigration(ctx context.Context, name, vmID string) (api.MigrationRecord, error) {
+	rec, err := s.st.ActiveMigration(ctx, vmID)
 	if err == nil || !api.IsNotFound(err) {
 		return rec, err
 	}
-	hist, err := s.st.Migrations(ctx, sp.ID)
+	hist, err := s.st.Migrations(ctx, vmID)
 	if err != nil {
 		return rec, err
 	}
