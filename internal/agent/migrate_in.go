@@ -16,6 +16,7 @@ import (
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/qemu"
+	"github.com/shoalvm/shoal/internal/storage"
 )
 
 // incoming runs the target side of s's migration: a QEMU with the VM's
@@ -74,17 +75,21 @@ func (a *Agent) incomingFailed(ctx context.Context, s *api.VMSpec, cause error) 
 }
 
 // prepareIncoming makes the VM's files here (an empty overlay for a disk
-// on a local pool, to be filled by the source's mirror), launches the
-// waiting QEMU, and tells the control plane where it listens.
+// on a local pool, to be filled by the source's mirror), opens the ends
+// the source connects to and tells the control plane where they are,
+// then launches the waiting QEMU.
 //
 // This agent listens for the memory stream and hands it to QEMU (see
 // qemu.ListenIncoming: the socket's receive buffer stays small, so the
-// guest's pause at the switch does not wait for a backlog). By default
-// QEMU takes the stream with TLS, with this host's certificate, and
-// admits only the source host's (the source's agent encrypts the stream);
-// a disk mirror comes through this agent, over mutual TLS with the
-// source's (see tunnel.go). With --insecure, the stream is in clear and
-// qemu-nbd listens on TCP itself.
+// guest's pause at the switch does not wait for a backlog). It listens
+// before QEMU's launch, so the source starts meanwhile: its disk mirror
+// goes to qemu-nbd, which runs already, and its memory stream waits in
+// the socket's buffers until QEMU takes it. By default QEMU takes the
+// stream with TLS, with this host's certificate, and admits only the
+// source host's (the source's agent encrypts the stream); a disk mirror
+// comes through this agent, over mutual TLS with the source's (see
+// tunnel.go). With --insecure, the stream is in clear and qemu-nbd
+// listens on TCP itself.
 func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
 	ip := w.a.cfg.MigrationIP
@@ -106,35 +111,19 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if err := writeAtomic(filepath.Join(dir, incomingFile), []byte(m.ID)); err != nil {
 		return err
 	}
+	ep, err := w.incomingEnds(s, pool, secure)
+	if err != nil {
+		return err
+	}
+	if err := w.a.cp.MigrationReady(ctx, w.a.cfg.Host, *s, ep); err != nil {
+		return err
+	}
+	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)
 	p, err := w.launch(ctx, s, true)
 	if err != nil {
 		return err
 	}
 	w.proc = p
-	nbdSock := filepath.Join(dir, tunnelNBDSock)
-	ep := api.MigrationEndpoint{}
-	if !pool.Shared {
-		// The source mirrors the disk into a qemu-nbd of its own, not into
-		// this QEMU: the waiting QEMU keeps its disk inactive, as on a
-		// shared pool, until the guest resumes here.
-		addr := ""
-		if !secure {
-			port, err := freePort(ip)
-			if err != nil {
-				return err
-			}
-			addr = net.JoinHostPort(ip, strconv.Itoa(port))
-			ep.NBD = addr
-		}
-		srv, err := qemu.ServeNBD(w.log, pool.DiskPath(s.ID), "disk0", nbdSock, addr)
-		if err != nil {
-			return err
-		}
-		w.nbd = srv
-	}
-	if err := p.SetMigrationCapabilities(ctx, map[string]bool{"events": true}); err != nil {
-		return err
-	}
 	// The disks stay inactive (unlocked) until the guest resumes here,
 	// after the commit: a copy that never commits, say because this
 	// agent died once the stream was in, must not hold the lock of a
@@ -150,24 +139,53 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		}
 		in.TLSCreds, in.TLSAuthz = migTLSCreds, migAuthz
 	}
-	if secure && !pool.Shared {
-		addr, err := w.tunnelListen(s, nbdSock)
-		if err != nil {
-			return err
+	return w.incomingAttach(ctx, p, in)
+}
+
+// incomingEnds opens, before the target's QEMU runs, the ends the source
+// connects to: the memory stream's listener, the disk mirror's for a
+// local pool (qemu-nbd, reached through this agent unless insecure), and
+// the frame relay's. It returns the endpoint that names them.
+func (w *worker) incomingEnds(s *api.VMSpec, pool storage.Pool, secure bool) (api.MigrationEndpoint, error) {
+	ip := w.a.cfg.MigrationIP
+	ep := api.MigrationEndpoint{}
+	if !pool.Shared {
+		// The source mirrors the disk into a qemu-nbd of its own, not into
+		// the target's QEMU, which keeps its disk inactive until the guest
+		// resumes here, as on a shared pool.
+		nbdSock := filepath.Join(w.a.vmDir(s.ID), tunnelNBDSock)
+		addr := ""
+		if !secure {
+			port, err := freePort(ip)
+			if err != nil {
+				return ep, err
+			}
+			addr = net.JoinHostPort(ip, strconv.Itoa(port))
+			ep.NBD = addr
 		}
-		ep.NBD = tunnelScheme + addr
+		srv, err := qemu.ServeNBD(w.log, pool.DiskPath(s.ID), "disk0", nbdSock, addr)
+		if err != nil {
+			return ep, err
+		}
+		w.nbd = srv
+		if secure {
+			addr, err := w.tunnelListen(s, nbdSock)
+			if err != nil {
+				return ep, err
+			}
+			ep.NBD = tunnelScheme + addr
+		}
 	}
-	addr, err := w.incomingListen(ctx, p, net.JoinHostPort(ip, "0"), in)
+	addr, err := w.incomingListen(net.JoinHostPort(ip, "0"))
 	if err != nil {
-		return err
+		return ep, err
 	}
 	ep.URI = "tcp:" + addr
 	if secure {
 		ep.URI = tlsScheme + addr
 	}
 	ep.Relay = w.relayListen(s)
-	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)
-	return w.a.cp.MigrationReady(ctx, w.a.cfg.Host, *s, ep)
+	return ep, nil
 }
 
 // awaitIncoming waits for the whole VM to arrive, then commits and

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -56,9 +57,9 @@ type tunnelState struct {
 }
 
 // incomingListen, on the target, listens on addr for the memory stream
-// and gives it to p; it returns the address taken.
-func (w *worker) incomingListen(ctx context.Context, p *qemu.Process, addr string, o qemu.IncomingOptions) (string, error) {
-	il, err := p.ListenIncoming(ctx, w.log, addr, o)
+// (see incomingAttach); it returns the address taken.
+func (w *worker) incomingListen(addr string) (string, error) {
+	il, err := qemu.ListenIncoming(context.Background(), w.log, addr)
 	if err != nil {
 		return "", err
 	}
@@ -70,6 +71,18 @@ func (w *worker) incomingListen(ctx context.Context, p *qemu.Process, addr strin
 		old.Close()
 	}
 	return il.Addr(), nil
+}
+
+// incomingAttach gives the memory stream to p, the target's QEMU, now or
+// when it comes.
+func (w *worker) incomingAttach(ctx context.Context, p *qemu.Process, o qemu.IncomingOptions) error {
+	w.tun.mu.Lock()
+	il := w.tun.incoming
+	w.tun.mu.Unlock()
+	if il == nil {
+		return errors.New("the incoming migration's listener is closed")
+	}
+	return il.Attach(ctx, p, o)
 }
 
 // peerTLS is this host's TLS config for a link with agent peer only.

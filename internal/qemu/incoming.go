@@ -35,28 +35,27 @@ const incomingFD = "migration-in"
 // launched with Config.Incoming, and gives QEMU the first connection
 // that sends anything (getfd and migrate-incoming "fd:"). Listening in
 // the caller's process rather than QEMU's lets it size the socket's
-// receive buffer (IncomingRecvBuffer), and a connection that opens and
+// receive buffer (IncomingRecvBuffer); a connection that opens and
 // closes without a word (a port scan) is dropped instead of failing the
-// migration, as it would if QEMU listened itself.
+// migration, as it would if QEMU listened itself; and it can listen
+// before that QEMU is launched (see Attach), so that the source need not
+// wait for the launch to start.
 type IncomingListener struct {
-	p   *Process
 	l   net.Listener
 	log *slog.Logger
 
 	mu      sync.Mutex
+	p       *Process              // set by Attach
 	waiting map[net.Conn]struct{} // accepted, not yet sent anything
-	handed  bool                  // a stream has gone to QEMU
+	ready   *net.TCPConn          // the stream, come before Attach
+	handed  bool                  // the stream has come
 	closed  bool
 }
 
-// ListenIncoming sets the capabilities and parameters of o on p, a
-// target launched with Config.Incoming, and listens on addr
-// ("HOST:PORT"; port 0 picks a free one) for the source's stream. Give
-// the source "tcp:" + Addr().
-func (p *Process) ListenIncoming(ctx context.Context, log *slog.Logger, addr string, o IncomingOptions) (*IncomingListener, error) {
-	if err := p.setIncoming(ctx, o); err != nil {
-		return nil, err
-	}
+// ListenIncoming listens on addr ("HOST:PORT"; port 0 picks a free one)
+// for a migration stream, to be given to the QEMU that Attach names.
+// Give the source "tcp:" + Addr().
+func ListenIncoming(ctx context.Context, log *slog.Logger, addr string) (*IncomingListener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -66,11 +65,34 @@ func (p *Process) ListenIncoming(ctx context.Context, log *slog.Logger, addr str
 	}}
 	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("qemu %s: listen for the incoming migration on %s: %w", p.Dir, addr, err)
+		return nil, fmt.Errorf("qemu: listen for an incoming migration on %s: %w", addr, err)
 	}
-	il := &IncomingListener{p: p, l: l, log: log, waiting: map[net.Conn]struct{}{}}
+	il := &IncomingListener{l: l, log: log, waiting: map[net.Conn]struct{}{}}
 	go il.accept()
 	return il, nil
+}
+
+// Attach sets the capabilities and parameters of o on p, a target
+// launched with Config.Incoming, and gives p the stream: at once if the
+// source has connected already, else as soon as it does. Until then the
+// source's writes wait in the socket's buffers.
+func (il *IncomingListener) Attach(ctx context.Context, p *Process, o IncomingOptions) error {
+	if err := p.setIncoming(ctx, o); err != nil {
+		return err
+	}
+	il.mu.Lock()
+	if il.p != nil || il.closed {
+		il.mu.Unlock()
+		return fmt.Errorf("qemu %s: incoming migration: listener already attached or closed", p.Dir)
+	}
+	il.p = p
+	c := il.ready
+	il.ready = nil
+	il.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	return il.give(p, c)
 }
 
 // Addr is the address the listener took, "HOST:PORT".
@@ -83,6 +105,10 @@ func (il *IncomingListener) Close() error {
 	il.mu.Lock()
 	conns := il.waiting
 	il.waiting = map[net.Conn]struct{}{}
+	if il.ready != nil {
+		conns[il.ready] = struct{}{}
+		il.ready = nil
+	}
 	il.closed = true
 	il.mu.Unlock()
 	for c := range conns {
@@ -112,7 +138,8 @@ func (il *IncomingListener) accept() {
 	}
 }
 
-// consider hands c to QEMU if it is the first connection to send.
+// consider takes c as the stream if it is the first connection to send,
+// and gives it to QEMU if Attach has named it already.
 func (il *IncomingListener) consider(c *net.TCPConn) {
 	spoke := waitFirstByte(c, incomingFirstByte)
 	il.mu.Lock()
@@ -129,32 +156,44 @@ func (il *IncomingListener) consider(c *net.TCPConn) {
 	il.handed = true
 	others := il.waiting
 	il.waiting = map[net.Conn]struct{}{}
+	p := il.p
+	if p == nil {
+		il.ready = c // Attach gives it
+	}
 	il.mu.Unlock()
 	_ = il.l.Close() // one stream per migration
 	for o := range others {
 		o.Close()
 	}
-	if err := il.handOver(c); err != nil {
-		// Closing c fails the source's migration at once.
+	if p == nil {
+		return
+	}
+	if err := il.give(p, c); err != nil {
 		il.log.Warn("could not give the incoming migration's stream to QEMU", "err", err)
 	}
-	c.Close() // QEMU holds its own descriptor
 }
 
-func (il *IncomingListener) handOver(c *net.TCPConn) error {
+// give hands c to p; closing c afterwards, on failure too, fails the
+// source's migration at once.
+func (il *IncomingListener) give(p *Process, c *net.TCPConn) error {
+	defer c.Close() // QEMU holds its own descriptor
+	return il.handOver(p, c)
+}
+
+func (il *IncomingListener) handOver(p *Process, c *net.TCPConn) error {
 	f, err := c.File()
 	if err != nil {
-		return fmt.Errorf("qemu %s: incoming migration: %w", il.p.Dir, err)
+		return fmt.Errorf("qemu %s: incoming migration: %w", p.Dir, err)
 	}
 	defer f.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := il.p.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": incomingFD}, f, nil); err != nil {
-		return fmt.Errorf("qemu %s: %w", il.p.Dir, err)
+	if err := p.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": incomingFD}, f, nil); err != nil {
+		return fmt.Errorf("qemu %s: %w", p.Dir, err)
 	}
-	if err := il.p.MigrateIncoming(ctx, "fd:"+incomingFD); err != nil {
+	if err := p.MigrateIncoming(ctx, "fd:"+incomingFD); err != nil {
 		// QEMU's copy would keep the source's stream open.
-		_ = il.p.qmp.Execute(ctx, "closefd", map[string]any{"fdname": incomingFD}, nil)
+		_ = p.qmp.Execute(ctx, "closefd", map[string]any{"fdname": incomingFD}, nil)
 		return err
 	}
 	return nil

@@ -8,15 +8,14 @@ import (
 
 // The target's own listener hands the first connection that sends to
 // QEMU: one that opens and closes at once (a port scan) and one that
-// stays silent do not spoil the migration.
+// stays silent do not spoil the migration. It listens before the
+// target's QEMU runs: the source starts first, and its stream waits
+// until the target is launched and attached.
 func TestListenIncoming(t *testing.T) {
 	qemuBinary(t)
 	ctx := migrationCtx(t)
 	src := launch(t, testConfig(testDir(t), false))
-	cfg := testConfig(testDir(t), false)
-	cfg.Incoming = true
-	dst := launch(t, cfg)
-	il, err := dst.ListenIncoming(ctx, testLog(t), "127.0.0.1:0", IncomingOptions{})
+	il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,6 +33,21 @@ func TestListenIncoming(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if err := src.Migrate(ctx, "tcp:"+il.Addr(), MigrateOptions{BandwidthBytes: UnlimitedBandwidth}); err != nil {
 		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	// (This guest's stream is small enough to fit in the sockets'
+	// buffers: the source may even say completed already.)
+	if q, err := src.QueryMigrate(ctx); err != nil || q.Status == "failed" || q.Status == "cancelled" {
+		t.Fatalf("source migration %+v, %v before the target runs; want it waiting", q, err)
+	}
+	cfg := testConfig(testDir(t), false)
+	cfg.Incoming = true
+	dst := launch(t, cfg)
+	if err := il.Attach(ctx, dst, IncomingOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := il.Attach(ctx, dst, IncomingOptions{}); err == nil {
+		t.Error("a second Attach succeeded")
 	}
 	s, err := src.WaitMigration(ctx, 10*time.Millisecond)
 	if err != nil {

@@ -235,8 +235,12 @@ func TestMigrateTLSAuthz(t *testing.T) {
 		// The stream comes through the target's own listener, as
 		// Shoal's agents take it: QEMU's TLS works on the socket it is
 		// handed (migrate-incoming fd:).
-		il, err := dst.ListenIncoming(ctx, testLog(t), "127.0.0.1:0", IncomingOptions{TLSCreds: "tls0", TLSAuthz: "authz0"})
+		il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0")
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := il.Attach(ctx, dst, IncomingOptions{TLSCreds: "tls0", TLSAuthz: "authz0"}); err != nil {
+			il.Close()
 			t.Fatal(err)
 		}
 		defer il.Close()

@@ -39,6 +39,12 @@ const (
 // handshakeLimit bounds the TLS handshake and the kind byte of a stream.
 const handshakeLimit = 5 * time.Second
 
+// directHandshakeLimit bounds the handshake of a Direct stream. Its TLS
+// server is the target's QEMU, which may still be starting when the
+// source connects (the target's agent holds the connection until then),
+// so it gets longer. Closing the Forwarder ends a handshake at once.
+const directHandshakeLimit = 2 * time.Minute
+
 // copyBuffer is the size of each direction's copy buffer.
 const copyBuffer = 256 << 10
 
@@ -240,6 +246,8 @@ type Forwarder struct {
 	log    *slog.Logger
 	s      streams
 	done   chan struct{}
+	ctx    context.Context // ends the handshakes under way at Close
+	cancel context.CancelFunc
 }
 
 // Forward listens on the unix socket path (replacing a stale one) and
@@ -252,7 +260,9 @@ func Forward(path, remote string, kind byte, cfg *tls.Config, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen on %s: %w", path, err)
 	}
-	f := &Forwarder{l: l, path: path, remote: remote, kind: kind, cfg: cfg, log: log, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Forwarder{l: l, path: path, remote: remote, kind: kind, cfg: cfg, log: log, done: make(chan struct{}),
+		ctx: ctx, cancel: cancel}
 	go f.serve()
 	return f, nil
 }
@@ -262,6 +272,7 @@ func (f *Forwarder) Path() string { return f.path }
 
 // Close stops listening, cuts every stream and removes the socket.
 func (f *Forwarder) Close() error {
+	f.cancel()
 	err := f.l.Close()
 	<-f.done
 	f.s.closeAll()
@@ -281,7 +292,11 @@ func (f *Forwarder) serve() {
 }
 
 func (f *Forwarder) handle(c net.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeLimit)
+	limit := handshakeLimit
+	if f.kind == Direct {
+		limit = directHandshakeLimit
+	}
+	ctx, cancel := context.WithTimeout(f.ctx, limit)
 	defer cancel()
 	r, err := Dial(ctx, f.remote, f.kind, f.cfg)
 	if err != nil {
