@@ -251,7 +251,10 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 			// The mirror was finished at the switchover; whatever is left
 			// of it (nothing, normally) lets go of the target.
 			w.abortMirror(ctx, s)
-			return w.progress(ctx, s, p)
+			if err := w.progress(ctx, s, p); err != nil {
+				return err
+			}
+			return w.awaitCommit(ctx, s)
 		case "failed", "cancelled", "none":
 			w.migEnded = m.ID
 			w.relayStop()
@@ -323,6 +326,38 @@ func (w *worker) followOutgoing(ctx context.Context, s *api.VMSpec) error {
 		case <-t.C:
 		}
 	}
+}
+
+// awaitCommit waits, once the whole VM has gone, until the target has
+// taken it over or the migration is called off (reconcile then drops the
+// VM here, or resumes it). A target that stops answering meanwhile (its
+// agent died before its commit, or the network failed) is reported at
+// once: the control plane then calls the migration off, and the guest
+// resumes here, without waiting seconds for the target host to be judged
+// down. The call-off is a compare-and-swap, so a commit that came first
+// stands.
+func (w *worker) awaitCommit(ctx context.Context, s *api.VMSpec) error {
+	m := s.Migration
+	t := time.NewTicker(migrationPoll)
+	defer t.Stop()
+	kicked := false
+	defer w.handBack(&kicked)
+	for w.stillMigrating(s) {
+		if d := w.targetSilent(time.Now()); d > 0 {
+			w.log.Warn("the target stopped answering before taking the VM over; reporting the migration failed",
+				"target", m.Target, "silent", d)
+			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed,
+				Error: fmt.Sprintf("target host %s stopped answering after the whole VM was sent, before taking it over (its agent died, or the network failed)", m.Target)})
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.kick:
+			kicked = true
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // abortMirror stops a disk mirror of s, if any. Its connection to the

@@ -34,6 +34,9 @@ const (
 type relayState struct {
 	mu sync.Mutex
 	relayParts
+	// source side, kept after the relay stops, until the next starts:
+	heard time.Time // the target's last heartbeat
+	lost  bool      // the target ended the connection (see relayLost)
 }
 
 // relayParts are the pieces of a relay, guarded by relayState.mu.
@@ -44,7 +47,6 @@ type relayParts struct {
 	stop    context.CancelFunc
 	mark    time.Time
 	sent    int
-	heard   time.Time // the target's last heartbeat
 	// target side
 	listener net.Listener
 	live     bool
@@ -57,6 +59,9 @@ type relayParts struct {
 // connects to the target's relay listener, before the migration starts.
 func (w *worker) relayStart(s *api.VMSpec) {
 	w.relayStop()
+	w.relay.mu.Lock()
+	w.relay.heard, w.relay.lost = time.Time{}, false // of an earlier migration
+	w.relay.mu.Unlock()
 	ep := s.Migration.Endpoint
 	if ep == nil || ep.Relay == "" {
 		return
@@ -77,7 +82,7 @@ func (w *worker) relayStart(s *api.VMSpec) {
 	}
 	r := &w.relay
 	r.mu.Lock()
-	r.capture, r.conn, r.stop, r.mark, r.sent, r.heard = c, conn, cancel, time.Time{}, 0, time.Time{}
+	r.capture, r.conn, r.stop, r.mark, r.sent = c, conn, cancel, time.Time{}, 0
 	r.mu.Unlock()
 	go w.hearBeats(conn)
 }
@@ -136,6 +141,7 @@ func (w *worker) relayForward(s *api.VMSpec) {
 		r.mu.Unlock()
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			w.log.Debug("frame relay ended", "err", err)
+			w.relayLost(conn)
 		}
 		w.log.Info("frame relay: frames sent to the target", "frames", n, "to", s.Migration.Target)
 		w.relayStop()

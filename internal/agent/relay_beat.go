@@ -42,21 +42,39 @@ func (w *worker) hearBeats(conn net.Conn) {
 			w.relay.mu.Unlock()
 		}
 		if err != nil {
+			w.relayLost(conn)
 			return
 		}
 	}
 }
 
+// relayLost notes that conn, the relay's connection, failed. Unless this
+// side closed it (relayStop), the target's end is gone: the target's
+// agent died (the kernel closed its sockets) or the network failed.
+func (w *worker) relayLost(conn net.Conn) {
+	w.relay.mu.Lock()
+	if w.relay.conn == conn {
+		w.relay.lost = true
+	}
+	w.relay.mu.Unlock()
+}
+
 // targetSilent reports how long the target of the current migration has
-// not been heard from, once it was heard at least once (0: it is there,
-// or there is no relay to tell).
+// not been heard from, once it was heard at least once, if that is over
+// relaySilence or the target ended the relay's connection (0: it is
+// there, or there is no relay to tell).
 func (w *worker) targetSilent(now time.Time) time.Duration {
 	w.relay.mu.Lock()
 	defer w.relay.mu.Unlock()
-	if w.relay.conn == nil || w.relay.heard.IsZero() {
+	r := &w.relay
+	if r.heard.IsZero() {
 		return 0
 	}
-	if d := now.Sub(w.relay.heard); d > relaySilence {
+	d := now.Sub(r.heard)
+	switch {
+	case r.lost:
+		return max(d, time.Millisecond)
+	case r.conn != nil && d > relaySilence:
 		return d
 	}
 	return 0
