@@ -319,8 +319,9 @@ func (f *Forwarder) handle(c net.Conn) {
 // stream Dial opens. Left to the kernel it grows to 4 MiB when the far
 // end reads slower than this end writes, as a migration target does:
 // QEMU on the source counts what sits there as sent, and at the switch
-// the guest stays paused until that backlog has crossed.
-const SendBuffer = 256 << 10
+// the guest stays paused until that backlog has crossed. The receiving
+// end's buffer (qemu.IncomingRecvBuffer) bounds the window anyway.
+const SendBuffer = 128 << 10
 
 // Dial opens a stream of kind to the Listener at remote.
 func Dial(ctx context.Context, remote string, kind byte, cfg *tls.Config) (net.Conn, error) {
