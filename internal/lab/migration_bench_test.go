@@ -44,6 +44,9 @@ const (
 	plainUncapped = "plain QEMU, no cap"
 	plainTLS      = "plain QEMU, no cap, TLS"
 	plainPause    = "plain QEMU, pause only" // 50 ms, not migrating
+	// The client of the plain guest over the same span, nothing done to
+	// the guest: the longest request it sees anyway.
+	plainNothing = "plain QEMU, left alone"
 	// Shoal with QEMU's default convergence policy (a 300 ms downtime
 	// limit, no auto-converge) instead of its own (50 ms, auto-converge).
 	shoalQEMUPolicy = "shoal, QEMU's 300ms policy"
@@ -94,7 +97,7 @@ func BenchmarkMigration(b *testing.B) {
 		data  []byte
 		modes []mode
 	}{
-		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}, {plainTLS, nil}, {plainPause, nil}}},
+		{"idle", nil, nil, []mode{{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}}, {"plain QEMU", nil}, {plainUncapped, nil}, {plainTLS, nil}, {plainPause, nil}, {plainNothing, nil}}},
 		{"dirty", []string{"--user-data", userData}, []byte(dirtyScript), []mode{
 			{"shoal", []string{}}, {"shoal --insecure", []string{"--insecure"}},
 			{shoalQEMUPolicy, []string{"--downtime", "300ms", "--auto-converge=false"}},
@@ -123,8 +126,12 @@ func BenchmarkMigration(b *testing.B) {
 				var s migSample
 				if m.args == nil {
 					s = f.measure(raw.ip, func() (migSample, error) {
-						if m.name == plainPause {
+						switch m.name {
+						case plainPause:
 							return raw.pause(context.Background(), 50*time.Millisecond)
+						case plainNothing:
+							time.Sleep(time.Second) // about a migration's time
+							return migSample{From: raw.host}, nil
 						}
 						var o qemu.MigrateOptions
 						if m.name != "plain QEMU" {
@@ -227,6 +234,9 @@ func (f *labFixture) report(b *testing.B, workload, main string, samples map[str
 				m, i+1, from, ms(s.Wall), ms(s.Total), ms(s.Downtime), ms(s.Stall), ms(s.Median), s.Failed, e))
 		}
 	}
+	if r := pairedRatios(samples[main], samples["plain QEMU"]); len(r) > 0 {
+		lines = append(lines, fmt.Sprintf("  %s / plain QEMU, wall, round by round: median %.2fx, %.2fx to %.2fx", main, r[len(r)/2], r[0], r[len(r)-1]))
+	}
 	// Printed as well as logged: go test truncates a benchmark's long log.
 	fmt.Println(strings.Join(lines, "\n"))
 	b.Log(strings.Join(lines, "\n"))
@@ -237,6 +247,20 @@ func (f *labFixture) report(b *testing.B, workload, main string, samples map[str
 	if raw.Wall > 0 {
 		b.ReportMetric(float64(s.Wall)/float64(raw.Wall), workload+"-wall/plain")
 	}
+}
+
+// pairedRatios are the wall times of a over those of b, round by round
+// (the same index), sorted: the machine's load drifts, and two modes of
+// one round ran seconds apart.
+func pairedRatios(a, b []migSample) []float64 {
+	var r []float64
+	for i := range min(len(a), len(b)) {
+		if a[i].Err == "" && b[i].Err == "" && b[i].Wall > 0 {
+			r = append(r, float64(a[i].Wall)/float64(b[i].Wall))
+		}
+	}
+	slices.Sort(r)
+	return r
 }
 
 // medianSample is the sample of median value in each field.
