@@ -119,6 +119,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	w.log.Info("waiting for the incoming migration", "from", m.Source, "uri", ep.URI, "nbd", ep.NBD)
+	crashpoint.Hit("agent-migrate-in-before-launch") // the source may be connected already
 	p, err := w.launch(ctx, s, true)
 	if err != nil {
 		return err

@@ -53,7 +53,8 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 			w.migEnded = m.ID
 			w.tunnelStop()
 			w.abortMirror(ctx, s)
-			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed, Error: err.Error()})
+			return w.progress(ctx, s, api.MigrationProgress{ID: m.ID, Phase: api.MigrationFailed,
+				Error: fmt.Sprintf("the streams to target host %s could not start: %v", m.Target, err)})
 		}
 	}
 	return w.followOutgoing(ctx, s)

@@ -56,6 +56,33 @@ func TestLabMigrationFailures(t *testing.T) {
 		c.end(t, "host1", api.MigrationFailed)
 	})
 
+	t.Run("target-agent-killed-before-launch", func(t *testing.T) {
+		// The target publishes where it listens before it launches its
+		// QEMU, so the source may have started already: the agent dies
+		// at that point, and the source must fail the migration at once
+		// and keep the guest running.
+		c := f.startCase(t, "f-tlaunch", "local")
+		os.Setenv(crashpoint.Env, "agent-migrate-in-before-launch")
+		err := errors.Join(Kill(f.ctx, f.log, f.dir, "host2"), Revive(f.ctx, f.log, f.dir, "host2"))
+		os.Unsetenv(crashpoint.Env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.waitHostUp(t, "host2")
+		if out, err := f.try("vm", "migrate", c.name, "--to", "host2"); err == nil {
+			t.Fatalf("the migration succeeded with the target's agent dead before its launch: %s", out)
+		}
+		f.waitMigrationEnd(t, c.name)
+		if h := f.vm(c.name).Migrations; len(h) == 0 || !strings.Contains(h[0].Error, "target host host2") {
+			t.Errorf("last migration %+v: want its error to name the target", h)
+		}
+		if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
+			t.Fatal(err)
+		}
+		f.waitHostUp(t, "host2")
+		c.end(t, "host1", api.MigrationFailed)
+	})
+
 	t.Run("target-agent-killed-before-commit", func(t *testing.T) {
 		// The whole VM has reached the target, whose agent dies before
 		// its commit: the source must get the guest back, which it
