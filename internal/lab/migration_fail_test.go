@@ -62,24 +62,10 @@ func TestLabMigrationFailures(t *testing.T) {
 		// at that point, and the source must fail the migration at once
 		// and keep the guest running.
 		c := f.startCase(t, "f-tlaunch", "local")
-		os.Setenv(crashpoint.Env, "agent-migrate-in-before-launch")
-		err := errors.Join(Kill(f.ctx, f.log, f.dir, "host2"), Revive(f.ctx, f.log, f.dir, "host2"))
-		os.Unsetenv(crashpoint.Env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.waitHostUp(t, "host2")
-		if out, err := f.try("vm", "migrate", c.name, "--to", "host2"); err == nil {
-			t.Fatalf("the migration succeeded with the target's agent dead before its launch: %s", out)
-		}
-		f.waitMigrationEnd(t, c.name)
+		f.migrateToCrash(t, c, "agent-migrate-in-before-launch")
 		if h := f.vm(c.name).Migrations; len(h) == 0 || !strings.Contains(h[0].Error, "target host host2") {
 			t.Errorf("last migration %+v: want its error to name the target", h)
 		}
-		if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
-			t.Fatal(err)
-		}
-		f.waitHostUp(t, "host2")
 		c.end(t, "host1", api.MigrationFailed)
 	})
 
@@ -88,26 +74,7 @@ func TestLabMigrationFailures(t *testing.T) {
 		// its commit: the source must get the guest back, which it
 		// cannot while the target's QEMU holds the shared disk's lock.
 		c := f.startCase(t, "f-tcommit", "shared")
-		os.Setenv(crashpoint.Env, "agent-migrate-in-before-commit")
-		err := errors.Join(Kill(f.ctx, f.log, f.dir, "host2"), Revive(f.ctx, f.log, f.dir, "host2"))
-		os.Unsetenv(crashpoint.Env)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.waitHostUp(t, "host2")
-		if out, err := f.try("vm", "migrate", c.name, "--to", "host2"); err == nil {
-			t.Fatalf("the migration succeeded with the target's agent dead at its commit: %s", out)
-		}
-		f.waitMigrationEnd(t, c.name)
-		// Without host2's agent, which would discard its copy.
-		last := c.poll.Result().LastCount
-		f.waitFor("the guest to serve again on host1", 30*time.Second, func() bool {
-			return c.poll.Result().LastCount > last+1
-		})
-		if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
-			t.Fatal(err)
-		}
-		f.waitHostUp(t, "host2")
+		f.migrateToCrash(t, c, "agent-migrate-in-before-commit")
 		// The source saw the target's agent go (the frame relay's
 		// connection ended) and had the migration called off at once,
 		// rather than when the control plane judged host2 down seconds
@@ -251,6 +218,33 @@ func (c *failCase) end(t *testing.T, owner, result string) {
 	}
 	f.shoal("vm", "delete", c.name, "--force")
 	f.requireClean(v.ID, "")
+}
+
+// migrateToCrash migrates c's VM to host2, whose agent is killed at
+// crash point: the migration must fail, the guest serve again on host1
+// before host2's agent is back (that agent would discard its copy), and
+// then host2's agent is restarted without the crash point.
+func (f *labFixture) migrateToCrash(t *testing.T, c *failCase, point string) {
+	t.Helper()
+	os.Setenv(crashpoint.Env, point)
+	err := errors.Join(Kill(f.ctx, f.log, f.dir, "host2"), Revive(f.ctx, f.log, f.dir, "host2"))
+	os.Unsetenv(crashpoint.Env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitHostUp(t, "host2")
+	if out, err := f.try("vm", "migrate", c.name, "--to", "host2"); err == nil {
+		t.Fatalf("the migration succeeded with the target's agent killed at %s: %s", point, out)
+	}
+	f.waitMigrationEnd(t, c.name)
+	last := c.poll.Result().LastCount
+	f.waitFor("the guest to serve again on host1", 30*time.Second, func() bool {
+		return c.poll.Result().LastCount > last+1
+	})
+	if err := Heal(f.ctx, f.log, f.dir, "host2"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitHostUp(t, "host2")
 }
 
 // midMigration starts a migration of name to host at bandwidth and
