@@ -127,20 +127,26 @@ func (w *worker) relayForward(s *api.VMSpec) {
 		defer cancel()
 		defer stop()
 		bw := bufio.NewWriter(conn)
+		var werr error // the target's end failed
 		err := c.Follow(ctx, mark, func(f framerelay.Frame) error {
-			if err := framerelay.WriteFrame(bw, f.Data); err != nil {
-				return err
+			werr = framerelay.WriteFrame(bw, f.Data)
+			if werr == nil {
+				werr = bw.Flush()
 			}
-			r.mu.Lock()
-			r.sent++
-			r.mu.Unlock()
-			return bw.Flush()
+			if werr == nil {
+				r.mu.Lock()
+				r.sent++
+				r.mu.Unlock()
+			}
+			return werr
 		})
 		r.mu.Lock()
 		n := r.sent
 		r.mu.Unlock()
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			w.log.Debug("frame relay ended", "err", err)
+		}
+		if werr != nil {
 			w.relayLost(conn)
 		}
 		w.log.Info("frame relay: frames sent to the target", "frames", n, "to", s.Migration.Target)
