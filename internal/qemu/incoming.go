@@ -79,13 +79,16 @@ func ListenIncoming(ctx context.Context, log *slog.Logger, addr string) (*Incomi
 // source has connected already, else as soon as it does. Until then the
 // source's writes wait in the socket's buffers.
 func (il *IncomingListener) Attach(ctx context.Context, p *Process, o IncomingOptions) error {
+	if !il.free() {
+		return fmt.Errorf("qemu %s: incoming migration: %w", p.Dir, errListenerTaken)
+	}
 	if err := p.setIncoming(ctx, o); err != nil {
 		return err
 	}
 	il.mu.Lock()
 	if il.p != nil || il.closed {
 		il.mu.Unlock()
-		return fmt.Errorf("qemu %s: incoming migration: listener already attached or closed", p.Dir)
+		return fmt.Errorf("qemu %s: incoming migration: %w", p.Dir, errListenerTaken)
 	}
 	il.p = p
 	c := il.ready
@@ -95,6 +98,15 @@ func (il *IncomingListener) Attach(ctx context.Context, p *Process, o IncomingOp
 		return nil
 	}
 	return il.give(p, c)
+}
+
+var errListenerTaken = errors.New("listener already attached or closed")
+
+// free reports whether no QEMU was attached yet and il is open.
+func (il *IncomingListener) free() bool {
+	il.mu.Lock()
+	defer il.mu.Unlock()
+	return il.p == nil && !il.closed
 }
 
 // Addr is the address the listener took, "HOST:PORT".

@@ -1,7 +1,9 @@
 package qemu
 
 import (
+	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -70,5 +72,46 @@ func TestListenIncoming(t *testing.T) {
 	}
 	if err := il.Close(); err != nil {
 		t.Errorf("close after the handover: %v", err)
+	}
+}
+
+// A stream that came before any QEMU was attached is dropped when the
+// listener closes (the migration is called off before the target's QEMU
+// runs), and the closed listener takes no QEMU.
+func TestIncomingListenerCloseBeforeAttach(t *testing.T) {
+	il, err := ListenIncoming(t.Context(), testLog(t), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", il.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("QEVM")); err != nil {
+		t.Fatal(err)
+	}
+	// Taken as the stream: the listener stops accepting.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		o, err := net.DialTimeout("tcp", il.Addr(), time.Second)
+		if err != nil {
+			break
+		}
+		o.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still accepts after a stream came")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := il.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the waiting stream is still open after Close (read %d, %v)", n, err)
+	}
+	if err := il.Attach(t.Context(), &Process{Dir: "x"}, IncomingOptions{}); err == nil {
+		t.Error("Attach after Close succeeded")
 	}
 }
