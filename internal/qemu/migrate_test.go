@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,6 +30,45 @@ func TestArgsIncoming(t *testing.T) {
 	if !hasArg(a, "-incoming defer") {
 		t.Errorf("no -incoming defer with Incoming: %q", a)
 	}
+	if hasArg(a, "-object") || !hasArg(a, "-machine q35") {
+		t.Errorf("a memory backend of its own without PreallocThreads: %q", a)
+	}
+	cfg.PreallocThreads = 2
+	if a, err = Args(cfg); err != nil {
+		t.Fatal(err)
+	}
+	// The backend keeps the default's name, which the stream refers to,
+	// and its size is -m's (64 MiB and the TCG pad).
+	if !hasArg(a, "-object memory-backend-ram,id=pc.ram,size=65544K,prealloc=on,prealloc-threads=2") ||
+		!hasArg(a, "-machine q35,memory-backend=pc.ram") || !hasArg(a, "-m 65544K") {
+		t.Errorf("PreallocThreads 2: %q", a)
+	}
+	for _, n := range []int{-1, maxPreallocThreads + 1} {
+		cfg.PreallocThreads = n
+		if _, err := Args(cfg); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("PreallocThreads %d: err = %v, want ErrInvalidConfig", n, err)
+		}
+	}
+}
+
+// residentKiB is the resident memory of process pid (VmRSS), in KiB.
+func residentKiB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err != nil {
+				t.Fatalf("VmRSS %q: %v", v, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
 }
 
 // sockDir makes a short dir for migration sockets, removed at cleanup.
@@ -51,11 +93,16 @@ func TestMigrateUnix(t *testing.T) {
 	ctx := migrationCtx(t)
 	src := launch(t, testConfig(testDir(t), false))
 	dstCfg := testConfig(testDir(t), false)
-	dstCfg.Incoming = true
+	// The target allocates the guest's memory at launch, as Shoal's do; the
+	// source, launched as a VM starts, does not. The stream still fits.
+	dstCfg.Incoming, dstCfg.PreallocThreads = true, 2
 	dst := launch(t, dstCfg)
 
 	if st, err := dst.Status(ctx); err != nil || st != "inmigrate" {
 		t.Fatalf("target status = %q, %v; want inmigrate", st, err)
+	}
+	if kib := residentKiB(t, dst.Pid); kib < 64<<10 {
+		t.Errorf("target resident %d KiB before any stream, want all of the guest's 64 MiB allocated", kib)
 	}
 	if s, err := src.QueryMigrate(ctx); err != nil || s.Status != "none" || !s.Done() {
 		t.Fatalf("before migrating: %+v, %v; want none", s, err)
