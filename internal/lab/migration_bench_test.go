@@ -63,9 +63,12 @@ var benchRounds = envInt("SHOAL_BENCH_ROUNDS", 6)
 // alone, without launching the target).
 type migSample struct {
 	Wall, Total, Downtime, Stall, Median time.Duration
-	Failed                               int
-	Err                                  string
-	From                                 string // the host it left
+	// Switch is the part of Shoal's downtime on the target, from the
+	// stream's end there to the guest running (commit included).
+	Switch time.Duration
+	Failed int
+	Err    string
+	From   string // the host it left
 }
 
 // BenchmarkMigration measures live migration in a lab of two hosts,
@@ -176,7 +179,8 @@ func (f *labFixture) shoalMigrate(vm string, args []string) (migSample, error) {
 		return migSample{}, fmt.Errorf("no migration recorded")
 	}
 	return migSample{Wall: wall, Total: time.Duration(h[0].TotalMs) * time.Millisecond,
-		Downtime: time.Duration(h[0].DowntimeMs) * time.Millisecond, From: from}, nil
+		Downtime: time.Duration(h[0].DowntimeMs) * time.Millisecond, Switch: time.Duration(h[0].SwitchMs) * time.Millisecond,
+		From: from}, nil
 }
 
 // measure runs one migration with a client polling ip, and adds what the
@@ -226,12 +230,15 @@ func (f *labFixture) report(b *testing.B, workload, main string, samples map[str
 			if s.Err != "" {
 				e = " error: " + s.Err
 			}
-			from := ""
+			from, sw := "", ""
 			if s.From != "" {
 				from = " from " + s.From
 			}
-			lines = append(lines, fmt.Sprintf("    %s #%d%s: wall %s total %s downtime %s stall %s (median request %s) failed %d%s",
-				m, i+1, from, ms(s.Wall), ms(s.Total), ms(s.Downtime), ms(s.Stall), ms(s.Median), s.Failed, e))
+			if s.Switch > 0 {
+				sw = " (switch " + ms(s.Switch) + ")"
+			}
+			lines = append(lines, fmt.Sprintf("    %s #%d%s: wall %s total %s downtime %s%s stall %s (median request %s) failed %d%s",
+				m, i+1, from, ms(s.Wall), ms(s.Total), ms(s.Downtime), sw, ms(s.Stall), ms(s.Median), s.Failed, e))
 		}
 	}
 	if r := pairedRatios(samples[main], samples["plain QEMU"]); len(r) > 0 {
