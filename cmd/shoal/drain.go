@@ -89,7 +89,7 @@ the host back in service, and a drain under way then starts no more moves.`,
 	f := cmd.Flags()
 	f.IntVar(&req.Parallel, "parallel", 2, "live migrations at once")
 	f.BoolVar(&req.Insecure, "insecure", false, "send the migration streams unencrypted (trusted networks only)")
-	f.DurationVar(&downtime, "downtime", 50*time.Millisecond, "longest pause of each VM to plan for at the switch (QEMU gets 20ms less, for the target's commit and resume)")
+	f.DurationVar(&downtime, "downtime", 50*time.Millisecond, "longest pause of each VM QEMU may plan for at the switch")
 	f.StringVar(&bandwidth, "bandwidth", "", "cap each migration stream, bytes per second (e.g. 500M); default unlimited")
 	f.BoolVar(&req.AutoConverge, "auto-converge", true, "slow down a VM's CPUs if it dirties memory faster than it moves")
 	f.DurationVar(&postcopy, "postcopy-after", 0, "switch to post-copy if pre-copy has not converged after this long (0 = never)")

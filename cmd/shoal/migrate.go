@@ -95,7 +95,7 @@ off, and the VM keeps running where it was.`,
 	f := cmd.Flags()
 	f.StringVar(&req.To, "to", "", "target host (default: the scheduler picks)")
 	f.BoolVar(&req.Insecure, "insecure", false, "send the migration stream unencrypted (trusted networks only)")
-	f.DurationVar(&downtime, "downtime", 50*time.Millisecond, "longest pause of the VM to plan for at the switch (QEMU gets 20ms less, for the target's commit and resume)")
+	f.DurationVar(&downtime, "downtime", 50*time.Millisecond, "longest pause of the VM QEMU may plan for at the switch")
 	f.StringVar(&bandwidth, "bandwidth", "", "cap the stream, bytes per second (e.g. 500M); default unlimited")
 	f.BoolVar(&req.AutoConverge, "auto-converge", true, "slow down the VM's CPUs if it dirties memory faster than it moves")
 	f.DurationVar(&postcopy, "postcopy-after", 0, "switch to post-copy if pre-copy has not converged after this long (0 = never)")

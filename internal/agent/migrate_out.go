@@ -91,7 +91,7 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 		bw = qemu.UnlimitedBandwidth
 	}
 	return w.proc.Migrate(ctx, uri, qemu.MigrateOptions{
-		DowntimeLimit:  qemuDowntime(time.Duration(o.DowntimeMs) * time.Millisecond),
+		DowntimeLimit:  time.Duration(o.DowntimeMs) * time.Millisecond,
 		BandwidthBytes: bw,
 		AutoConverge:   o.AutoConverge,
 		PostCopy:       o.PostcopyAfterMs > 0,
@@ -100,20 +100,6 @@ func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 		// disk an exact copy) before the device state goes.
 		PauseBeforeSwitchover: mirror != nil,
 	})
-}
-
-// switchAllowance is the part of a migration's downtime limit kept for
-// what follows QEMU's own pause: the target reading and loading the
-// stream's end, its commit in etcd and the resume (20 to 30 ms in the
-// lab, a few of them on a quick host). QEMU plans its final pause within
-// the rest, so that the guest's whole pause, the downtime Shoal reports,
-// stays within the limit the user gave.
-const switchAllowance = 20 * time.Millisecond
-
-// qemuDowntime is the downtime limit QEMU is given for a migration whose
-// limit is d: d less the switch allowance, but at least half of d.
-func qemuDowntime(d time.Duration) time.Duration {
-	return d - min(switchAllowance, d/2)
 }
 
 // outgoingStreams returns where QEMU sends its migration and, if the disk

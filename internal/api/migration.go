@@ -26,7 +26,7 @@ type Migration struct {
 // MigrationOptions are the tunables of one migration.
 type MigrationOptions struct {
 	Insecure       bool  `json:"insecure,omitempty"`        // stream in clear instead of TLS with the cluster's certificates
-	DowntimeMs     int64 `json:"downtime_ms,omitempty"`     // longest pause of the guest to plan for at the switch
+	DowntimeMs     int64 `json:"downtime_ms,omitempty"`     // longest final pause QEMU may plan for
 	BandwidthBytes int64 `json:"bandwidth_bytes,omitempty"` // per second; 0 = unlimited
 	AutoConverge   bool  `json:"auto_converge,omitempty"`   // throttle a guest that dirties memory faster than it moves
 	// PostcopyAfterMs switches to post-copy when pre-copy has not
