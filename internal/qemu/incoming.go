@@ -187,14 +187,10 @@ func (il *IncomingListener) consider(c *net.TCPConn) {
 	}
 }
 
-// give hands c to p; closing c afterwards, on failure too, fails the
-// source's migration at once.
+// give hands c to p. c is closed afterwards (QEMU holds its own
+// descriptor); on a failure, that fails the source's migration at once.
 func (il *IncomingListener) give(p *Process, c *net.TCPConn) error {
-	defer c.Close() // QEMU holds its own descriptor
-	return il.handOver(p, c)
-}
-
-func (il *IncomingListener) handOver(p *Process, c *net.TCPConn) error {
+	defer c.Close()
 	f, err := c.File()
 	if err != nil {
 		return fmt.Errorf("qemu %s: incoming migration: %w", p.Dir, err)
