@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -22,8 +23,18 @@ import (
 type Handler struct {
 	Local    *Local
 	ImageDir string // the server's image library, which agents copy from
-	Log      *slog.Logger
-	mux      *http.ServeMux
+	// Images, if set, finds the files of an image in the library (else
+	// they are taken from ImageDir as they are). Set it before serving.
+	Images ImageFiles
+	Log    *slog.Logger
+	mux    *http.ServeMux
+}
+
+// ImageFiles finds the files of images on this server.
+type ImageFiles interface {
+	// File returns the path of file of image im, or an error if this
+	// server does not hold the image. peer says another server asks.
+	File(im api.Image, file string, peer bool) (string, error)
 }
 
 // Prefix is the path prefix of the agent API.
@@ -32,10 +43,13 @@ const Prefix = "/v1/agent/"
 // NewHandler returns the agent API on top of a Local control plane.
 func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	h := &Handler{Local: l, ImageDir: imageDir, Log: log, mux: http.NewServeMux()}
+	// Each call is an agent's, or, for images, another server's too (to
+	// copy them: see server.imageLibrary).
 	route := func(pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
+		images := strings.HasPrefix(pattern, "GET /v1/agent/images/")
 		h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			name, role, ok := pki.PeerRole(r.TLS)
-			if !ok || role != pki.OUAgent {
+			if !ok || role != pki.OUAgent && !(images && role == pki.OUServer) {
 				writeErr(w, api.Errorf(api.ErrUnauthorized, "the agent API needs an agent certificate of this cluster"))
 				return
 			}
@@ -287,13 +301,21 @@ var imageFiles = map[string]bool{"disk.qcow2": true, "vmlinuz": true, "initrd.im
 
 func (h *Handler) imageFile(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
 	name, file := r.PathValue("name"), r.PathValue("file")
-	if _, err := h.Local.Image(ctx, name); err != nil {
+	im, err := h.Local.Image(ctx, name)
+	if err != nil {
 		return err
 	}
 	if !imageFiles[file] {
 		return api.Errorf(api.ErrNotFound, "image %q has no file %q", name, file)
 	}
-	f, err := os.Open(filepath.Join(h.ImageDir, name, file))
+	path := filepath.Join(h.ImageDir, name, file)
+	if h.Images != nil {
+		_, role, _ := pki.PeerRole(r.TLS)
+		if path, err = h.Images.File(im, file, role == pki.OUServer); err != nil {
+			return err
+		}
+	}
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return api.Errorf(api.ErrNotFound, "image %q has no file %q", name, file)
 	}

@@ -311,18 +311,19 @@ func (c *Remote) download(ctx context.Context, path, dst string) error {
 	if resp.StatusCode != http.StatusOK {
 		return readErr(resp)
 	}
-	if err := save(resp, dst); err != nil {
+	if _, err := SaveBody(resp, dst); err != nil {
 		c.failed(base) // the copy broke off (or the disk is full): the next try starts elsewhere
 		return fmt.Errorf("download %s: %w", path, err)
 	}
 	return nil
 }
 
-// save writes the body of resp to dst atomically.
-func save(resp *http.Response, dst string) error {
+// SaveBody writes the body of resp to dst atomically and durably, and
+// says how many bytes it wrote.
+func SaveBody(resp *http.Response, dst string) (int64, error) {
 	f, err := os.CreateTemp(filepath.Dir(dst), ".part-")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer os.Remove(f.Name())
 	n, err := io.Copy(f, resp.Body)
@@ -338,7 +339,7 @@ func save(resp *http.Response, dst string) error {
 	if err == nil {
 		err = os.Rename(f.Name(), dst)
 	}
-	return err
+	return n, err
 }
 
 // WatchVMs implements Source over a long-lived streaming response. When

@@ -2,6 +2,9 @@ package lab
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +35,21 @@ func TestLabReplicas(t *testing.T) {
 		t.Fatalf("the leader %q is not a server of the lab", leader)
 	}
 	survivor := killed%3 + 1
+
+	// An image imported through the leader reaches the other replicas.
+	src := filepath.Join(t.TempDir(), "blank.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", src, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	f.shoal(f.via(killed, "image", "import", src, "--name", "blank")...)
+	for k := 1; k <= 3; k++ {
+		disk := filepath.Join(l.ServerDir(k), "images", "blank", "disk.qcow2")
+		f.waitFor(ServerName(k)+" to hold the imported image", 30*time.Second, func() bool {
+			_, err := os.Stat(disk)
+			return err == nil
+		})
+	}
+
 	t.Logf("killing %s, the leader; asking %s", leader, ServerName(survivor))
 	if err := Kill(f.ctx, f.log, f.dir, ServerName(killed)); err != nil {
 		t.Fatal(err)
@@ -65,6 +83,11 @@ func TestLabReplicas(t *testing.T) {
 		}
 	}
 	f.waitServing(v.IP, 10*time.Second)
+	// With the replica it was imported through dead, a host gets the
+	// image from another, and the VM runs.
+	if out := f.shoal(f.via(survivor, "vm", "create", "b1", "--image", "blank", "--start")...); !strings.Contains(out, "running") {
+		t.Errorf("vm b1 from the imported image: %s", out)
+	}
 
 	if err := Revive(f.ctx, f.log, f.dir, ServerName(killed)); err != nil {
 		t.Fatal(err)

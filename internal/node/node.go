@@ -131,8 +131,9 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if url == "" {
 		url = "https://" + o.Listen
 	}
+	agentAPI := agentapi.NewHandler(local, imageDir, log)
 	scfg := server.Config{Name: o.Host, URL: url, ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir, Policy: o.Policy,
-		AgentAPI: agentapi.NewHandler(local, imageDir, log), EmbeddedEtcd: len(o.EtcdEndpoints) == 0}
+		AgentAPI: agentAPI, EmbeddedEtcd: len(o.EtcdEndpoints) == 0}
 	var ag *agent.Agent
 	if !o.NoAgent {
 		ag = agent.New(agent.Config{
@@ -142,6 +143,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 		scfg.Hosts = map[string]agentapi.Host{o.Host: agentapi.Direct{LocalHost: ag}}
 	}
 	srv := server.New(scfg, st, log)
+	agentAPI.Images = srv.ImageFiles()
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}

@@ -34,6 +34,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.st.DropStaleCampaign(ctx, ss, s.self().Name); err != nil {
 		return err
 	}
+	go s.images.run(ctx)
 	first := make(chan error, 1)
 	go s.lead(ctx, ss, first)
 	select {

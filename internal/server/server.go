@@ -58,6 +58,7 @@ type Server struct {
 	events     *eventLog
 	drains     *drainer
 	failover   *failover
+	images     *imageLibrary
 }
 
 // New builds the API server.
@@ -78,9 +79,14 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 		return s.cache.placeStopped(ctx, rev, sp, s.cfg.Policy)
 	})
 	s.failover = newFailover(st, s.cache, log, ev, cfg.Policy)
+	s.images = newImageLibrary(cfg.ImageDir, s.self().Name, st, cfg.HostTLS, log)
 	s.routes()
 	return s
 }
+
+// ImageFiles finds the files of the images this replica holds, for the
+// agent API; it has one it lacks copied from another replica.
+func (s *Server) ImageFiles() agentapi.ImageFiles { return s.images }
 
 func (s *Server) routes() {
 	h := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
