@@ -52,6 +52,8 @@ func TestIntegrationBadInput(t *testing.T) {
 		{"recover unknown", []string{"vm", "recover", "ghost"}, `vm "ghost" not found`},
 		{"recover no name", []string{"vm", "recover"}, "accepts 1 arg"},
 		{"recover on a live host", []string{"vm", "recover", "exists"}, "use 'shoal vm migrate'"},
+		{"remove unknown server", []string{"cluster", "remove-server", "ghost"}, `no server called "ghost"`},
+		{"remove bad server name", []string{"cluster", "remove-server", "Ghost"}, "must start with a lower-case letter"},
 		{"wrong token", []string{"--token", "wrong", "vm", "list"}, "invalid API token"},
 		{"bad output", []string{"vm", "list", "-o", "yaml"}, "unknown output format"},
 	}

@@ -55,6 +55,26 @@ func clusterServersCmd(g *globals) *cobra.Command {
 	}
 }
 
+// clusterRemoveServerCmd removes a server replica that is gone for good.
+func clusterRemoveServerCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove-server NAME",
+		Short: "Remove a stopped server replica from the cluster for good (its etcd member leaves the quorum)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.RemoveServer(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("server %s removed from the cluster\n", args[0])
+			return nil
+		},
+	}
+}
+
 func leaderMark(s api.Server) string {
 	if s.Leader {
 		return "yes"

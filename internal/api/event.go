@@ -51,6 +51,7 @@ const (
 	EventVMFailoverFailed = "vm.failover_failed" // restarts kept failing
 	EventVMRecovered      = "vm.recovered"       // the user moved it off a failed host
 	EventVMCrashed        = "vm.crashed"         // its QEMU died or its guest panicked (restarted in place, or given up)
+	EventServerRemoved    = "server.removed"     // a server replica left the cluster for good
 )
 
 // Involves reports whether the event concerns host (as its host or as

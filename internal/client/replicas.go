@@ -203,6 +203,11 @@ func (c *Client) Servers() []string { return c.set.Order() }
 // refreshing (ListServers).
 func (c *Client) FailedOver() bool { return c.moved.Load() }
 
+// RemoveServer removes a stopped server replica from the cluster for good.
+func (c *Client) RemoveServer(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/cluster/servers/"+url.PathEscape(name), nil, nil)
+}
+
 // ListServers returns the control plane's live replicas.
 func (c *Client) ListServers(ctx context.Context) ([]api.Server, error) {
 	var out []api.Server

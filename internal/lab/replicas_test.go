@@ -106,6 +106,27 @@ func TestLabReplicas(t *testing.T) {
 	if out := f.shoal(f.via(killed, "vm", "show", "r1", "-o", "json")...); !strings.Contains(out, `"r1"`) {
 		t.Errorf("vm r1 via the revived %s: %s", leader, out)
 	}
+
+	// A server gone for good is removed from the cluster; a running one
+	// is not.
+	gone := ServerName(killed)
+	if _, err := f.try(f.via(survivor, "cluster", "remove-server", gone)...); err == nil || !strings.Contains(err.Error(), "is running") {
+		t.Errorf("removing the running %s: %v; want it refused", gone, err)
+	}
+	if err := Kill(f.ctx, f.log, f.dir, gone); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(gone+" to leave the list", 30*time.Second, func() bool {
+		return len(f.replicasVia(survivor)) == 2
+	})
+	if out := f.shoal(f.via(survivor, "cluster", "remove-server", gone)...); !strings.Contains(out, "removed") {
+		t.Errorf("remove-server %s: %q", gone, out)
+	}
+	if _, err := f.try(f.via(survivor, "cluster", "remove-server", gone)...); err == nil || !strings.Contains(err.Error(), "no server called") {
+		t.Errorf("removing %s again: %v; want not found", gone, err)
+	}
+	// The two left still make a quorum, and write.
+	f.shoal(f.via(survivor, "vm", "delete", "b1", "--force")...)
 }
 
 // via is a CLI call through server k's unix socket.

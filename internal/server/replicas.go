@@ -103,6 +103,35 @@ func (s *Server) joinServer(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// removeServer removes a server replica that is gone for good: its etcd
+// member leaves the cluster, so that the quorum counts only the servers
+// left, and its name may join again.
+func (s *Server) removeServer(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	name := r.PathValue("name")
+	if err := api.ValidateName("server", name); err != nil {
+		return err
+	}
+	if !s.cfg.EmbeddedEtcd {
+		return api.Errorf(api.ErrInvalid, "this cluster keeps its state in an external etcd, whose members are not Shoal's servers: a server leaves the list once it stops")
+	}
+	live, err := s.st.ListServers(ctx)
+	if err != nil {
+		return err
+	}
+	if slices.ContainsFunc(live, func(sv api.Server) bool { return sv.Name == name }) {
+		return api.Errorf(api.ErrConflict, "server %q is running: stop it first (its 'shoal server' process), then remove it", name)
+	}
+	if err := s.st.RemoveMember(ctx, name); err != nil {
+		return err
+	}
+	s.log.Info("server replica removed", "name", name)
+	s.events.record(ctx, api.Event{Kind: api.EventServerRemoved, Severity: api.SeverityInfo,
+		Message: fmt.Sprintf("server %s removed from the cluster; its data dir can only join again afresh", name)})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // checkPeerURL checks the form of an etcd peer URL.
 func checkPeerURL(raw string) error {
 	u, err := url.Parse(raw)

@@ -121,6 +121,7 @@ func (s *Server) routes() {
 	h("DELETE /v1/images/{name}", s.deleteImage)
 	h("POST /v1/cluster/tokens", s.createJoinToken)
 	h("GET /v1/cluster/servers", s.listServers)
+	h("DELETE /v1/cluster/servers/{name}", s.removeServer)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
 	})

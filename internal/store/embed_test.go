@@ -151,4 +151,21 @@ func TestEmbeddedCluster(t *testing.T) {
 	if _, err := members[a].Client().Put(wctx, "/test/c", "3"); err != nil {
 		t.Fatalf("write with a learner pending and one member down: %v", err)
 	}
+
+	// The member that is down is removed for good: two voters are left.
+	if err := st(a).RemoveMember(ctx, opts[b].Name); err != nil {
+		t.Fatalf("remove %s: %v", opts[b].Name, err)
+	}
+	ms, err = st(a).Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Name == opts[b].Name {
+			t.Errorf("%s is still a member: %+v", opts[b].Name, ms)
+		}
+	}
+	if err := st(a).RemoveMember(ctx, opts[b].Name); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("removing %s again: %v; want not found", opts[b].Name, err)
+	}
 }

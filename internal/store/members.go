@@ -100,6 +100,36 @@ func (s *Store) AddMember(ctx context.Context, name, peerURL string) (string, er
 	return InitialCluster(ms, resp.Member.ID, name), nil
 }
 
+// RemoveMember removes the member called name from the etcd cluster for
+// good: the quorum then counts only the members left, and the removed
+// member's data can never rejoin (see settle).
+func (s *Store) RemoveMember(ctx context.Context, name string) error {
+	ms, err := s.Members(ctx)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(ms, func(m Member) bool { return m.Name == name })
+	if i < 0 {
+		var names []string
+		for _, m := range ms {
+			if m.Started() {
+				names = append(names, m.Name)
+			}
+		}
+		return api.Errorf(api.ErrNotFound, "no server called %q is a member of the cluster's etcd (its members: %s)", name, strings.Join(names, ", "))
+	}
+	_, err = s.c.MemberRemove(ctx, ms[i].ID)
+	switch {
+	case errors.Is(err, rpctypes.ErrMemberNotFound):
+		return nil // removed meanwhile
+	case errors.Is(err, rpctypes.ErrUnhealthy):
+		return api.Errorf(api.ErrUnavailable, "removing server %q now would leave the cluster's etcd without a quorum of running members: start the other servers first", name)
+	case err != nil:
+		return fmt.Errorf("remove etcd member %q: %w: %w", name, api.ErrUnavailable, err)
+	}
+	return nil
+}
+
 // InitialCluster is the initial-cluster string of members, e.g.
 // "s1=https://10.57.0.1:7380,s2=https://10.57.0.252:7380": the member
 // with ID id is called name.
