@@ -13,8 +13,9 @@ import (
 
 // TestIntegrationCrashRestart: a VM whose QEMU is killed, or whose guest
 // kernel panics, is restarted in place with backoff; the 4th crash within
-// 10 minutes marks it failed with the reason; 'vm start' clears that; a
-// guest that powers itself off stays off.
+// 10 minutes marks it failed with the reason, which a restart of the
+// agent does not forget; 'vm start' clears that; a guest that powers
+// itself off stays off.
 func TestIntegrationCrashRestart(t *testing.T) {
 	l := newLab(t)
 	l.start()
@@ -50,6 +51,13 @@ func TestIntegrationCrashRestart(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	if v := l.vm("c1"); v.State != api.StateFailed || v.PID != 0 || len(l.qemuPids()) != 0 {
 		t.Fatalf("a given-up VM runs again: %+v, qemu %v", v, l.qemuPids())
+	}
+	// Nor after a restart of the node: the agent kept the history.
+	l.kill()
+	l.start()
+	time.Sleep(3 * time.Second)
+	if v := l.vm("c1"); v.State != api.StateFailed || !strings.Contains(v.Error, "crashed 4 times") || len(l.qemuPids()) != 0 {
+		t.Fatalf("a given-up VM after the agent's restart: %+v, qemu %v", v, l.qemuPids())
 	}
 	// shoal events tells each crash and what was done about it.
 	var evs []api.Event

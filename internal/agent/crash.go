@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,10 +26,24 @@ import (
 // the reason meanwhile, and once the VM crashed more often than the
 // policy allows, reports it failed with the reason and leaves it off.
 //
-// The crash history is kept in the worker, in memory: an agent restart
-// forgets it, erring on the side of running the VM. The user clears it by
-// starting the VM again ('shoal vm start' on a failed VM writes its spec
-// anew), by restarting it, or by stopping it.
+// The crash history is kept in the worker and, so that an agent restart
+// neither starts a VM the policy gave up on nor resets its count, in the
+// VM's directory (crashFile). The user clears it by starting the VM again
+// ('shoal vm start' on a failed VM writes its spec anew), by restarting
+// it, or by stopping it.
+
+// crashFile, in a VM's directory, holds its crash history.
+const crashFile = "crashes.json"
+
+// savedCrashes is crashState as crashFile holds it.
+type savedCrashes struct {
+	Times  []time.Time `json:"times"`
+	Gen    int         `json:"gen"`
+	Rev    int64       `json:"rev,omitempty"`
+	Due    time.Time   `json:"due,omitzero"`
+	GaveUp bool        `json:"gave_up,omitempty"`
+	Msg    string      `json:"msg,omitempty"`
+}
 
 // crashState is one VM's recent crashes.
 type crashState struct {
@@ -69,6 +86,7 @@ func (w *worker) crashed(s *api.VMSpec) bool {
 	period := ha.ShortDuration(p.Period)
 	log := w.log.With("name", s.Name, "reason", e.Reason, "cause", e.Cause, "crashes", n, "within", period,
 		"qemu_log", qemuLogTail(w.a.vmDir(w.id)))
+	defer w.saveCrashes()
 	if giveUp {
 		c.gaveUp, c.rev, c.due = true, s.Rev, time.Time{}
 		c.msg = fmt.Sprintf("the VM crashed %d times in %s, the last time: %s; start it again with 'shoal vm start %s' once fixed",
@@ -142,6 +160,35 @@ func (w *worker) forgetCrashes() {
 	}
 	w.crash = crashState{}
 	w.exit = qemu.Exit{}
+	if err := os.Remove(filepath.Join(w.a.vmDir(w.id), crashFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.log.Warn("could not remove the crash history", "err", err)
+	}
+}
+
+// saveCrashes writes the crash history to the VM's directory.
+func (w *worker) saveCrashes() {
+	c := w.crash
+	b, err := json.Marshal(savedCrashes{Times: c.times, Gen: c.gen, Rev: c.rev, Due: c.due, GaveUp: c.gaveUp, Msg: c.msg})
+	if err == nil {
+		err = writeAtomic(filepath.Join(w.a.vmDir(w.id), crashFile), b)
+	}
+	if err != nil {
+		w.log.Warn("could not keep the crash history; an agent restart would forget it", "err", err)
+	}
+}
+
+// loadCrashes reads the crash history an earlier run of the agent kept.
+func (w *worker) loadCrashes() {
+	b, err := os.ReadFile(filepath.Join(w.a.vmDir(w.id), crashFile))
+	if err != nil {
+		return
+	}
+	var s savedCrashes
+	if err := json.Unmarshal(b, &s); err != nil {
+		w.log.Warn("crash history unreadable; starting afresh", "err", err)
+		return
+	}
+	w.crash = crashState{times: s.Times, gen: s.Gen, rev: s.Rev, due: s.Due, gaveUp: s.GaveUp, msg: s.Msg}
 }
 
 // consoleTail returns the last n lines of a VM's serial console, where a

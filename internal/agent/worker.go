@@ -47,7 +47,9 @@ type worker struct {
 }
 
 func newWorker(a *Agent, id string) *worker {
-	return &worker{a: a, id: id, log: a.log.With("vm_id", id), kick: make(chan struct{}, 1), gen: -1}
+	w := &worker{a: a, id: id, log: a.log.With("vm_id", id), kick: make(chan struct{}, 1), gen: -1}
+	w.loadCrashes()
+	return w
 }
 
 // update records the latest spec and wakes the worker. A spec older than
