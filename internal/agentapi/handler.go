@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -43,13 +43,12 @@ const Prefix = "/v1/agent/"
 // NewHandler returns the agent API on top of a Local control plane.
 func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	h := &Handler{Local: l, ImageDir: imageDir, Log: log, mux: http.NewServeMux()}
-	// Each call is an agent's, or, for images, another server's too (to
-	// copy them: see server.imageLibrary).
-	route := func(pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
-		images := strings.HasPrefix(pattern, "GET /v1/agent/images/")
+	// A call is an agent's; an image's, another server's too (which
+	// copies it: see server.imageLibrary).
+	serve := func(roles []string, pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
 		h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			name, role, ok := pki.PeerRole(r.TLS)
-			if !ok || role != pki.OUAgent && !(images && role == pki.OUServer) {
+			if !ok || !slices.Contains(roles, role) {
 				writeErr(w, api.Errorf(api.ErrUnauthorized, "the agent API needs an agent certificate of this cluster"))
 				return
 			}
@@ -57,6 +56,9 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 				writeErr(w, err)
 			}
 		})
+	}
+	route := func(pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
+		serve([]string{pki.OUAgent}, pattern, fn)
 	}
 	route("POST /v1/agent/register", h.register)
 	route("GET /v1/agent/watch", h.watch)
@@ -68,8 +70,8 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("POST /v1/agent/migration/commit", h.migrationCommit)
 	route("POST /v1/agent/migration/progress/{id}", h.migrationProgress)
 	route("GET /v1/agent/networks/{name}", h.network)
-	route("GET /v1/agent/images/{name}", h.image)
-	route("GET /v1/agent/images/{name}/files/{file}", h.imageFile)
+	serve([]string{pki.OUAgent, pki.OUServer}, "GET /v1/agent/images/{name}", h.image)
+	serve([]string{pki.OUAgent, pki.OUServer}, "GET /v1/agent/images/{name}/files/{file}", h.imageFile)
 	route("GET /v1/agent/servers", h.servers)
 	route("POST /v1/agent/claim-start", h.claimStart)
 	route("POST /v1/agent/crashed", h.crashed)
