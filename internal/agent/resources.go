@@ -15,6 +15,7 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/cloudinit"
 	"github.com/shoalvm/shoal/internal/crashpoint"
+	"github.com/shoalvm/shoal/internal/image"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/storage"
@@ -51,24 +52,46 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		return err
 	}
 	disk := pool.DiskPath(s.ID)
+	newDisk, err := absent(disk)
+	if err != nil {
+		return err
+	}
+	imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
+	var im api.Image
+	if newDisk {
+		// A new disk goes on the image as it is now: a copy here of a
+		// deleted image of its name (no VM can use one) goes.
+		if im, err = w.a.cp.Image(ctx, s.Image); err != nil {
+			return err
+		}
+		if err := w.dropStale(imgDir, im); err != nil {
+			return err
+		}
+	}
 	// The image (kernel too) must be on this host even when the disk
 	// exists already, as after a move to this host on a shared pool.
-	base := filepath.Join(w.a.cfg.ImageDir, s.Image, "disk.qcow2")
+	base := filepath.Join(imgDir, "disk.qcow2")
 	if missing, err := absent(base); err != nil {
 		return err
 	} else if missing {
-		if err := w.a.cp.FetchImage(ctx, s.Image, filepath.Join(w.a.cfg.ImageDir, s.Image)); err != nil {
+		if err := w.a.cp.FetchImage(ctx, s.Image, imgDir); err != nil {
 			return fmt.Errorf("bring image %q to host %s: %w", s.Image, w.a.cfg.Host, err)
 		}
 	}
-	if missing, err := absent(disk); err != nil {
-		return err
-	} else if missing {
+	if newDisk {
 		if pool.Shared {
 			// Every host must find the overlay's base at the same path.
 			shared := pool.ImageBase(s.Image)
+			if err := w.dropStale(filepath.Dir(shared), im); err != nil {
+				return err
+			}
 			if err := storage.EnsureCopy(base, shared); err != nil {
 				return err
+			}
+			if image.ReadStamp(filepath.Dir(shared)) == "" {
+				if err := image.WriteStamp(filepath.Dir(shared), im); err != nil {
+					return err
+				}
 			}
 			base = shared
 		}
@@ -165,6 +188,19 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	return p, nil
+}
+
+// dropStale removes dir if it holds a copy of another image than im
+// under its name (see image.Stale).
+func (w *worker) dropStale(dir string, im api.Image) error {
+	if !image.Stale(dir, im) {
+		return nil
+	}
+	w.log.Info("dropping the copy of a deleted image of the same name", "image", im.Name, "dir", dir)
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("image %q: drop the old copy: %w", im.Name, err)
+	}
+	return nil
 }
 
 // preallocThreads is how many threads a migration's target QEMU zeroes

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/image"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/replica"
 )
@@ -276,7 +277,8 @@ func (c *Remote) Image(ctx context.Context, name string) (api.Image, error) {
 }
 
 // FetchImage implements Catalog: it downloads the image's files into dir,
-// each atomically, the disk last (its presence marks a complete copy).
+// each atomically, stamped with the image (image.WriteStamp), the disk
+// last (its presence marks a complete copy).
 func (c *Remote) FetchImage(ctx context.Context, name, dir string) error {
 	c.fetch.Lock()
 	defer c.fetch.Unlock()
@@ -289,6 +291,9 @@ func (c *Remote) FetchImage(ctx context.Context, name, dir string) error {
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("image dir: %w", err)
+	}
+	if err := image.WriteStamp(dir, im); err != nil {
+		return err
 	}
 	files := []string{"disk.qcow2"}
 	if im.Kernel {

@@ -126,7 +126,29 @@ func TestLabReplicas(t *testing.T) {
 		t.Errorf("removing %s again: %v; want not found", gone, err)
 	}
 	// The two left still make a quorum, and write.
+	var b1 struct{ Host string }
+	if err := json.Unmarshal([]byte(f.shoal(f.via(survivor, "vm", "show", "b1", "-o", "json")...)), &b1); err != nil || b1.Host == "" {
+		t.Fatalf("vm b1: %+v, %v", b1, err)
+	}
 	f.shoal(f.via(survivor, "vm", "delete", "b1", "--force")...)
+
+	// The image deleted and imported again under its name is the new
+	// one on the host that kept a copy of the old one.
+	f.shoal(f.via(survivor, "image", "delete", "blank")...)
+	src = filepath.Join(t.TempDir(), "blank2.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", src, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	f.shoal(f.via(survivor, "image", "import", src, "--name", "blank")...)
+	f.shoal(f.via(survivor, "vm", "create", "b2", "--image", "blank", "--host", b1.Host, "--start")...)
+	k, _ := HostIndex(b1.Host)
+	out, err := exec.Command("qemu-img", "info", "--output", "json", "-U", filepath.Join(l.Host(k), "images", "blank", "disk.qcow2")).CombinedOutput()
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err != nil || json.Unmarshal(out, &info) != nil || info.VirtualSize != 32<<20 {
+		t.Errorf("%s's copy of the new image blank: %v, %s", b1.Host, err, out)
+	}
 }
 
 // via is a CLI call through server k's unix socket.

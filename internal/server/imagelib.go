@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/image"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -25,16 +26,14 @@ import (
 // an image imported through one replica is copied by every other one
 // from a replica that has it, so that an agent gets the image from
 // whichever replica it reaches, and the library outlives the replica it
-// was imported through. A copy records the creation time of the image it
-// is of (originFile), so that a replica never serves, nor keeps, the
-// files of an older image of the same name.
+// was imported through. A copy is stamped with the image it is of
+// (image.StampFile), so that a replica never serves, nor keeps, the
+// files of a deleted image of the same name.
 
 const (
 	// imageSyncEvery is how often a replica compares its library with the
 	// cluster's images (and at once when an agent asks for one it lacks).
 	imageSyncEvery = 5 * time.Second
-	// originFile, in an image's directory, holds the image's creation time.
-	originFile = "origin"
 	// orphanAge is how old an image directory without a record must be
 	// before it is removed: an import moves its directory into place just
 	// before it records the image.
@@ -44,7 +43,7 @@ const (
 // localImage is what a replica holds of an image.
 type localImage struct {
 	Name    string
-	Origin  string // content of originFile; "" if none (an import older than it)
+	Stamp   string // image.ReadStamp; "" if none (an import older than stamps)
 	Whole   bool   // the disk is there (it is written last)
 	ModTime time.Time
 }
@@ -55,12 +54,9 @@ type imagePlan struct {
 	Remove []string    // directories of images that no longer exist
 }
 
-// origin is the text of originFile for im.
-func origin(created time.Time) string { return created.UTC().Format(time.RFC3339Nano) }
-
 // holds reports whether have is a whole copy of im.
 func holds(have localImage, im api.Image) bool {
-	return have.Whole && (have.Origin == "" || have.Origin == origin(im.CreatedAt))
+	return have.Whole && (have.Stamp == "" || have.Stamp == image.Stamp(im))
 }
 
 // planImages decides which images to copy here and which directories to
@@ -205,9 +201,7 @@ func (l *imageLibrary) look(name string) localImage {
 	if _, err := os.Stat(filepath.Join(d, "disk.qcow2")); err == nil {
 		li.Whole = true
 	}
-	if b, err := os.ReadFile(filepath.Join(d, originFile)); err == nil {
-		li.Origin = strings.TrimSpace(string(b))
-	}
+	li.Stamp = image.ReadStamp(d)
 	return li
 }
 
@@ -273,7 +267,7 @@ func (l *imageLibrary) pullFrom(ctx context.Context, base string, im api.Image) 
 		}
 		total += n
 	}
-	if err := os.WriteFile(filepath.Join(stage, originFile), []byte(origin(im.CreatedAt)), 0o640); err != nil {
+	if err := image.WriteStamp(stage, im); err != nil {
 		return total, err
 	}
 	dst := filepath.Join(l.dir, im.Name)

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/image"
 )
+
+func stamp(created time.Time) string { return image.Stamp(api.Image{CreatedAt: created}) }
 
 func TestPlanImages(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
@@ -26,19 +29,19 @@ func TestPlanImages(t *testing.T) {
 		want   imagePlan
 	}{
 		{"in step", []api.Image{tiny, win},
-			[]localImage{{Name: "tiny", Whole: true, ModTime: old}, {Name: "win", Whole: true, Origin: origin(created), ModTime: old}},
+			[]localImage{{Name: "tiny", Whole: true, ModTime: old}, {Name: "win", Whole: true, Stamp: stamp(created), ModTime: old}},
 			imagePlan{}},
 		{"an import copied nowhere yet", []api.Image{tiny, win, deb},
-			[]localImage{{Name: "tiny", Whole: true}, {Name: "win", Whole: true, Origin: origin(created)}},
+			[]localImage{{Name: "tiny", Whole: true}, {Name: "win", Whole: true, Stamp: stamp(created)}},
 			imagePlan{Pull: []api.Image{deb}}},
 		{"a built image is never copied", []api.Image{tiny}, nil, imagePlan{}},
 		{"a copy without its disk is partial", []api.Image{win},
-			[]localImage{{Name: "win", Origin: origin(created), ModTime: old}},
+			[]localImage{{Name: "win", Stamp: stamp(created), ModTime: old}},
 			imagePlan{Pull: []api.Image{win}}},
 		{"a copy of an older image of the name", []api.Image{win},
-			[]localImage{{Name: "win", Whole: true, Origin: origin(created.Add(-time.Minute)), ModTime: old}},
+			[]localImage{{Name: "win", Whole: true, Stamp: stamp(created.Add(-time.Minute)), ModTime: old}},
 			imagePlan{Pull: []api.Image{win}}},
-		{"an import from before origins is kept", []api.Image{win},
+		{"an import from before stamps is kept", []api.Image{win},
 			[]localImage{{Name: "win", Whole: true, ModTime: old}},
 			imagePlan{}},
 		{"a deleted image goes", []api.Image{tiny},
@@ -93,11 +96,11 @@ func TestImageLibraryFile(t *testing.T) {
 		}
 	}
 	write("disk.qcow2", "disk")
-	write(originFile, origin(created.Add(-time.Hour)))
+	write(image.StampFile, stamp(created.Add(-time.Hour)))
 	if _, err := l.File(win, "disk.qcow2", false); !errors.Is(err, api.ErrUnavailable) {
 		t.Errorf("copy of an older image of the name: %v; want unavailable", err)
 	}
-	write(originFile, origin(created))
+	write(image.StampFile, stamp(created))
 	if p, err := l.File(win, "disk.qcow2", true); err != nil || p != filepath.Join(d, "disk.qcow2") {
 		t.Errorf("whole copy: %q, %v", p, err)
 	}

@@ -114,15 +114,14 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	created := time.Now().UTC()
-	if err := os.WriteFile(filepath.Join(stage, originFile), []byte(origin(created)), 0o640); err != nil {
-		return fmt.Errorf("image import: %w", err)
+	im := api.Image{Name: name, Format: "qcow2", Source: "imported: " + format, SizeBytes: size, CreatedAt: time.Now().UTC()}
+	if err := image.WriteStamp(stage, im); err != nil {
+		return err
 	}
 	dst := filepath.Join(s.cfg.ImageDir, name)
 	if err := os.Rename(stage, dst); err != nil { // fails if another import of this name won
 		return api.Errorf(api.ErrConflict, "image %q already exists", name)
 	}
-	im := api.Image{Name: name, Format: "qcow2", Source: "imported: " + format, SizeBytes: size, CreatedAt: created}
 	if err := s.st.CreateImage(ctx, im); err != nil {
 		_ = os.RemoveAll(dst)
 		return err
