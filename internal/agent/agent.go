@@ -62,11 +62,19 @@ type Agent struct {
 	vms map[string]*worker // by VM id
 	wg  sync.WaitGroup
 
+	imageLocks sync.Map // image name -> *sync.Mutex (see worker.ensureImage)
+
 	fence fence // the watchdog's state
 
 	id       string // this machine's identity (identity.json)
 	infoOnce sync.Once
 	info     api.Host // static facts about this machine
+}
+
+// imageLock is the lock of image name's copy on this host.
+func (a *Agent) imageLock(name string) *sync.Mutex {
+	m, _ := a.imageLocks.LoadOrStore(name, new(sync.Mutex))
+	return m.(*sync.Mutex)
 }
 
 // New returns an agent; Run starts it.

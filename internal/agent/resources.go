@@ -56,42 +56,26 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	if err != nil {
 		return err
 	}
-	imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
-	var im api.Image
+	var im *api.Image // the image as it is now, for a new disk
 	if newDisk {
-		// A new disk goes on the image as it is now: a copy here of a
-		// deleted image of its name (no VM can use one) goes.
-		if im, err = w.a.cp.Image(ctx, s.Image); err != nil {
+		cur, err := w.a.cp.Image(ctx, s.Image)
+		if err != nil {
 			return err
 		}
-		if err := w.dropStale(imgDir, im); err != nil {
-			return err
-		}
+		im = &cur
 	}
 	// The image (kernel too) must be on this host even when the disk
 	// exists already, as after a move to this host on a shared pool.
-	base := filepath.Join(imgDir, "disk.qcow2")
-	if missing, err := absent(base); err != nil {
+	base, err := w.ensureImage(ctx, s.Image, im)
+	if err != nil {
 		return err
-	} else if missing {
-		if err := w.a.cp.FetchImage(ctx, s.Image, imgDir); err != nil {
-			return fmt.Errorf("bring image %q to host %s: %w", s.Image, w.a.cfg.Host, err)
-		}
 	}
 	if newDisk {
 		if pool.Shared {
 			// Every host must find the overlay's base at the same path.
-			shared := pool.ImageBase(s.Image)
-			if err := w.dropStale(filepath.Dir(shared), im); err != nil {
-				return err
-			}
+			shared := pool.ImageBase(s.Image, image.Version(*im))
 			if err := storage.EnsureCopy(base, shared); err != nil {
 				return err
-			}
-			if image.ReadStamp(filepath.Dir(shared)) == "" {
-				if err := image.WriteStamp(filepath.Dir(shared), im); err != nil {
-					return err
-				}
 			}
 			base = shared
 		}
@@ -190,17 +174,31 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 	return p, nil
 }
 
-// dropStale removes dir if it holds a copy of another image than im
-// under its name (see image.Stale).
-func (w *worker) dropStale(dir string, im api.Image) error {
-	if !image.Stale(dir, im) {
-		return nil
+// ensureImage brings image name to this host if it is missing, and
+// returns the path of its disk. With im (the image as it is now, for a
+// new disk), a copy here of a deleted image of the same name, which no
+// VM can use, is first dropped (see image.Stale). One worker at a time
+// per image, so that none drops a copy another has just fetched.
+func (w *worker) ensureImage(ctx context.Context, name string, im *api.Image) (string, error) {
+	mu := w.a.imageLock(name)
+	mu.Lock()
+	defer mu.Unlock()
+	dir := filepath.Join(w.a.cfg.ImageDir, name)
+	if im != nil && image.Stale(dir, *im) {
+		w.log.Info("dropping the copy of a deleted image of the same name", "image", name, "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			return "", fmt.Errorf("image %q: drop the old copy: %w", name, err)
+		}
 	}
-	w.log.Info("dropping the copy of a deleted image of the same name", "image", im.Name, "dir", dir)
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("image %q: drop the old copy: %w", im.Name, err)
+	base := filepath.Join(dir, "disk.qcow2")
+	if missing, err := absent(base); err != nil {
+		return "", err
+	} else if missing {
+		if err := w.a.cp.FetchImage(ctx, name, dir); err != nil {
+			return "", fmt.Errorf("bring image %q to host %s: %w", name, w.a.cfg.Host, err)
+		}
 	}
-	return nil
+	return base, nil
 }
 
 // preallocThreads is how many threads a migration's target QEMU zeroes

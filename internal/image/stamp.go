@@ -20,6 +20,9 @@ const StampFile = "origin"
 // creation time.
 func Stamp(im api.Image) string { return im.CreatedAt.UTC().Format(time.RFC3339Nano) }
 
+// Version is Stamp in a form fit for a directory name.
+func Version(im api.Image) string { return im.CreatedAt.UTC().Format("20060102T150405.000000000Z") }
+
 // WriteStamp records in dir that its files are im's.
 func WriteStamp(dir string, im api.Image) error {
 	if err := os.WriteFile(filepath.Join(dir, StampFile), []byte(Stamp(im)), 0o640); err != nil {

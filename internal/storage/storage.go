@@ -24,10 +24,13 @@ type Pool struct {
 // DiskPath returns where the first disk of the VM with this id lives.
 func (p Pool) DiskPath(vmID string) string { return filepath.Join(p.Dir, vmID+"-disk0.qcow2") }
 
-// ImageBase is where a shared pool keeps the base disk of an image, so
-// that overlays in the pool name a path every host sees.
-func (p Pool) ImageBase(image string) string {
-	return filepath.Join(p.Dir, ".images", image, "disk.qcow2")
+// ImageBase is where a shared pool keeps the base disk of version (see
+// image.Version) of an image, so that overlays in the pool name a path
+// every host sees. An image deleted and imported again under its name
+// has another version, so the base of the old one, which no VM uses any
+// more, is never taken for the new one, nor replaced under a VM.
+func (p Pool) ImageBase(image, version string) string {
+	return filepath.Join(p.Dir, ".images", image, version, "disk.qcow2")
 }
 
 // EnsureCopy copies src to dst unless dst exists. The copy appears

@@ -47,7 +47,7 @@ func TestEnsureCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := Pool{Name: "shared", Dir: filepath.Join(dir, "shared"), Shared: true}
-	dst := p.ImageBase("tiny")
+	dst := p.ImageBase("tiny", "20261201T120000.000000000Z")
 	if err := EnsureCopy(src, dst); err != nil {
 		t.Fatal(err)
 	}
