@@ -40,10 +40,10 @@ func ReadStamp(dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// Matches reports whether a copy stamped s is of im. A copy without a
+// stamp (made before stamps) counts as im's.
+func Matches(s string, im api.Image) bool { return s == "" || s == Stamp(im) }
+
 // Stale reports whether dir holds the files of another image than im
-// under its name. A copy without a stamp (made before stamps) counts as
-// im's.
-func Stale(dir string, im api.Image) bool {
-	s := ReadStamp(dir)
-	return s != "" && s != Stamp(im)
-}
+// under its name.
+func Stale(dir string, im api.Image) bool { return !Matches(ReadStamp(dir), im) }

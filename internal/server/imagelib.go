@@ -56,7 +56,7 @@ type imagePlan struct {
 
 // holds reports whether have is a whole copy of im.
 func holds(have localImage, im api.Image) bool {
-	return have.Whole && (have.Stamp == "" || have.Stamp == image.Stamp(im))
+	return have.Whole && image.Matches(have.Stamp, im)
 }
 
 // planImages decides which images to copy here and which directories to
