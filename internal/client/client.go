@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/replica"
 )
 
@@ -52,6 +53,9 @@ func NewReplicas(servers []string, token string, caPEM []byte) (*Client, error) 
 			return nil, errors.New("the configured CA certificate does not parse")
 		}
 		cfg.RootCAs = pool
+		// The cluster CA also signs the hosts' certificates: only one
+		// that names a server may take the token.
+		cfg.VerifyConnection = pki.RequireRole(pki.OUServer, "")
 	}
 	c := &Client{token: token, eps: map[string]*endpoint{}}
 	var names []string

@@ -2,13 +2,14 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/pki"
 )
 
 func TestNewServerURLs(t *testing.T) {
@@ -77,8 +79,45 @@ type fakeAPI struct {
 
 func newFakeAPI(t *testing.T) *fakeAPI {
 	t.Helper()
-	f := &fakeAPI{}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	cert, caPEM := testServerCert(t)
+	return newFakeAPIWith(t, cert, caPEM)
+}
+
+// The tests' cluster CA and server certificate, one for all fake servers
+// (as replicas share theirs), made once in a dir TestMain removes.
+var (
+	testPKIDir  string
+	testPKIOnce sync.Once
+	testCert    tls.Certificate
+	testCAPEM   []byte
+	testPKIErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testPKIDir != "" {
+		os.RemoveAll(testPKIDir)
+	}
+	os.Exit(code)
+}
+
+func testServerCert(t *testing.T) (tls.Certificate, []byte) {
+	t.Helper()
+	testPKIOnce.Do(func() {
+		if testPKIDir, testPKIErr = os.MkdirTemp("", "shoal-client-test-"); testPKIErr == nil {
+			testCert, testCAPEM, testPKIErr = pki.Ensure(testPKIDir, []string{"127.0.0.1"})
+		}
+	})
+	must(t, testPKIErr)
+	return testCert, testCAPEM
+}
+
+// newFakeAPIWith is newFakeAPI serving with the certificate cert of the
+// CA caPEM.
+func newFakeAPIWith(t *testing.T, cert tls.Certificate, caPEM []byte) *fakeAPI {
+	t.Helper()
+	f := &fakeAPI{ca: caPEM}
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		f.mu.Lock()
 		f.reqs = append(f.reqs, seen{method: r.Method, path: r.URL.EscapedPath(), rawQuery: r.URL.RawQuery,
@@ -92,8 +131,9 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 		w.WriteHeader(code)
 		_, _ = io.WriteString(w, body)
 	}))
+	f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	f.srv.StartTLS()
 	t.Cleanup(f.srv.Close)
-	f.ca = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.srv.Certificate().Raw})
 	return f
 }
 
@@ -284,6 +324,38 @@ func TestClientRefusesUntrustedServer(t *testing.T) {
 	f.mu.Unlock()
 	if n != 0 {
 		t.Fatalf("the token was sent to an untrusted server (%d requests)", n)
+	}
+}
+
+// TestClientRefusesAgentAsServer: a host's certificate is of the cluster
+// CA and may hold the server's address, but it is not a server's: the
+// client refuses it before sending the token.
+func TestClientRefusesAgentAsServer(t *testing.T) {
+	dir := t.TempDir()
+	_, caPEM, err := pki.Ensure(dir, []string{"127.0.0.1"})
+	must(t, err)
+	keyDir := t.TempDir()
+	csr, err := pki.NewCSR(keyDir, "host1", nil)
+	must(t, err)
+	certPEM, err := pki.SignAgent(dir, csr, "host1", []net.IP{net.IPv4(127, 0, 0, 1)})
+	must(t, err)
+	keyPEM, err := os.ReadFile(filepath.Join(keyDir, pki.AgentKey))
+	must(t, err)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	must(t, err)
+	f := newFakeAPIWith(t, cert, caPEM)
+	f.answer(http.StatusOK, []api.VM{})
+	c, err := New(f.srv.URL, "tok", caPEM)
+	must(t, err)
+	_, err = c.ListVMs(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "is not the shoal-server") {
+		t.Fatalf("agent posing as the server: got %v", err)
+	}
+	f.mu.Lock()
+	n := len(f.reqs)
+	f.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("the token was sent to a host posing as the server (%d requests)", n)
 	}
 }
 

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -81,12 +82,15 @@ func TestClientFailoverFirstDown(t *testing.T) {
 }
 
 func TestClientNoRetryOfSentWrite(t *testing.T) {
-	hang := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	hang := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
 			conn.Close() // it read the request, and died
 		}
 	}))
+	cert, _ := testServerCert(t)
+	hang.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	hang.StartTLS()
 	defer hang.Close()
 	f := newFakeAPI(t)
 	f.answer(http.StatusOK, api.VM{Name: "web1"})

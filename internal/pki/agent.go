@@ -97,10 +97,13 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 }
 
 // SignAgent signs an agent's certificate request with the CA in dir. The
-// certificate names host (whatever the request says) as an agent, for
-// both client and server use (its own API), valid only for the request's
-// IP addresses: never for a DNS name, which could be the server's.
-func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
+// server decides what the certificate says, whatever the request asks:
+// it names host as an agent, for both client and server use (its own
+// API, migration streams), valid only for the addresses given (the one
+// the host joined from), never for a DNS name, which could be the
+// server's. A host thus cannot obtain a certificate for another machine's
+// address, and its role (OU) keeps it from passing as a server.
+func SignAgent(dir string, csrPEM []byte, host string, addrs []net.IP) ([]byte, error) {
 	csr, err := parseCSR(csrPEM)
 	if err != nil {
 		return nil, err
@@ -120,7 +123,7 @@ func SignAgent(dir string, csrPEM []byte, host string) ([]byte, error) {
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses:  csr.IPAddresses,
+		IPAddresses:  addrs,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, csr.PublicKey, ca.PrivateKey)
 	if err != nil {

@@ -25,6 +25,11 @@ const (
 	ServerKey  = "server.key"
 )
 
+// ServerCN is the common name of every server replica's certificate. No
+// host can have it (host names hold no space), so the embedded etcd
+// admits only certificates that carry it.
+const ServerCN = "shoal server"
+
 // Ensure creates the CA and a server certificate for the given names and
 // addresses in dir if they do not exist yet, and returns the server's TLS
 // certificate and the CA in PEM.
@@ -115,7 +120,7 @@ func serverLeaf(ca tls.Certificate, hosts []string) ([]byte, *ecdsa.PrivateKey, 
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "shoal server", OrganizationalUnit: []string{OUServer}},
+		Subject:      pkix.Name{CommonName: ServerCN, OrganizationalUnit: []string{OUServer}},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(2, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

@@ -2,6 +2,8 @@ package pki
 
 import (
 	"crypto/x509"
+	"encoding/pem"
+	"net"
 	"testing"
 )
 
@@ -65,5 +67,33 @@ func TestServerBundle(t *testing.T) {
 	ob.CACert, ob.CAKey = b.CACert, b.CAKey
 	if err := InstallBundle(t.TempDir(), ob); err == nil {
 		t.Error("a certificate of another CA was installed")
+	}
+}
+
+// TestSignAgentDecidesAddresses: a host's certificate holds the addresses
+// the server gives it, not those its request asks for, and never names.
+func TestSignAgentDecidesAddresses(t *testing.T) {
+	ca := t.TempDir()
+	if _, _, err := Ensure(ca, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	csr, err := NewCSR(t.TempDir(), "host1", []string{"10.0.0.1", "127.0.0.1", "shoal.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := SignAgent(ca, csr, "host1", []net.IP{net.ParseIP("10.57.0.2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(certPEM)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.DNSNames) != 0 || len(c.IPAddresses) != 1 || !c.IPAddresses[0].Equal(net.ParseIP("10.57.0.2")) {
+		t.Errorf("certificate names %v and %v, want only 10.57.0.2", c.DNSNames, c.IPAddresses)
+	}
+	if c.Subject.CommonName != "host1" || c.Subject.OrganizationalUnit[0] != OUAgent {
+		t.Errorf("subject %v", c.Subject)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,7 +35,7 @@ func agentCert(t *testing.T, caDir string) (certPEM, keyPEM []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if certPEM, err = pki.SignAgent(caDir, csr, "h1"); err != nil {
+	if certPEM, err = pki.SignAgent(caDir, csr, "h1", []net.IP{net.IPv4(127, 0, 0, 1)}); err != nil {
 		t.Fatal(err)
 	}
 	return certPEM, readFile(t, filepath.Join(dir, pki.AgentKey))

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -98,7 +99,9 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	if err := s.st.UseJoinToken(r.Context(), secret); err != nil {
 		return err
 	}
-	cert, err := pki.SignAgent(s.cfg.PKIDir, []byte(req.CSR), req.Host)
+	// The certificate holds the address the host joined from, not the
+	// ones it asks for: it must not be valid for another machine's.
+	cert, err := pki.SignAgent(s.cfg.PKIDir, []byte(req.CSR), req.Host, remoteIPs(r))
 	if err != nil {
 		return api.Errorf(api.ErrInvalid, "cannot sign the certificate request: %v", err)
 	}
@@ -108,5 +111,17 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("host joined", "host", req.Host, "from", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, JoinResponse{Cert: string(cert), CA: string(caPEM)})
+	return nil
+}
+
+// remoteIPs returns the address a request came from, if it came over IP.
+func remoteIPs(r *http.Request) []net.IP {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return []net.IP{ip}
+	}
 	return nil
 }

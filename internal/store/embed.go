@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
 	"go.uber.org/zap"
+
+	"github.com/shoalvm/shoal/internal/pki"
 )
 
 // Embedded is an etcd member running inside this process.
@@ -86,6 +88,9 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 			KeyFile:        filepath.Join(o.PKIDir, "server.key"),
 			TrustedCAFile:  filepath.Join(o.PKIDir, "ca.crt"),
 			ClientCertAuth: true,
+			// The CA also signs the hosts' certificates: only servers
+			// may read or write the cluster's state, or be its peers.
+			AllowedCNs: []string{pki.ServerCN},
 		}
 		cfg.ClientTLSInfo, cfg.PeerTLSInfo = tls, tls
 	}

@@ -2,13 +2,19 @@ package store_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/pki"
@@ -168,4 +174,90 @@ func TestEmbeddedCluster(t *testing.T) {
 	if err := st(a).RemoveMember(ctx, opts[b].Name); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("removing %s again: %v; want not found", opts[b].Name, err)
 	}
+}
+
+// TestEmbeddedAdmitsOnlyServers: the cluster CA signs hosts' certificates
+// too, but only a server's may use the embedded etcd's client or peer
+// port.
+func TestEmbeddedAdmitsOnlyServers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	o := store.EmbedOptions{
+		Dir: filepath.Join(dir, "etcd"), PKIDir: filepath.Join(dir, "pki"), Name: "m1",
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t)),
+		PeerURL:   fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t)),
+	}
+	if _, _, err := pki.Ensure(o.PKIDir, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	e, err := store.StartEmbedded(ctx, slog.New(slog.DiscardHandler), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+
+	serverTLS, err := pki.ClientConfig(o.PKIDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostDir := t.TempDir()
+	csr, err := pki.NewCSR(hostDir, "host1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, err := pki.SignAgent(o.PKIDir, csr, "host1", []net.IP{net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(hostDir, pki.AgentCert), certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(hostDir, pki.CACert), readFile(t, filepath.Join(o.PKIDir, pki.CACert)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hostTLS, err := pki.AgentConfig(hostDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(tc *tls.Config, u string) error {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
+		resp, err := c.Get(u + "/version")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s", resp.Status)
+		}
+		return nil
+	}
+	for _, u := range []string{o.ClientURL, o.PeerURL} {
+		if err := get(serverTLS, u); err != nil {
+			t.Errorf("a server's certificate at %s: %v", u, err)
+		}
+		if err := get(hostTLS, u); err == nil {
+			t.Errorf("a host's certificate was admitted at %s", u)
+		}
+	}
+	// Through etcd's own client too: a host cannot read the keyspace.
+	hc, err := store.ConnectTLS(ctx, []string{o.ClientURL}, hostTLS)
+	if err == nil {
+		defer hc.Close()
+		rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err = hc.Get(rctx, "/shoal/", clientv3.WithPrefix())
+		rcancel()
+	}
+	if err == nil {
+		t.Fatal("a host's certificate read the cluster's state")
+	}
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
