@@ -37,13 +37,13 @@ type apiHarness struct {
 }
 
 func testHost(name string, memMiB int64, cpus int) api.Host {
-	return api.Host{Name: name, State: api.HostUp, CPUs: cpus, MemoryMiB: memMiB,
+	return api.Host{Name: name, State: api.HostUp, CPUs: cpus, MemoryMiB: memMiB, Address: "https://127.0.0.1:7444",
 		Accel: "kvm", LastHeartbeat: time.Now().UTC(), Pools: []string{"local"}}
 }
 
 // putHost records a host; one whose heartbeat is recent also gets a
 // liveness lease, as a registering agent would.
-func putHost(t *testing.T, st *store.Store, h api.Host) {
+func putHost(t testing.TB, st *store.Store, h api.Host) {
 	t.Helper()
 	ctx := context.Background()
 	must(t, st.PutHost(ctx, h))
