@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -100,6 +100,10 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if secure && (w.a.cfg.PeerTLS == nil || w.a.cfg.QEMUTLSDir == "") {
 		return errors.New("this host has no cluster certificate to encrypt the migration; use --insecure")
 	}
+	from, err := netip.ParseAddr(m.SourceAddr)
+	if err != nil {
+		return fmt.Errorf("the source host %s's address %q is unknown, and the streams are taken only from it", m.Source, m.SourceAddr)
+	}
 	pool, err := w.a.pool(s.Pool)
 	if err != nil {
 		return err
@@ -111,7 +115,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if err := writeAtomic(filepath.Join(dir, incomingFile), []byte(m.ID)); err != nil {
 		return err
 	}
-	ep, err := w.incomingEnds(s, pool, secure)
+	ep, err := w.incomingEnds(s, pool, secure, from)
 	if err != nil {
 		return err
 	}
@@ -144,10 +148,12 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 }
 
 // incomingEnds opens, before the target's QEMU runs, the ends the source
-// connects to: the memory stream's listener, the disk mirror's for a
-// local pool (qemu-nbd, reached through this agent unless insecure), and
-// the frame relay's. It returns the endpoint that names them.
-func (w *worker) incomingEnds(s *api.VMSpec, pool storage.Pool, secure bool) (api.MigrationEndpoint, error) {
+// connects to, each taking connections only from the source's address
+// from: the memory stream's listener, the disk mirror's for a local pool
+// (qemu-nbd, reached through this agent), and the frame relay's. Unless
+// insecure, the disk mirror comes over mutual TLS with the source. It
+// returns the endpoint that names them.
+func (w *worker) incomingEnds(s *api.VMSpec, pool storage.Pool, secure bool, from netip.Addr) (api.MigrationEndpoint, error) {
 	ip := w.a.cfg.MigrationIP
 	ep := api.MigrationEndpoint{}
 	if !pool.Shared {
@@ -155,29 +161,18 @@ func (w *worker) incomingEnds(s *api.VMSpec, pool storage.Pool, secure bool) (ap
 		// the target's QEMU, which keeps its disk inactive until the guest
 		// resumes here, as on a shared pool.
 		nbdSock := filepath.Join(w.a.vmDir(s.ID), tunnelNBDSock)
-		addr := ""
-		if !secure {
-			port, err := freePort(ip)
-			if err != nil {
-				return ep, err
-			}
-			addr = net.JoinHostPort(ip, strconv.Itoa(port))
-			ep.NBD = addr
-		}
-		srv, err := qemu.ServeNBD(w.log, pool.DiskPath(s.ID), "disk0", nbdSock, addr)
+		srv, err := qemu.ServeNBD(w.log, pool.DiskPath(s.ID), "disk0", nbdSock, "")
 		if err != nil {
 			return ep, err
 		}
 		w.nbd = srv
-		if secure {
-			addr, err := w.tunnelListen(s, nbdSock)
-			if err != nil {
-				return ep, err
-			}
-			ep.NBD = tunnelScheme + addr
+		addr, err := w.tunnelListen(s, nbdSock, from, secure)
+		if err != nil {
+			return ep, err
 		}
+		ep.NBD = tunnelScheme + addr
 	}
-	addr, err := w.incomingListen(net.JoinHostPort(ip, "0"))
+	addr, err := w.incomingListen(net.JoinHostPort(ip, "0"), from)
 	if err != nil {
 		return ep, err
 	}
@@ -185,7 +180,7 @@ func (w *worker) incomingEnds(s *api.VMSpec, pool storage.Pool, secure bool) (ap
 	if secure {
 		ep.URI = tlsScheme + addr
 	}
-	ep.Relay = w.relayListen(s)
+	ep.Relay = w.relayListen(s, from)
 	return ep, nil
 }
 

@@ -3,10 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -129,18 +127,26 @@ func (w *worker) outgoingStreams(s *api.VMSpec) (string, func(context.Context) e
 		}
 		return "unix:" + mig, mirror, nil
 	}
+	if !s.Migration.Options.Insecure {
+		// Clear text only when asked: a target (or whoever wrote its
+		// endpoint) that offers it to a TLS migration is refused.
+		return "", nil, fmt.Errorf("target endpoint %q is not encrypted, and the migration asked for TLS (use --insecure to allow clear text)", ep.URI)
+	}
 	if !strings.HasPrefix(ep.URI, "tcp:") {
 		return "", nil, fmt.Errorf("target endpoint %q is none of tls:HOST:PORT, tunnel:HOST:PORT, tcp:HOST:PORT", ep.URI)
 	}
 	var mirror func(context.Context) error
 	if ep.NBD != "" {
-		h, p, err := net.SplitHostPort(ep.NBD)
-		if err != nil {
-			return "", nil, fmt.Errorf("target disk export %q: %w", ep.NBD, err)
+		nbdRemote, ok := strings.CutPrefix(ep.NBD, tunnelScheme)
+		if !ok {
+			return "", nil, fmt.Errorf("target disk export %q is not tunnel:HOST:PORT", ep.NBD)
 		}
-		port, _ := strconv.Atoi(p)
+		nbd, err := w.nbdForward(s, nbdRemote)
+		if err != nil {
+			return "", nil, err
+		}
 		mirror = func(ctx context.Context) error {
-			return w.proc.MirrorToNBD(ctx, "disk0", h, port, "", s.Migration.Options.BandwidthBytes)
+			return w.proc.MirrorToNBDUnix(ctx, "disk0", nbd, s.Migration.Options.BandwidthBytes)
 		}
 	}
 	return ep.URI, mirror, nil

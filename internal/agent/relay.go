@@ -6,12 +6,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/framerelay"
 	"github.com/shoalvm/shoal/internal/netdev"
+	"github.com/shoalvm/shoal/internal/netguard"
 	"github.com/shoalvm/shoal/internal/pki"
 )
 
@@ -203,13 +205,14 @@ func (w *worker) relayStopTarget() {
 // relayListen, on the target, opens the listener the source sends frames
 // to, and returns its address ("" if it cannot: the migration goes on
 // without).
-func (w *worker) relayListen(s *api.VMSpec) string {
+func (w *worker) relayListen(s *api.VMSpec, from netip.Addr) string {
 	w.relayStop()
 	l, err := net.Listen("tcp", net.JoinHostPort(w.a.cfg.MigrationIP, "0"))
 	if err != nil {
 		w.log.Warn("frame relay: cannot listen", "err", err)
 		return ""
 	}
+	l = netguard.OnlyFrom(l, from, w.log)
 	if w.a.cfg.PeerTLS != nil {
 		cfg := w.a.cfg.PeerTLS.Clone()
 		cfg.VerifyConnection = pki.RequireRole(pki.OUAgent, s.Migration.Source)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -58,8 +59,8 @@ type tunnelState struct {
 
 // incomingListen, on the target, listens on addr for the memory stream
 // (see incomingAttach); it returns the address taken.
-func (w *worker) incomingListen(addr string) (string, error) {
-	il, err := qemu.ListenIncoming(context.Background(), w.log, addr)
+func (w *worker) incomingListen(addr string, from netip.Addr) (string, error) {
+	il, err := qemu.ListenIncoming(context.Background(), w.log, addr, from)
 	if err != nil {
 		return "", err
 	}
@@ -93,11 +94,15 @@ func (w *worker) peerTLS(peer string) *tls.Config {
 }
 
 // tunnelListen, on the target, opens the end the source's agent connects
-// to for the disk mirror, carried to qemu-nbd's socket, and returns its
-// address.
-func (w *worker) tunnelListen(s *api.VMSpec, nbdSock string) (string, error) {
+// to from the address from for the disk mirror, carried to qemu-nbd's
+// socket (over mutual TLS if secure), and returns its address.
+func (w *worker) tunnelListen(s *api.VMSpec, nbdSock string, from netip.Addr, secure bool) (string, error) {
 	w.tunnelStop()
-	l, err := tunnel.Listen(net.JoinHostPort(w.a.cfg.MigrationIP, "0"), w.peerTLS(s.Migration.Source),
+	var cfg *tls.Config
+	if secure {
+		cfg = w.peerTLS(s.Migration.Source)
+	}
+	l, err := tunnel.Listen(net.JoinHostPort(w.a.cfg.MigrationIP, "0"), from, cfg,
 		map[byte]string{tunnel.Disk: nbdSock}, w.log)
 	if err != nil {
 		return "", err
@@ -143,6 +148,21 @@ func (w *worker) tunnelForward(s *api.VMSpec, migRemote string, migKind byte, nb
 	w.tun.fwds = fwds
 	w.tun.mu.Unlock()
 	return mig, nbd, nil
+}
+
+// nbdForward, on the source of an insecure migration, opens the local
+// socket QEMU mirrors the disk to, carried in clear to the target agent's
+// end at remote, and returns its path.
+func (w *worker) nbdForward(s *api.VMSpec, remote string) (string, error) {
+	w.tunnelStop()
+	f, err := tunnel.Forward(filepath.Join(w.a.vmDir(s.ID), forwardNBDSock), remote, tunnel.Disk, nil, w.log)
+	if err != nil {
+		return "", err
+	}
+	w.tun.mu.Lock()
+	w.tun.fwds = []*tunnel.Forwarder{f}
+	w.tun.mu.Unlock()
+	return f.Path(), nil
 }
 
 // tunnelStop closes this host's ends of the tunnel, cutting every stream

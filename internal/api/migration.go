@@ -15,6 +15,9 @@ type Migration struct {
 	ID     string `json:"id"`
 	Source string `json:"source"`
 	Target string `json:"target"`
+	// SourceAddr is the IP address the source host's streams come from
+	// (its registered address): the target's ends admit no other.
+	SourceAddr string `json:"source_addr,omitempty"`
 
 	Options MigrationOptions `json:"options"`
 

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/shoalvm/shoal/internal/netguard"
 )
 
 // IncomingRecvBuffer is the receive buffer (SO_RCVBUF; Linux doubles it)
@@ -55,9 +58,10 @@ type IncomingListener struct {
 }
 
 // ListenIncoming listens on addr ("HOST:PORT"; port 0 picks a free one)
-// for a migration stream, to be given to the QEMU that Attach names.
-// Give the source "tcp:" + Addr().
-func ListenIncoming(ctx context.Context, log *slog.Logger, addr string) (*IncomingListener, error) {
+// for a migration stream from the address from (the source host's; a
+// connection from anywhere else is refused), to be given to the QEMU
+// that Attach names. Give the source "tcp:" + Addr().
+func ListenIncoming(ctx context.Context, log *slog.Logger, addr string, from netip.Addr) (*IncomingListener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -69,7 +73,7 @@ func ListenIncoming(ctx context.Context, log *slog.Logger, addr string) (*Incomi
 	if err != nil {
 		return nil, fmt.Errorf("qemu: listen for an incoming migration on %s: %w", addr, err)
 	}
-	il := &IncomingListener{l: l, log: log, waiting: map[net.Conn]struct{}{}}
+	il := &IncomingListener{l: netguard.OnlyFrom(l, from, log), log: log, waiting: map[net.Conn]struct{}{}}
 	go il.accept()
 	return il, nil
 }

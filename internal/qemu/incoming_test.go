@@ -3,6 +3,7 @@ package qemu
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ func TestListenIncoming(t *testing.T) {
 	qemuBinary(t)
 	ctx := migrationCtx(t)
 	src := launch(t, testConfig(testDir(t), false))
-	il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0")
+	il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +33,17 @@ func TestListenIncoming(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
+	// A stranger (another address than the source's) who speaks first
+	// does not take the migration's place.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}}
+	stranger, err := d.Dial("tcp", il.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if _, err := stranger.Write([]byte("not a migration stream")); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(50 * time.Millisecond)
 	if err := src.Migrate(ctx, "tcp:"+il.Addr(), MigrateOptions{BandwidthBytes: UnlimitedBandwidth}); err != nil {
 		t.Fatal(err)
@@ -79,7 +91,7 @@ func TestListenIncoming(t *testing.T) {
 // listener closes (the migration is called off before the target's QEMU
 // runs), and the closed listener takes no QEMU.
 func TestIncomingListenerCloseBeforeAttach(t *testing.T) {
-	il, err := ListenIncoming(t.Context(), testLog(t), "127.0.0.1:0")
+	il, err := ListenIncoming(t.Context(), testLog(t), "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -236,7 +237,7 @@ func TestMigrateTLSAuthz(t *testing.T) {
 		// The stream comes through the target's own listener, as
 		// Shoal's agents take it: QEMU's TLS works on the socket it is
 		// handed (migrate-incoming fd:).
-		il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0")
+		il, err := ListenIncoming(ctx, testLog(t), "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -47,6 +49,10 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	if err := canMigrate(vm, sp, req.To); err != nil {
 		return api.MigrationRecord{}, err
 	}
+	from, err := s.hostIP(ctx, sp.Host)
+	if err != nil {
+		return api.MigrationRecord{}, err
+	}
 	to, undo, err := s.cache.reserveMigration(ctx, sp.Rev, sp, req.To, s.cfg.Policy)
 	if err != nil {
 		return api.MigrationRecord{}, err
@@ -55,7 +61,7 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
 		Shared: sp.SharedDisk(), Insecure: req.Insecure, StartedAt: now}
 	// The record and the spec naming the migration are written together.
-	mig := api.Migration{ID: rec.ID, Source: sp.Host, Target: to, Options: req.MigrationOptions, StartedAt: now}
+	mig := api.Migration{ID: rec.ID, Source: sp.Host, SourceAddr: from.String(), Target: to, Options: req.MigrationOptions, StartedAt: now}
 	if _, err := s.st.BeginMigration(ctx, sp, rec, mig); err != nil {
 		undo()
 		return rec, err
@@ -64,6 +70,24 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	s.events.record(ctx, migrationStartEvent(rec, sp.Pool))
 	s.migrations.follow(sp.ID)
 	return rec, nil
+}
+
+// hostIP returns the IP address of host's agent, from which its
+// migration streams come.
+func (s *Server) hostIP(ctx context.Context, host string) (netip.Addr, error) {
+	h, err := s.st.GetHost(ctx, host)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	u, err := url.Parse(h.Address)
+	var ip netip.Addr
+	if err == nil {
+		ip, err = netip.ParseAddr(u.Hostname())
+	}
+	if err != nil || ip.IsUnspecified() {
+		return netip.Addr{}, api.Errorf(api.ErrConflict, "host %s has no address its migration streams come from (it registered %q): restart its agent with --listen IP:PORT", host, h.Address)
+	}
+	return ip, nil
 }
 
 // checkMigrateOptions validates options and fills in defaults.

@@ -37,7 +37,7 @@ func BenchmarkTunnel(b *testing.B) {
 				p := newTestPKI(b)
 				srvCfg, cliCfg = p.config(b, "host2", "host1"), p.config(b, "host1", "host2")
 			}
-			l, err := Listen("127.0.0.1:0", srvCfg, map[byte]string{Migration: sink}, quiet())
+			l, err := Listen("127.0.0.1:0", loopback, srvCfg, map[byte]string{Migration: sink}, quiet())
 			if err != nil {
 				b.Fatal(err)
 			}

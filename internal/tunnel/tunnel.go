@@ -22,9 +22,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/shoalvm/shoal/internal/netguard"
 )
 
 // Kinds of streams.
@@ -158,15 +161,16 @@ type Listener struct {
 	done    chan struct{}
 }
 
-// Listen listens on addr (IP:PORT; port 0 picks one) for streams, each
-// carried to the unix socket targets[kind]. With cfg, every connection
-// must be TLS, and cfg decides which peers it accepts; nil means plain
-// TCP.
-func Listen(addr string, cfg *tls.Config, targets map[byte]string, log *slog.Logger) (*Listener, error) {
+// Listen listens on addr (IP:PORT; port 0 picks one) for streams from
+// the address from (the source host's; others are refused), each carried
+// to the unix socket targets[kind]. With cfg, every connection must be
+// TLS, and cfg decides which peers it accepts; nil means plain TCP.
+func Listen(addr string, from netip.Addr, cfg *tls.Config, targets map[byte]string, log *slog.Logger) (*Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen on %s: %w", addr, err)
 	}
+	l = netguard.OnlyFrom(l, from, log)
 	t := &Listener{l: l, cfg: cfg, targets: targets, log: log, done: make(chan struct{})}
 	go t.serve()
 	return t, nil

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,6 +105,9 @@ func serveEcho(t *testing.T, l net.Listener, label string) {
 	}()
 }
 
+// loopback is where the tests' sources connect from.
+var loopback = netip.MustParseAddr("127.0.0.1")
+
 func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // roundTrip connects to the forwarder's socket, sends msg, half-closes
@@ -139,7 +143,7 @@ func TestTunnelCarriesEachKindToItsSocket(t *testing.T) {
 				p := newTestPKI(t)
 				srvCfg, cliCfg = p.config(t, "host2", "host1"), p.config(t, "host1", "host2")
 			}
-			l, err := Listen("127.0.0.1:0", srvCfg, map[byte]string{
+			l, err := Listen("127.0.0.1:0", loopback, srvCfg, map[byte]string{
 				Migration: filepath.Join(dir, "mig.sock"), Disk: filepath.Join(dir, "nbd.sock")}, quiet())
 			if err != nil {
 				t.Fatal(err)
@@ -170,7 +174,7 @@ func TestTunnelRefusesAnotherPeer(t *testing.T) {
 	dir := t.TempDir()
 	echoServer(t, filepath.Join(dir, "mig.sock"), "mig")
 	p := newTestPKI(t)
-	l, err := Listen("127.0.0.1:0", p.config(t, "host2", "host1"), map[byte]string{Migration: filepath.Join(dir, "mig.sock")}, quiet())
+	l, err := Listen("127.0.0.1:0", loopback, p.config(t, "host2", "host1"), map[byte]string{Migration: filepath.Join(dir, "mig.sock")}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +210,7 @@ func TestTunnelRefusesAnotherPeer(t *testing.T) {
 func TestCloseCutsOpenStreams(t *testing.T) {
 	dir := t.TempDir()
 	echoServer(t, filepath.Join(dir, "mig.sock"), "mig")
-	l, err := Listen("127.0.0.1:0", nil, map[byte]string{Migration: filepath.Join(dir, "mig.sock")}, quiet())
+	l, err := Listen("127.0.0.1:0", loopback, nil, map[byte]string{Migration: filepath.Join(dir, "mig.sock")}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +266,7 @@ func TestCloseCutsAStalledTLSStream(t *testing.T) {
 		}
 	}()
 	p := newTestPKI(t)
-	l, err := Listen("127.0.0.1:0", p.config(t, "host2", "host1"), map[byte]string{Migration: stuck}, quiet())
+	l, err := Listen("127.0.0.1:0", loopback, p.config(t, "host2", "host1"), map[byte]string{Migration: stuck}, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
