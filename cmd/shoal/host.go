@@ -64,6 +64,24 @@ func hostCmd(g *globals) *cobra.Command {
 				row("Last heartbeat", ago(h.LastHeartbeat))
 			})
 		},
+	}, &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a host without VMs from the cluster for good; its certificate is revoked at once",
+		Long: "Remove a host from the cluster for good. The host must have no VMs, and be down or drained\n" +
+			"('shoal host drain'). Its certificate is revoked on every server at once: its agent's next call\n" +
+			"is refused. To bring the machine back, join it again with a new token.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.RemoveHost(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Printf("Host %s removed; its certificate is revoked.\n", args[0])
+			return nil
+		},
 	}, hostCheckCmd(), hostDrainCmd(g), hostResumeCmd(g))
 	return cmd
 }

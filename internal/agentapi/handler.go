@@ -26,8 +26,10 @@ type Handler struct {
 	// Images, if set, finds the files of an image in the library (else
 	// they are taken from ImageDir as they are). Set it before serving.
 	Images ImageFiles
-	Log    *slog.Logger
-	mux    *http.ServeMux
+	// Certs, if set, renews hosts' certificates and refuses revoked ones.
+	Certs Certs
+	Log   *slog.Logger
+	mux   *http.ServeMux
 }
 
 // ImageFiles finds the files of images on this server.
@@ -52,6 +54,12 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 				writeErr(w, api.Errorf(api.ErrUnauthorized, "the agent API needs an agent certificate of this cluster"))
 				return
 			}
+			if role == pki.OUAgent {
+				if err := h.revoked(r.Context(), name, r); err != nil {
+					writeErr(w, err)
+					return
+				}
+			}
 			if err := fn(r.Context(), name, w, r); err != nil {
 				writeErr(w, err)
 			}
@@ -75,6 +83,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/servers", h.servers)
 	route("POST /v1/agent/claim-start", h.claimStart)
 	route("POST /v1/agent/crashed", h.crashed)
+	route("POST /v1/agent/renew", h.renew)
 	return h
 }
 

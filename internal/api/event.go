@@ -52,6 +52,7 @@ const (
 	EventVMRecovered      = "vm.recovered"       // the user moved it off a failed host
 	EventVMCrashed        = "vm.crashed"         // its QEMU died or its guest panicked (restarted in place, or given up)
 	EventServerRemoved    = "server.removed"     // a server replica left the cluster for good
+	EventHostRemoved      = "host.removed"       // a host left the cluster for good; its certificate is revoked
 )
 
 // Involves reports whether the event concerns host (as its host or as

@@ -373,3 +373,9 @@ func (c *Client) ResumeHost(ctx context.Context, name string) (api.Host, error) 
 	var out api.Host
 	return out, c.do(ctx, "POST", "/v1/hosts/"+esc(name)+"/resume", nil, &out)
 }
+
+// RemoveHost removes a host without VMs from the cluster for good,
+// revoking its certificate.
+func (c *Client) RemoveHost(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/hosts/"+esc(name), nil, nil)
+}

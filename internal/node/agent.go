@@ -71,7 +71,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	if err != nil {
 		return err
 	}
-	tlsCfg, err := pki.AgentConfig(pkiDir)
+	tlsCfg, certs, err := pki.AgentTLS(pkiDir)
 	if err != nil {
 		return err
 	}
@@ -100,6 +100,19 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 		log.Warn("this host cannot receive encrypted migrations (only --insecure ones)", "err", err)
 		qemuTLS = ""
 	}
+	rctx, stopRenew := context.WithCancel(ctx)
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		keepCertFresh(rctx, log, certs, cp, func() {
+			if qemuTLS != "" {
+				if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
+					log.Warn("could not give QEMU the renewed certificate", "err", err)
+				}
+			}
+		})
+	}()
+	defer func() { stopRenew(); <-renewed }()
 	migIP, _, _ := net.SplitHostPort(o.Listen)
 	var watchdog []string
 	if o.Watchdog {
@@ -206,6 +219,46 @@ func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir 
 	}
 	log.Info("joined the cluster", "server", srvURL, "host", o.Host)
 	return []string{srvURL}, nil
+}
+
+// renewCheck is how often an agent looks whether its certificate is due
+// for renewal (pki.RenewDue).
+const renewCheck = 10 * time.Minute
+
+// keepCertFresh renews this host's certificate over mutual TLS whenever
+// it is due, looking every renewCheck, and calls renewed after each
+// renewal. A failure is retried at the next look; the certificate in use
+// stays valid meanwhile, until it expires.
+func keepCertFresh(ctx context.Context, log *slog.Logger, certs *pki.AgentCertHolder, cp *agentapi.Remote, renewed func()) {
+	t := time.NewTicker(renewCheck)
+	defer t.Stop()
+	for {
+		if pki.RenewDue(certs.Leaf(), time.Now()) {
+			if err := renewCert(ctx, certs, cp); err != nil {
+				log.Warn("could not renew this host's certificate; trying again later", "expires", certs.Leaf().NotAfter, "err", err)
+			} else {
+				log.Info("renewed this host's certificate", "expires", certs.Leaf().NotAfter)
+				renewed()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func renewCert(ctx context.Context, certs *pki.AgentCertHolder, cp *agentapi.Remote) error {
+	csr, err := certs.RenewCSR()
+	if err != nil {
+		return err
+	}
+	cert, err := cp.Renew(ctx, csr)
+	if err != nil {
+		return err
+	}
+	return certs.Install(cert)
 }
 
 // pinnedCA accepts a server whose certificate chains to the CA with the

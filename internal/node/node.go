@@ -144,6 +144,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 	srv := server.New(scfg, st, log)
 	agentAPI.Images = srv.ImageFiles()
+	agentAPI.Certs = srv.HostCerts()
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}

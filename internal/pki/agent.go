@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -96,6 +97,38 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
+// AgentCertLifetime is how long a host's certificate is valid. Its agent
+// renews it over mutual TLS once a third of that has passed (see
+// RenewDue), so a host whose agent is stopped for longer must join again
+// with a new token; and a certificate taken from a host is of use for
+// this long at most, unless the host is removed, which revokes it at once.
+const AgentCertLifetime = 72 * time.Hour
+
+// Backdate is how far before its issue a certificate's validity starts,
+// for clocks that run behind.
+const Backdate = time.Hour
+
+// IssuedAt returns when a certificate of this package was issued (to
+// the second).
+func IssuedAt(c *x509.Certificate) time.Time { return c.NotBefore.Add(Backdate) }
+
+// IssuedBefore reports whether c was, or may have been, issued before t,
+// given that IssuedAt is only to the second: a certificate of the same
+// second as t counts as before.
+func IssuedBefore(c *x509.Certificate, t time.Time) bool {
+	return IssuedAt(c).Before(t.Truncate(time.Second).Add(time.Second))
+}
+
+// RenewDue reports whether a host's certificate c should be renewed at
+// now: once a third of its life has passed, or if it has expired already
+// (then renewal fails, and the host must join again). A certificate that
+// lives longer than AgentCertLifetime (issued before it was introduced)
+// is due at once.
+func RenewDue(c *x509.Certificate, now time.Time) bool {
+	life := c.NotAfter.Sub(IssuedAt(c))
+	return life > AgentCertLifetime || now.After(IssuedAt(c).Add(life/3))
+}
+
 // SignAgent signs an agent's certificate request with the CA in dir. The
 // server decides what the certificate says, whatever the request asks:
 // it names host as an agent, for both client and server use (its own
@@ -104,6 +137,7 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 // server's. A host thus cannot obtain a certificate for another machine's
 // address, and its role (OU) keeps it from passing as a server.
 func SignAgent(dir string, csrPEM []byte, host string, addrs []net.IP) ([]byte, error) {
+	now := time.Now()
 	csr, err := parseCSR(csrPEM)
 	if err != nil {
 		return nil, err
@@ -119,8 +153,8 @@ func SignAgent(dir string, csrPEM []byte, host string, addrs []net.IP) ([]byte, 
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: host, OrganizationalUnit: []string{OUAgent}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().AddDate(2, 0, 0),
+		NotBefore:    now.Add(-Backdate),
+		NotAfter:     now.Add(AgentCertLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		IPAddresses:  addrs,
@@ -183,11 +217,98 @@ func ClientConfig(dir string) (*tls.Config, error) {
 // certificate (as client to servers, and as server of its own API), and
 // the cluster CA as the only root, also for the peers it accepts.
 func AgentConfig(dir string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, AgentCert), filepath.Join(dir, AgentKey))
-	if err != nil {
-		return nil, fmt.Errorf("load agent certificate: %w", err)
+	cfg, _, err := AgentTLS(dir)
+	return cfg, err
+}
+
+// AgentCertHolder holds the certificate of an agent's TLS settings (and
+// of their clones), which Reload replaces while they are in use.
+type AgentCertHolder struct {
+	dir  string
+	cert atomic.Pointer[tls.Certificate]
+}
+
+// AgentTLS is AgentConfig, with the holder that reloads its certificate
+// once renewed.
+func AgentTLS(dir string) (*tls.Config, *AgentCertHolder, error) {
+	h := &AgentCertHolder{dir: dir}
+	if err := h.Reload(); err != nil {
+		return nil, nil, err
 	}
-	return peerConfig(dir, cert)
+	cfg, err := peerConfig(dir, *h.cert.Load())
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Certificates = nil
+	cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return h.cert.Load(), nil }
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return h.cert.Load(), nil }
+	return cfg, h, nil
+}
+
+// Reload reads the agent's certificate and key again from its dir.
+func (h *AgentCertHolder) Reload() error {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(h.dir, AgentCert), filepath.Join(h.dir, AgentKey))
+	if err != nil {
+		return fmt.Errorf("load agent certificate: %w", err)
+	}
+	if cert.Leaf == nil {
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("parse agent certificate: %w", err)
+		}
+	}
+	h.cert.Store(&cert)
+	return nil
+}
+
+// Leaf returns the certificate in use.
+func (h *AgentCertHolder) Leaf() *x509.Certificate { return h.cert.Load().Leaf }
+
+// RenewCSR returns a certificate request for the agent's name with its
+// key, to renew its certificate.
+func (h *AgentCertHolder) RenewCSR() ([]byte, error) {
+	c := h.cert.Load()
+	tmpl := &x509.CertificateRequest{Subject: c.Leaf.Subject}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, c.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("certificate request: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// Install checks that certPEM is a certificate of the cluster CA for the
+// agent's key, writes it in place of the old one and uses it from now on.
+func (h *AgentCertHolder) Install(certPEM []byte) error {
+	keyPEM, err := os.ReadFile(filepath.Join(h.dir, AgentKey))
+	if err != nil {
+		return fmt.Errorf("read agent key: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("the renewed certificate does not match the agent's key: %w", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(h.dir, CACert))
+	if err != nil {
+		return fmt.Errorf("read CA: %w", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("parse the renewed certificate: %w", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("the renewed certificate is not the cluster CA's: %w", err)
+	}
+	p := filepath.Join(h.dir, AgentCert)
+	if err := os.WriteFile(p+".tmp", certPEM, 0o644); err != nil {
+		return fmt.Errorf("write agent certificate: %w", err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		return fmt.Errorf("write agent certificate: %w", err)
+	}
+	cert.Leaf = leaf
+	h.cert.Store(&cert)
+	return nil
 }
 
 func peerConfig(dir string, cert tls.Certificate) (*tls.Config, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"net"
 	"testing"
+	"time"
 )
 
 func TestEnsure(t *testing.T) {
@@ -95,5 +96,40 @@ func TestSignAgentDecidesAddresses(t *testing.T) {
 	}
 	if c.Subject.CommonName != "host1" || c.Subject.OrganizationalUnit[0] != OUAgent {
 		t.Errorf("subject %v", c.Subject)
+	}
+}
+
+func TestAgentCertLifetime(t *testing.T) {
+	ca := t.TempDir()
+	if _, _, err := Ensure(ca, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	csr, err := NewCSR(t.TempDir(), "host1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now().Truncate(time.Second)
+	certPEM, err := SignAgent(ca, csr, "host1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(certPEM)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if life := c.NotAfter.Sub(IssuedAt(c)); life != AgentCertLifetime {
+		t.Errorf("lifetime %v, want %v", life, AgentCertLifetime)
+	}
+	if at := IssuedAt(c); at.Before(before) || at.After(time.Now()) {
+		t.Errorf("issued at %v, want about now", at)
+	}
+	now := IssuedAt(c)
+	if RenewDue(c, now.Add(time.Hour)) || !RenewDue(c, now.Add(AgentCertLifetime/3+time.Minute)) || !RenewDue(c, c.NotAfter.Add(time.Hour)) {
+		t.Error("RenewDue: want false after an hour, true after a third of the life and after expiry")
+	}
+	// Revoked this second: the certificate may be from before.
+	if !IssuedBefore(c, now.Add(300*time.Millisecond)) || IssuedBefore(c, now.Add(-time.Second)) {
+		t.Error("IssuedBefore: want true for a revocation in the same second, false for one a second before")
 	}
 }

@@ -113,6 +113,7 @@ func (s *Server) routes() {
 	h("POST /v1/hosts/{name}/drain", s.drainHost)
 	h("GET /v1/hosts/{name}/drain", s.getDrain)
 	h("POST /v1/hosts/{name}/resume", s.resumeHost)
+	h("DELETE /v1/hosts/{name}", s.removeHost)
 	h("GET /v1/events", s.listEvents)
 	h("GET /v1/networks", s.listNetworks)
 	h("GET /v1/images", s.listImages)
