@@ -56,7 +56,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&o.Advertise, "advertise", "", "URL at which hosts reach this server, e.g. https://10.0.0.1:7443")
 	f.StringVar(&o.Host, "name", "", "this server's name (default: the hostname)")
 	f.StringVar(&o.Join, "join", "", "become a replica of the cluster of this server, https://SERVER:PORT (needed the first time only)")
-	f.StringVar(&o.JoinToken, "token", "", "join token from 'shoal cluster token' (with --join)")
+	f.StringVar(&o.JoinToken, "token", "", "join token from 'shoal cluster token --server' (with --join)")
 	f.StringVar(&config, "config", "", "where to write the CLI settings (default $SHOAL_CONFIG or ~/.config/shoal/config.json)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
 	return cmd
@@ -119,14 +119,19 @@ func agentCmd() *cobra.Command {
 func clusterCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "Manage the cluster"}
 	var ttl string
+	var srv bool
 	tok := &cobra.Command{
-		Use: "token", Short: "Print a one-time token for a host to join (expires, default 1h)", Args: cobra.NoArgs,
+		Use: "token", Short: "Print a one-time token for a host (or, with --server, a server replica) to join (expires, default 1h)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
-			t, err := c.CreateJoinToken(cmd.Context(), ttl)
+			kind := "host"
+			if srv {
+				kind = "server"
+			}
+			t, err := c.CreateJoinToken(cmd.Context(), kind, ttl)
 			if err != nil {
 				return err
 			}
@@ -134,6 +139,7 @@ func clusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	tok.Flags().StringVar(&ttl, "ttl", "1h", "how long the token stays valid")
+	tok.Flags().BoolVar(&srv, "server", false, "a token for a server replica to join ('shoal server --join'): it buys the cluster's CA key")
 	cmd.AddCommand(tok, clusterServersCmd(g), clusterRemoveServerCmd(g))
 	return cmd
 }

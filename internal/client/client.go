@@ -263,16 +263,19 @@ func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/images/"+esc(name), nil, nil)
 }
 
-// JoinToken is a one-time token for a machine to join as a host.
+// JoinToken is a one-time token for a machine to join as a host or, of
+// kind "server", as a server replica.
 type JoinToken struct {
 	Token   string    `json:"token"`
+	Kind    string    `json:"kind"`
 	Expires time.Time `json:"expires"`
 }
 
-// CreateJoinToken makes a join token valid for ttl ("" = 1h).
-func (c *Client) CreateJoinToken(ctx context.Context, ttl string) (JoinToken, error) {
+// CreateJoinToken makes a join token of kind ("host" or "server"; "" =
+// host) valid for ttl ("" = 1h).
+func (c *Client) CreateJoinToken(ctx context.Context, kind, ttl string) (JoinToken, error) {
 	var out JoinToken
-	return out, c.do(ctx, "POST", "/v1/cluster/tokens", map[string]string{"ttl": ttl}, &out)
+	return out, c.do(ctx, "POST", "/v1/cluster/tokens", map[string]string{"ttl": ttl, "kind": kind}, &out)
 }
 
 // MigrateVM starts a live migration and returns its record at once;

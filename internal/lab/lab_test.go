@@ -100,6 +100,7 @@ func TestShoalCommandLines(t *testing.T) {
 			"/usr/bin/shoal server --data-dir /var/lib/shoal-lab/ctl2 --listen 10.57.0.252:7443 --advertise https://10.57.0.252:7443 --config /var/lib/shoal-lab/ctl2/config.json --name server2 --etcd-peer-url https://10.57.0.252:7380 --join https://10.57.0.1:7443 --token TOK -v"},
 		{"servers via server3", s.serversArgv(l, 3), "/usr/bin/shoal --server unix:///var/lib/shoal-lab/ctl3/shoal.sock cluster servers -o json"},
 		{"token", s.tokenArgv(), "/usr/bin/shoal cluster token"},
+		{"server token", s.serverTokenArgv(), "/usr/bin/shoal cluster token --server"},
 		{"host list", s.hostListArgv(), "/usr/bin/shoal host list -o json"},
 	} {
 		if got := strings.Join(c.got, " "); got != c.want {

@@ -111,6 +111,14 @@ type ReplicaControl interface {
 	ReplicaArgv(l Layout, k int, token string) []string
 	// WaitReplicas returns once server k answers and lists k replicas.
 	WaitReplicas(ctx context.Context, l Layout, k int) error
+	// ServerJoinToken returns a new (one-time) token a server replica
+	// joins with.
+	ServerJoinToken(ctx context.Context, l Layout) (string, error)
+}
+
+// ServerJoinToken implements ReplicaControl.
+func (s Shoal) ServerJoinToken(ctx context.Context, l Layout) (string, error) {
+	return s.token(ctx, l, s.serverTokenArgv())
 }
 
 // ReplicaArgv implements ReplicaControl.
@@ -170,7 +178,7 @@ func startReplicas(ctx context.Context, log *slog.Logger, s *State, control Cont
 		if err := step("server:" + ServerName(k)); err != nil {
 			return procs, err
 		}
-		token, err := control.JoinToken(ctx, l)
+		token, err := rc.ServerJoinToken(ctx, l)
 		if err != nil {
 			return procs, fmt.Errorf("join token for %s: %w", ServerName(k), err)
 		}

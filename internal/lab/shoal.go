@@ -72,8 +72,9 @@ func (s Shoal) AgentArgv(l Layout, k int, token string) []string {
 // points SHOAL_CONFIG at the lab's settings.
 func (s Shoal) cliArgv(args ...string) []string { return append([]string{s.Binary}, args...) }
 
-func (s Shoal) tokenArgv() []string    { return s.cliArgv("cluster", "token") }
-func (s Shoal) hostListArgv() []string { return s.cliArgv("host", "list", "-o", "json") }
+func (s Shoal) tokenArgv() []string       { return s.cliArgv("cluster", "token") }
+func (s Shoal) serverTokenArgv() []string { return s.cliArgv("cluster", "token", "--server") }
+func (s Shoal) hostListArgv() []string    { return s.cliArgv("host", "list", "-o", "json") }
 
 // cli runs one CLI call, for at most 15 s, and returns its stdout.
 func (s Shoal) cli(ctx context.Context, l Layout, argv []string) (string, error) {
@@ -118,13 +119,18 @@ func (s Shoal) WaitServer(ctx context.Context, l Layout) error {
 
 // JoinToken implements Control.
 func (s Shoal) JoinToken(ctx context.Context, l Layout) (string, error) {
-	out, err := s.cli(ctx, l, s.tokenArgv())
+	return s.token(ctx, l, s.tokenArgv())
+}
+
+// token runs a 'shoal cluster token' command line and returns its token.
+func (s Shoal) token(ctx context.Context, l Layout, argv []string) (string, error) {
+	out, err := s.cli(ctx, l, argv)
 	if err != nil {
 		return "", err
 	}
 	tok := strings.TrimSpace(out)
 	if tok == "" || strings.ContainsAny(tok, " \n") {
-		return "", fmt.Errorf("'shoal cluster token' printed %q, not one token", out)
+		return "", fmt.Errorf("'%s' printed %q, not one token", strings.Join(argv[1:], " "), out)
 	}
 	return tok, nil
 }

@@ -310,18 +310,7 @@ func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Ha
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", listen, err)
 	}
-	hs := &http.Server{Handler: h, TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	go func() {
-		if err := hs.ServeTLS(l, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("host API", "err", err)
-		}
-	}()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(ctx)
-	}, nil
+	return startHTTP(log, "host API", l, tlsCfg, h, hostAPILimits), nil
 }
 
 // writeQEMUTLS lays out the agent's certificate in pkiDir for QEMU's

@@ -307,30 +307,18 @@ func serve(ctx context.Context, log *slog.Logger, o Options, h http.Handler) (fu
 		return nil, fmt.Errorf("listen on %s: %w", sock, err)
 	}
 	_ = os.Chmod(sock, 0o600)
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	hs.TLSConfig, err = tlsConfig(cert, caPEM)
+	tlsCfg, err := tlsConfig(cert, caPEM)
 	if err != nil {
 		tl.Close()
 		ul.Close()
 		return nil, err
 	}
-	go func() {
-		if err := hs.ServeTLS(tl, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("https server", "err", err)
-		}
-	}()
-	us := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := us.Serve(ul); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("unix socket server", "err", err)
-		}
-	}()
+	stopTLS := startHTTP(log, "https server", tl, tlsCfg, h, apiLimits)
+	stopUnix := startHTTP(log, "unix socket server", ul, nil, h, apiLimits)
 	log.Info("API serving", "https", o.Listen, "socket", sock)
 	return func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-		_ = us.Shutdown(sctx)
+		stopTLS()
+		stopUnix()
 		_ = os.Remove(sock)
 	}, nil
 }

@@ -122,11 +122,11 @@ func ensureReplica(ctx context.Context, log *slog.Logger, o *Options, pkiDir str
 		return etcdCluster{}, api.Errorf(api.ErrInvalid, "%s already holds a cluster of its own: a server joins with an empty --data-dir (move that one away), or drop --join to run that cluster", filepath.Join(o.DataDir, "etcd"))
 	}
 	if o.JoinToken == "" {
-		return etcdCluster{}, api.Errorf(api.ErrInvalid, "joining needs a token: pass --token (make one with 'shoal cluster token' against a server of the cluster)")
+		return etcdCluster{}, api.Errorf(api.ErrInvalid, "joining needs a token: pass --token (make one with 'shoal cluster token --server' against a server of the cluster)")
 	}
 	_, caHash, ok := strings.Cut(o.JoinToken, ".")
 	if !ok || caHash == "" {
-		return etcdCluster{}, api.Errorf(api.ErrInvalid, "the join token is malformed: copy it whole from 'shoal cluster token'")
+		return etcdCluster{}, api.Errorf(api.ErrInvalid, "the join token is malformed: copy it whole from 'shoal cluster token --server'")
 	}
 	req := server.ServerJoinRequest{Token: o.JoinToken, Name: o.Host, Hosts: certHosts(*o)}
 	if !external {

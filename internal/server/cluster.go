@@ -18,12 +18,14 @@ import (
 
 // TokenRequest is the body of POST /v1/cluster/tokens.
 type TokenRequest struct {
-	TTL string `json:"ttl,omitempty"` // default 1h
+	TTL  string `json:"ttl,omitempty"`  // default 1h
+	Kind string `json:"kind,omitempty"` // what it joins: "host" (default) or "server"
 }
 
 // TokenResponse is a fresh join token.
 type TokenResponse struct {
 	Token   string    `json:"token"`
+	Kind    string    `json:"kind"`
 	Expires time.Time `json:"expires"`
 }
 
@@ -58,6 +60,14 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) error {
 		}
 		ttl = d
 	}
+	kind := req.Kind
+	switch kind {
+	case "":
+		kind = store.JoinHost
+	case store.JoinHost, store.JoinServer:
+	default:
+		return api.Errorf(api.ErrInvalid, "kind %q must be %q (a host joins with it) or %q (a server replica joins with it)", req.Kind, store.JoinHost, store.JoinServer)
+	}
 	caPEM, err := os.ReadFile(filepath.Join(s.cfg.PKIDir, pki.CACert))
 	if err != nil {
 		return api.Errorf(api.ErrUnavailable, "this server has no cluster CA: %v", err)
@@ -70,15 +80,19 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) error {
 	_, _ = rand.Read(raw)
 	secret := hex.EncodeToString(raw)
 	now := time.Now().UTC()
-	if err := s.st.PutJoinToken(r.Context(), secret, store.JoinToken{Expires: now.Add(ttl), CreatedAt: now}); err != nil {
+	if err := s.st.PutJoinToken(r.Context(), secret, store.JoinToken{Kind: kind, Expires: now.Add(ttl), CreatedAt: now}); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, TokenResponse{Token: secret + "." + hash, Expires: now.Add(ttl)})
+	s.log.Info("join token made", "kind", kind, "expires", now.Add(ttl))
+	writeJSON(w, http.StatusCreated, TokenResponse{Token: secret + "." + hash, Kind: kind, Expires: now.Add(ttl)})
 	return nil
 }
 
-// join signs a joining machine's certificate if its token is good. It
-// needs no API token: the one-time join token is the authorization.
+// join signs a joining machine's certificate if its token is a good host
+// token. It needs no API token: the one-time join token is the
+// authorization. The token is checked before anything that would tell
+// its holder about the cluster (whether the name is taken), and used up
+// in the transaction that reserves the name.
 func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	var req JoinRequest
 	if err := decode(r, &req); err != nil {
@@ -92,11 +106,8 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	}
 	// A name is joined once: a token must not buy another machine the
 	// identity (and the VMs) of an existing host.
-	if _, err := s.st.GetHost(r.Context(), req.Host); err == nil {
-		return api.Errorf(api.ErrConflict, "host %q is already a member: join this machine under another --host name", req.Host)
-	}
 	secret, _, _ := strings.Cut(req.Token, ".")
-	if err := s.st.UseJoinToken(r.Context(), secret); err != nil {
+	if err := s.st.JoinHost(r.Context(), secret, req.Host); err != nil {
 		return err
 	}
 	// The certificate holds the address the host joined from, not the

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,7 +21,7 @@ const ServerJoinPath = "/v1/cluster/servers/join"
 // ServerJoinRequest is the body of POST /v1/cluster/servers/join: a
 // machine asking to become a server replica.
 type ServerJoinRequest struct {
-	Token string `json:"token"` // a join token ('shoal cluster token')
+	Token string `json:"token"` // a server join token ('shoal cluster token --server')
 	Name  string `json:"name"`  // the new replica's name
 	// PeerURL is where the other members reach the new replica's embedded
 	// etcd; "" if it uses the cluster's external etcd.
@@ -37,12 +38,15 @@ type ServerJoinResponse struct {
 	InitialCluster string `json:"initial_cluster,omitempty"`
 }
 
-// joinServer makes the caller a server replica if its join token is
-// good: a learner member of the embedded etcd (which promotes itself once
-// it has caught up), holding the cluster's CA. Like /v1/join, it needs no
+// joinServer makes the caller a server replica if its join token is a
+// good server token: a learner member of the embedded etcd (which
+// promotes itself once it has caught up), holding the cluster's CA. Like /v1/join, it needs no
 // API token: the one-time join token is the authorization, and the caller
 // pinned this server's CA by the hash in that token, so the CA key goes
-// only where the token's holder asked for it.
+// only where the token's holder asked for it. A host token does not do:
+// it would buy the CA key for what may buy only a host's certificate. The
+// token is checked before the checks that tell of the cluster's servers,
+// and used up in the transaction that reserves the name.
 func (s *Server) joinServer(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	var req ServerJoinRequest
@@ -61,15 +65,41 @@ func (s *Server) joinServer(w http.ResponseWriter, r *http.Request) error {
 	case s.cfg.EmbeddedEtcd && req.PeerURL == "":
 		return api.Errorf(api.ErrInvalid, "this cluster's etcd is embedded in its servers: start the new server without --etcd-endpoints")
 	}
+	if s.cfg.EmbeddedEtcd {
+		if err := checkPeerURL(req.PeerURL); err != nil {
+			return err
+		}
+	}
+	// The token first: the checks below tell of the cluster's servers.
+	secret, _, _ := strings.Cut(req.Token, ".")
+	if _, err := s.st.CheckJoinToken(ctx, secret, store.JoinServer); err != nil {
+		return err
+	}
+	if err := s.serverNameFree(ctx, req); err != nil {
+		return err
+	}
+	if err := s.st.JoinServer(ctx, secret, req.Name); err != nil {
+		return err
+	}
+	resp, err := s.seatServer(ctx, req)
+	if err != nil {
+		_ = s.st.ReleaseServerName(context.WithoutCancel(ctx), req.Name)
+		return fmt.Errorf("%w (this used up the join token: make a new one with 'shoal cluster token --server')", err)
+	}
+	s.log.Info("server replica joined", "name", req.Name, "peer", req.PeerURL, "from", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// serverNameFree refuses a joiner's name if a live server or an etcd
+// member has it, or its peer URL if the members could not reach it.
+func (s *Server) serverNameFree(ctx context.Context, req ServerJoinRequest) error {
 	live, err := s.st.ListServers(ctx)
 	if err != nil {
 		return err
 	}
 	taken := slices.ContainsFunc(live, func(sv api.Server) bool { return sv.Name == req.Name })
 	if s.cfg.EmbeddedEtcd {
-		if err := checkPeerURL(req.PeerURL); err != nil {
-			return err
-		}
 		ms, err := s.st.Members(ctx)
 		if err != nil {
 			return err
@@ -84,23 +114,23 @@ func (s *Server) joinServer(w http.ResponseWriter, r *http.Request) error {
 	if taken {
 		return api.Errorf(api.ErrConflict, "a server named %q is already a member: join this machine under another --name", req.Name)
 	}
-	secret, _, _ := strings.Cut(req.Token, ".")
-	if err := s.st.UseJoinToken(ctx, secret); err != nil {
-		return err
-	}
+	return nil
+}
+
+// seatServer makes a joiner's certificate and, if etcd is embedded, its
+// learner member.
+func (s *Server) seatServer(ctx context.Context, req ServerJoinRequest) (ServerJoinResponse, error) {
 	b, err := pki.ServerBundle(s.cfg.PKIDir, req.Hosts)
 	if err != nil {
-		return fmt.Errorf("certificate for server %s: %w", req.Name, err)
+		return ServerJoinResponse{}, fmt.Errorf("certificate for server %s: %w", req.Name, err)
 	}
 	resp := ServerJoinResponse{Bundle: b}
 	if s.cfg.EmbeddedEtcd {
 		if resp.InitialCluster, err = s.st.AddMember(ctx, req.Name, req.PeerURL); err != nil {
-			return fmt.Errorf("%w (this used up the join token: make a new one with 'shoal cluster token')", err)
+			return ServerJoinResponse{}, err
 		}
 	}
-	s.log.Info("server replica joined", "name", req.Name, "peer", req.PeerURL, "from", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, resp)
-	return nil
+	return resp, nil
 }
 
 // removeServer removes a server replica that is gone for good: its etcd

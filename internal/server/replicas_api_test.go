@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/store"
 	"github.com/shoalvm/shoal/internal/store/storetest"
@@ -24,27 +23,17 @@ import (
 // its seat in etcd.
 func TestServerJoin(t *testing.T) {
 	ctx := context.Background()
-	st := storetest.New(t)
-	pkiDir := t.TempDir()
-	if _, _, err := pki.Ensure(pkiDir, []string{"127.0.0.1"}); err != nil {
-		t.Fatal(err)
-	}
-	srv := New(Config{PKIDir: pkiDir, EmbeddedEtcd: true, Name: "s1"}, st, slog.New(slog.DiscardHandler))
-	ts := httptest.NewServer(srv)
-	defer ts.Close()
-	ss, err := st.NewSession(ctx, 10*time.Second)
-	must(t, err)
-	defer ss.Close()
-	must(t, st.RegisterServer(ctx, ss, api.Server{Name: "s1", URL: "https://127.0.0.1:7443"}))
+	h := newJoinHarness(t)
+	st, pkiDir := h.st, h.cfg.PKIDir
 	token := func() string {
 		secret := fmt.Sprintf("secret%d", time.Now().UnixNano())
-		must(t, st.PutJoinToken(ctx, secret, store.JoinToken{Expires: time.Now().Add(time.Hour), CreatedAt: time.Now()}))
+		must(t, st.PutJoinToken(ctx, secret, store.JoinToken{Kind: store.JoinServer, Expires: time.Now().Add(time.Hour), CreatedAt: time.Now()}))
 		return secret + ".cahash"
 	}
 	peer := fmt.Sprintf("https://127.0.0.1:%d", storetest.FreePort(t))
 	post := func(req ServerJoinRequest) (int, []byte) {
 		b, _ := json.Marshal(req)
-		resp, err := http.Post(ts.URL+ServerJoinPath, "application/json", bytes.NewReader(b))
+		resp, err := http.Post(h.url+ServerJoinPath, "application/json", bytes.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,9 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,23 +86,114 @@ func TestJoinTokens(t *testing.T) {
 	ctx := context.Background()
 	s := storetest.New(t)
 	now := time.Now()
-	if err := s.PutJoinToken(ctx, "good", store.JoinToken{Expires: now.Add(time.Hour), CreatedAt: now}); err != nil {
-		t.Fatal(err)
+	put := func(secret, kind string, ttl time.Duration) {
+		t.Helper()
+		if err := s.PutJoinToken(ctx, secret, store.JoinToken{Kind: kind, Expires: now.Add(ttl), CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := s.PutJoinToken(ctx, "stale", store.JoinToken{Expires: now.Add(10 * time.Millisecond), CreatedAt: now}); err != nil {
-		t.Fatal(err)
-	}
+	put("good", store.JoinHost, time.Hour)
+	put("stale", store.JoinHost, 10*time.Millisecond)
 	time.Sleep(20 * time.Millisecond)
-	if err := s.UseJoinToken(ctx, "stale"); !errors.Is(err, api.ErrUnauthorized) || !strings.Contains(err.Error(), "expired") {
+	if err := s.JoinHost(ctx, "stale", "h1"); !errors.Is(err, api.ErrUnauthorized) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired token: %v", err)
 	}
-	if err := s.UseJoinToken(ctx, "good"); err != nil {
+	if err := s.JoinHost(ctx, "good", "h1"); err != nil {
 		t.Fatalf("good token: %v", err)
 	}
-	if err := s.UseJoinToken(ctx, "good"); !errors.Is(err, api.ErrUnauthorized) {
+	if h, err := s.GetHost(ctx, "h1"); err != nil || h.State != api.HostDown {
+		t.Fatalf("the join reserved no host record: %+v %v", h, err)
+	}
+	if err := s.JoinHost(ctx, "good", "h2"); !errors.Is(err, api.ErrUnauthorized) {
 		t.Fatalf("second use: %v", err)
 	}
-	if err := s.UseJoinToken(ctx, "made-up"); !errors.Is(err, api.ErrUnauthorized) {
+	if err := s.JoinHost(ctx, "made-up", "h2"); !errors.Is(err, api.ErrUnauthorized) {
 		t.Fatalf("unknown token: %v", err)
+	}
+	if err := s.PutJoinToken(ctx, "odd", store.JoinToken{Kind: "admin", Expires: now.Add(time.Hour)}); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("token of an unknown kind: %v", err)
+	}
+}
+
+// TestJoinTokenKinds checks that each join takes only its kind of token,
+// and that a token of the wrong kind is refused, saying which to make,
+// and kept.
+func TestJoinTokenKinds(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	now := time.Now()
+	for secret, kind := range map[string]string{"h": store.JoinHost, "s": store.JoinServer} {
+		if err := s.PutJoinToken(ctx, secret, store.JoinToken{Kind: kind, Expires: now.Add(time.Hour), CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := s.JoinServer(ctx, "h", "s2")
+	if !errors.Is(err, api.ErrUnauthorized) || !strings.Contains(err.Error(), "shoal cluster token --server") {
+		t.Errorf("a host token joined a server: %v", err)
+	}
+	if err := s.JoinHost(ctx, "s", "h1"); !errors.Is(err, api.ErrUnauthorized) || !strings.Contains(err.Error(), "'shoal cluster token'") {
+		t.Errorf("a server token joined a host: %v", err)
+	}
+	if _, err := s.GetHost(ctx, "h1"); !api.IsNotFound(err) {
+		t.Errorf("a refused join reserved the name: %v", err)
+	}
+	// Both survived the refusals.
+	if err := s.JoinHost(ctx, "h", "h1"); err != nil {
+		t.Errorf("host token after a refusal: %v", err)
+	}
+	if err := s.JoinServer(ctx, "s", "s2"); err != nil {
+		t.Errorf("server token after a refusal: %v", err)
+	}
+}
+
+// TestJoinRace checks that of concurrent joins under one name, each with
+// a good token, exactly one wins; the others get a conflict and keep
+// their tokens.
+func TestJoinRace(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	now := time.Now()
+	for _, c := range []struct {
+		kind string
+		join func(secret string) error
+	}{
+		{store.JoinHost, func(secret string) error { return s.JoinHost(ctx, secret, "h1") }},
+		{store.JoinServer, func(secret string) error { return s.JoinServer(ctx, secret, "s2") }},
+	} {
+		const n = 20
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			secret := fmt.Sprintf("%s-%d", c.kind, i)
+			if err := s.PutJoinToken(ctx, secret, store.JoinToken{Kind: c.kind, Expires: now.Add(time.Hour), CreatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = c.join(secret)
+			}()
+		}
+		wg.Wait()
+		wins := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				wins++
+			case !errors.Is(err, api.ErrConflict):
+				t.Errorf("%s join %d: %v; want a conflict", c.kind, i, err)
+			default:
+				// The loser's token is still good.
+				if _, err := s.CheckJoinToken(ctx, fmt.Sprintf("%s-%d", c.kind, i), c.kind); err != nil {
+					t.Errorf("%s join %d lost and used up its token: %v", c.kind, i, err)
+				}
+			}
+		}
+		if wins != 1 {
+			t.Errorf("%d of %d concurrent %s joins under one name won; want 1", wins, n, c.kind)
+		}
+	}
+	if hosts, err := s.ListHosts(ctx); err != nil || len(hosts) != 1 {
+		t.Errorf("hosts after the race: %+v %v", hosts, err)
 	}
 }
