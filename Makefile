@@ -34,6 +34,15 @@ deps:
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 1 -timeout 25m ./...
+	@for f in $(FUZZ); do \
+		echo "fuzz $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${f##*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} || exit 1; \
+	done
+
+# Fuzz targets (PACKAGE:FUNCTION) that 'make test' runs for FUZZTIME each:
+# no input may make them fail (a 500, a panic, a wrong acceptance).
+FUZZ = internal/api:FuzzParseSize internal/api:FuzzValidateName internal/server:FuzzAPIRequests
+FUZZTIME ?= 5s
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 5x -timeout 30m ./cmd/shoal/
