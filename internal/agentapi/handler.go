@@ -91,11 +91,41 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func readJSON(r *http.Request, v any) error {
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
-		return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
+// MaxBody is the largest request body the agent API reads: a VM's spec
+// with its user data, or a host's facts, is far smaller.
+const MaxBody = 1 << 20
+
+// Lease TTLs a host may ask for. Agents ask for 3 heartbeats (3 s by
+// default, see agent.Config.LeaseTTL); failover waits for the lease to
+// expire, so a host with a longer one would fail over that much later,
+// and one with no bound would never fail over.
+const (
+	MinLeaseTTL = time.Second
+	MaxLeaseTTL = 30 * time.Second
+)
+
+// readJSON reads the one JSON value of a request body, strictly: a body
+// over MaxBody (413), an empty one, and data after the value are refused.
+// Unknown fields are accepted, so that an agent newer than its server
+// still registers during an upgrade.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
+	err := dec.Decode(v)
+	var tooBig *http.MaxBytesError
+	if err == nil {
+		if _, err = dec.Token(); errors.Is(err, io.EOF) {
+			return nil
+		} else if !errors.As(err, &tooBig) {
+			return api.Errorf(api.ErrInvalid, "malformed JSON body: data after the JSON value")
+		}
 	}
-	return nil
+	switch {
+	case errors.As(err, &tooBig):
+		return api.Errorf(api.ErrTooLarge, "request body over %d bytes", MaxBody)
+	case errors.Is(err, io.EOF):
+		return api.Errorf(api.ErrInvalid, "request body is empty: send a JSON object")
+	}
+	return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
 }
 
 func notYours(host, what string) error {
@@ -104,15 +134,15 @@ func notYours(host, what string) error {
 
 func (h *Handler) register(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var in api.Host
-	if err := readJSON(r, &in); err != nil {
+	if err := readJSON(w, r, &in); err != nil {
 		return err
 	}
 	if in.Name != host {
 		return notYours(host, "host "+in.Name)
 	}
 	ttl, err := time.ParseDuration(r.URL.Query().Get("ttl"))
-	if err != nil || ttl <= 0 {
-		return api.Errorf(api.ErrInvalid, "ttl must be a duration")
+	if err != nil || ttl < MinLeaseTTL || ttl > MaxLeaseTTL {
+		return api.Errorf(api.ErrInvalid, "ttl must be a duration from %s to %s", MinLeaseTTL, MaxLeaseTTL)
 	}
 	if err := h.Local.Register(ctx, in, ttl); err != nil {
 		return err
@@ -169,7 +199,7 @@ func (h *Handler) watch(ctx context.Context, host string, w http.ResponseWriter,
 
 func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var st api.VMStatus
-	if err := readJSON(r, &st); err != nil {
+	if err := readJSON(w, r, &st); err != nil {
 		return err
 	}
 	if cur, err := h.Local.st.GetVM(ctx, st.Name); err != nil || st.Host != host || cur.Host != host || cur.ID != st.ID {
@@ -182,20 +212,36 @@ func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter
 	return nil
 }
 
-func (h *Handler) status(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
-	st, err := h.Local.Status(ctx, r.PathValue("id"))
+// status answers a VM's last reported status to a host that owns the VM
+// or takes part in its migration, and to no other.
+func (h *Handler) status(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	st, err := h.Local.Status(ctx, id)
 	if err != nil {
 		return err
+	}
+	cur, err := h.Local.st.GetVM(ctx, st.Name)
+	if err != nil && !api.IsNotFound(err) {
+		return err
+	}
+	if err != nil || cur.ID != id || !involves(cur, host) {
+		return notYours(host, "vm "+id)
 	}
 	writeJSON(w, http.StatusOK, st)
 	return nil
 }
 
+// involves reports whether host owns VM s or is an end of its migration.
+func involves(s api.VMSpec, host string) bool {
+	m := s.Migration
+	return s.Host == host || m != nil && (m.Source == host || m.Target == host)
+}
+
 // mine reads a spec from the body and checks the host owns that VM now;
 // it returns the spec sent and the one stored.
-func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.VMSpec, api.VMSpec, error) {
+func (h *Handler) mine(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) (api.VMSpec, api.VMSpec, error) {
 	var s api.VMSpec
-	if err := readJSON(r, &s); err != nil {
+	if err := readJSON(w, r, &s); err != nil {
 		return s, s, err
 	}
 	cur, err := h.Local.st.GetVM(ctx, s.Name)
@@ -209,7 +255,7 @@ func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.V
 }
 
 func (h *Handler) guestStopped(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, _, err := h.mine(ctx, host, r)
+	s, _, err := h.mine(ctx, host, w, r)
 	if err != nil {
 		return err
 	}
@@ -222,7 +268,7 @@ func (h *Handler) guestStopped(ctx context.Context, host string, w http.Response
 }
 
 func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, cur, err := h.mine(ctx, host, r)
+	s, cur, err := h.mine(ctx, host, w, r)
 	if api.IsNotFound(err) {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -242,7 +288,7 @@ func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWrite
 
 func (h *Handler) migrationReady(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c migrationCall
-	if err := readJSON(r, &c); err != nil {
+	if err := readJSON(w, r, &c); err != nil {
 		return err
 	}
 	if c.Endpoint == nil {
@@ -257,7 +303,7 @@ func (h *Handler) migrationReady(ctx context.Context, host string, w http.Respon
 
 func (h *Handler) migrationCommit(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c migrationCall
-	if err := readJSON(r, &c); err != nil {
+	if err := readJSON(w, r, &c); err != nil {
 		return err
 	}
 	v, err := h.Local.CommitMigration(ctx, host, c.Spec)
@@ -270,7 +316,7 @@ func (h *Handler) migrationCommit(ctx context.Context, host string, w http.Respo
 
 func (h *Handler) migrationProgress(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var p api.MigrationProgress
-	if err := readJSON(r, &p); err != nil {
+	if err := readJSON(w, r, &p); err != nil {
 		return err
 	}
 	if err := h.Local.MigrationProgress(ctx, host, r.PathValue("id"), p); err != nil {
@@ -346,7 +392,7 @@ func (h *Handler) servers(ctx context.Context, _ string, w http.ResponseWriter, 
 
 func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c crashReport
-	if err := readJSON(r, &c); err != nil {
+	if err := readJSON(w, r, &c); err != nil {
 		return err
 	}
 	if err := h.Local.Crashed(ctx, host, c.Spec, c.Reason, c.What, c.GaveUp); err != nil {
@@ -358,8 +404,8 @@ func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWrite
 
 func (h *Handler) claimStart(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var s api.VMSpec
-	if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
-		return api.Errorf(api.ErrInvalid, "bad request body: %v", err)
+	if err := readJSON(w, r, &s); err != nil {
+		return err
 	}
 	if err := h.Local.ClaimStart(ctx, host, s); err != nil {
 		return err
