@@ -108,8 +108,9 @@ const (
 // over MaxBody (413), an empty one, and data after the value are refused.
 // Unknown fields are accepted, so that an agent newer than its server
 // still registers during an upgrade.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
+func readJSON(r *http.Request, v any) error {
+	// No ResponseWriter: the server drains or drops the rest of the body.
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxBody))
 	err := dec.Decode(v)
 	var tooBig *http.MaxBytesError
 	if err == nil {
@@ -134,7 +135,7 @@ func notYours(host, what string) error {
 
 func (h *Handler) register(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var in api.Host
-	if err := readJSON(w, r, &in); err != nil {
+	if err := readJSON(r, &in); err != nil {
 		return err
 	}
 	if in.Name != host {
@@ -199,7 +200,7 @@ func (h *Handler) watch(ctx context.Context, host string, w http.ResponseWriter,
 
 func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var st api.VMStatus
-	if err := readJSON(w, r, &st); err != nil {
+	if err := readJSON(r, &st); err != nil {
 		return err
 	}
 	if cur, err := h.Local.st.GetVM(ctx, st.Name); err != nil || st.Host != host || cur.Host != host || cur.ID != st.ID {
@@ -239,9 +240,9 @@ func involves(s api.VMSpec, host string) bool {
 
 // mine reads a spec from the body and checks the host owns that VM now;
 // it returns the spec sent and the one stored.
-func (h *Handler) mine(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) (api.VMSpec, api.VMSpec, error) {
+func (h *Handler) mine(ctx context.Context, host string, r *http.Request) (api.VMSpec, api.VMSpec, error) {
 	var s api.VMSpec
-	if err := readJSON(w, r, &s); err != nil {
+	if err := readJSON(r, &s); err != nil {
 		return s, s, err
 	}
 	cur, err := h.Local.st.GetVM(ctx, s.Name)
@@ -255,7 +256,7 @@ func (h *Handler) mine(ctx context.Context, host string, w http.ResponseWriter, 
 }
 
 func (h *Handler) guestStopped(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, _, err := h.mine(ctx, host, w, r)
+	s, _, err := h.mine(ctx, host, r)
 	if err != nil {
 		return err
 	}
@@ -268,7 +269,7 @@ func (h *Handler) guestStopped(ctx context.Context, host string, w http.Response
 }
 
 func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
-	s, cur, err := h.mine(ctx, host, w, r)
+	s, cur, err := h.mine(ctx, host, r)
 	if api.IsNotFound(err) {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -288,7 +289,7 @@ func (h *Handler) removed(ctx context.Context, host string, w http.ResponseWrite
 
 func (h *Handler) migrationReady(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c migrationCall
-	if err := readJSON(w, r, &c); err != nil {
+	if err := readJSON(r, &c); err != nil {
 		return err
 	}
 	if c.Endpoint == nil {
@@ -303,7 +304,7 @@ func (h *Handler) migrationReady(ctx context.Context, host string, w http.Respon
 
 func (h *Handler) migrationCommit(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c migrationCall
-	if err := readJSON(w, r, &c); err != nil {
+	if err := readJSON(r, &c); err != nil {
 		return err
 	}
 	v, err := h.Local.CommitMigration(ctx, host, c.Spec)
@@ -316,7 +317,7 @@ func (h *Handler) migrationCommit(ctx context.Context, host string, w http.Respo
 
 func (h *Handler) migrationProgress(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var p api.MigrationProgress
-	if err := readJSON(w, r, &p); err != nil {
+	if err := readJSON(r, &p); err != nil {
 		return err
 	}
 	if err := h.Local.MigrationProgress(ctx, host, r.PathValue("id"), p); err != nil {
@@ -392,7 +393,7 @@ func (h *Handler) servers(ctx context.Context, _ string, w http.ResponseWriter, 
 
 func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var c crashReport
-	if err := readJSON(w, r, &c); err != nil {
+	if err := readJSON(r, &c); err != nil {
 		return err
 	}
 	if err := h.Local.Crashed(ctx, host, c.Spec, c.Reason, c.What, c.GaveUp); err != nil {
@@ -404,7 +405,7 @@ func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWrite
 
 func (h *Handler) claimStart(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var s api.VMSpec
-	if err := readJSON(w, r, &s); err != nil {
+	if err := readJSON(r, &s); err != nil {
 		return err
 	}
 	if err := h.Local.ClaimStart(ctx, host, s); err != nil {
