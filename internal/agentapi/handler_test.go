@@ -8,10 +8,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/pki"
@@ -33,7 +35,8 @@ func handlerUnderTest(t *testing.T) (*Handler, *store.Store) {
 func as(t *testing.T, h http.Handler, host, method, target string, body []byte) (int, string) {
 	t.Helper()
 	r := httptest.NewRequest(method, target, bytes.NewReader(body))
-	cert := &x509.Certificate{Subject: pkix.Name{CommonName: host, OrganizationalUnit: []string{pki.OUAgent}}}
+	cert := &x509.Certificate{Subject: pkix.Name{CommonName: host, OrganizationalUnit: []string{pki.OUAgent}},
+		SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
 	r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}, VerifiedChains: [][]*x509.Certificate{{cert}}}
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
