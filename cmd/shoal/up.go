@@ -9,8 +9,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/client"
 	"github.com/shoalvm/shoal/internal/node"
+	"github.com/shoalvm/shoal/internal/server"
 )
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -61,7 +63,29 @@ func controlPlaneFlags(f *pflag.FlagSet, o *node.Options, etcd *string, listen s
 	f.StringVar(&o.Policy.Strategy, "placement", "spread", "where new VMs go: spread (most free memory) or pack (fill hosts in turn)")
 	f.Float64Var(&o.Policy.MemOvercommit, "mem-overcommit", 1.0, "memory a host may promise to VMs, as a multiple of its RAM")
 	f.Float64Var(&o.Policy.CPUOvercommit, "cpu-overcommit", 4.0, "vCPUs a host may run per CPU")
+	o.MaxImageUpload = server.DefaultMaxImageUpload
+	f.Var(sizeFlag{&o.MaxImageUpload}, "max-image-upload", "largest image 'shoal image import' takes (e.g. 64G)")
 }
+
+// sizeFlag is a flag of a size with a unit, such as 64G.
+type sizeFlag struct{ p *int64 }
+
+func (f sizeFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return api.FormatSize(*f.p)
+}
+
+func (f sizeFlag) Set(s string) error {
+	b, err := api.ParseSize(s)
+	if err == nil {
+		*f.p = b
+	}
+	return err
+}
+
+func (f sizeFlag) Type() string { return "size" }
 
 func printWelcome(i node.Info, o node.Options) {
 	accel := i.Accel

@@ -123,6 +123,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.heartbeat(ctx) }()
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.watchdog(ctx) }()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.capLogs(ctx) }()
 	if err := a.startWatchdog(); err != nil {
 		return err
 	}
@@ -248,8 +250,9 @@ func (a *Agent) DialConsole(ctx context.Context, id string) (net.Conn, error) {
 	return c, nil
 }
 
-// LogPath returns the file holding a VM's serial console output.
-func (a *Agent) LogPath(id string) string { return filepath.Join(a.vmDir(id), "console.log") }
+// LogDir returns the directory holding a VM's serial console output
+// (qemu.ConsoleLog and qemu.ConsoleLogOld).
+func (a *Agent) LogDir(id string) string { return a.vmDir(id) }
 
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)

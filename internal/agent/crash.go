@@ -194,6 +194,6 @@ func (w *worker) loadCrashes() {
 // consoleTail returns the last n lines of a VM's serial console, where a
 // guest's panic message is: the restart's boot will push it out of sight.
 func consoleTail(dir string, n int) string {
-	lines := strings.Split(readTrim(filepath.Join(dir, "console.log")), "\n")
+	lines := strings.Split(strings.TrimSpace(string(qemu.ConsoleTail(dir, qemu.LogTail))), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }

@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/cloudinit"
@@ -288,15 +290,42 @@ func writeAtomic(path string, b []byte) error {
 	return nil
 }
 
+// readTrim reads one of the small files the agent keeps beside a VM (at
+// most 4 KiB of it).
 func readTrim(p string) string {
-	b, _ := os.ReadFile(p)
+	f, err := os.Open(p)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 4<<10))
 	return strings.TrimSpace(string(b))
 }
 
 // qemuLogTail returns the last line QEMU logged, for error messages.
 func qemuLogTail(dir string) string {
-	lines := strings.Split(readTrim(filepath.Join(dir, "qemu.log")), "\n")
+	lines := strings.Split(strings.TrimSpace(string(qemu.ReadTail(qemu.LogTail, filepath.Join(dir, qemu.LogFile)))), "\n")
 	return lines[len(lines)-1]
+}
+
+// logCapEvery is how often the console logs are checked against their
+// cap: a guest writing flat out overshoots it by what it writes meanwhile.
+const logCapEvery = 2 * time.Second
+
+// capLogs keeps the console logs of the VMs on this host under their cap
+// (see qemu.CapLog), those of VMs an earlier agent started too.
+func (a *Agent) capLogs(ctx context.Context) {
+	for ctx.Err() == nil {
+		for id := range a.localIDs() {
+			path := filepath.Join(a.vmDir(id), qemu.ConsoleLog)
+			if rotated, err := qemu.CapLog(path, qemu.ConsoleLogMax); err != nil {
+				a.log.Warn("cannot cap the console log", "vm", id, "err", err)
+			} else if rotated {
+				a.log.Debug("console log rotated", "vm", id)
+			}
+		}
+		sleep(ctx, logCapEvery)
+	}
 }
 
 // uuidFromID spreads a short VM id into a stable UUID for QEMU's -uuid.

@@ -100,11 +100,42 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// MaxBody is the largest request body the agent API reads: a VM's spec
+// with its user data, or a host's facts, is far smaller.
+const MaxBody = 1 << 20
+
+// Lease TTLs a host may ask for. Agents ask for 3 heartbeats (3 s by
+// default, see agent.Config.LeaseTTL); failover waits for the lease to
+// expire, so a host with a longer one would fail over that much later,
+// and one with no bound would never fail over.
+const (
+	MinLeaseTTL = time.Second
+	MaxLeaseTTL = 30 * time.Second
+)
+
+// readJSON reads the one JSON value of a request body, strictly: a body
+// over MaxBody (413), an empty one, and data after the value are refused.
+// Unknown fields are accepted, so that an agent newer than its server
+// still registers during an upgrade.
 func readJSON(r *http.Request, v any) error {
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
-		return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
+	// No ResponseWriter: the server drains or drops the rest of the body.
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, MaxBody))
+	err := dec.Decode(v)
+	var tooBig *http.MaxBytesError
+	if err == nil {
+		if _, err = dec.Token(); errors.Is(err, io.EOF) {
+			return nil
+		} else if !errors.As(err, &tooBig) {
+			return api.Errorf(api.ErrInvalid, "malformed JSON body: data after the JSON value")
+		}
 	}
-	return nil
+	switch {
+	case errors.As(err, &tooBig):
+		return api.Errorf(api.ErrTooLarge, "request body over %d bytes", MaxBody)
+	case errors.Is(err, io.EOF):
+		return api.Errorf(api.ErrInvalid, "request body is empty: send a JSON object")
+	}
+	return api.Errorf(api.ErrInvalid, "malformed JSON body: %v", err)
 }
 
 func notYours(host, what string) error {
@@ -120,8 +151,8 @@ func (h *Handler) register(ctx context.Context, host string, w http.ResponseWrit
 		return notYours(host, "host "+in.Name)
 	}
 	ttl, err := time.ParseDuration(r.URL.Query().Get("ttl"))
-	if err != nil || ttl <= 0 {
-		return api.Errorf(api.ErrInvalid, "ttl must be a duration")
+	if err != nil || ttl < MinLeaseTTL || ttl > MaxLeaseTTL {
+		return api.Errorf(api.ErrInvalid, "ttl must be a duration from %s to %s", MinLeaseTTL, MaxLeaseTTL)
 	}
 	if err := h.Local.Register(ctx, in, ttl); err != nil {
 		return err
@@ -191,13 +222,29 @@ func (h *Handler) report(ctx context.Context, host string, w http.ResponseWriter
 	return nil
 }
 
-func (h *Handler) status(ctx context.Context, _ string, w http.ResponseWriter, r *http.Request) error {
-	st, err := h.Local.Status(ctx, r.PathValue("id"))
+// status answers a VM's last reported status to a host that owns the VM
+// or takes part in its migration, and to no other.
+func (h *Handler) status(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	st, err := h.Local.Status(ctx, id)
 	if err != nil {
 		return err
 	}
+	cur, err := h.Local.st.GetVM(ctx, st.Name)
+	if err != nil && !api.IsNotFound(err) {
+		return err
+	}
+	if err != nil || cur.ID != id || !involves(cur, host) {
+		return notYours(host, "vm "+id)
+	}
 	writeJSON(w, http.StatusOK, st)
 	return nil
+}
+
+// involves reports whether host owns VM s or is an end of its migration.
+func involves(s api.VMSpec, host string) bool {
+	m := s.Migration
+	return s.Host == host || m != nil && (m.Source == host || m.Target == host)
 }
 
 // mine reads a spec from the body and checks the host owns that VM now;
@@ -367,8 +414,8 @@ func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWrite
 
 func (h *Handler) claimStart(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
 	var s api.VMSpec
-	if err := json.NewDecoder(r.Body).Decode(&s); err != nil {
-		return api.Errorf(api.ErrInvalid, "bad request body: %v", err)
+	if err := readJSON(r, &s); err != nil {
+		return err
 	}
 	if err := h.Local.ClaimStart(ctx, host, s); err != nil {
 		return err

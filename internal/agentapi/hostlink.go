@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/pki"
+	"github.com/shoalvm/shoal/internal/qemu"
 )
 
 // ConsoleProtocol is the Upgrade token of console connections: after the
@@ -107,7 +108,8 @@ func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 // LocalHost is what an agent offers the server on its own machine.
 type LocalHost interface {
 	DialConsole(ctx context.Context, vmID string) (net.Conn, error)
-	LogPath(vmID string) string
+	// LogDir is the state directory of a VM, which holds its console log.
+	LogDir(vmID string) string
 }
 
 // Direct adapts a LocalHost in the server's own process to Host.
@@ -115,7 +117,7 @@ type Direct struct{ LocalHost }
 
 // OpenLog implements Host.
 func (d Direct) OpenLog(_ context.Context, vmID string) (io.ReadCloser, error) {
-	f, err := os.Open(d.LogPath(vmID))
+	f, err := qemu.OpenConsoleLog(d.LogDir(vmID))
 	if os.IsNotExist(err) {
 		return nil, api.Errorf(api.ErrNotFound, "no console log yet: the VM has not been started")
 	}

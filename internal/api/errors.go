@@ -12,6 +12,7 @@ var (
 	ErrUnauthorized = errors.New("unauthorized")   // 401: missing or wrong token
 	ErrNotFound     = errors.New("not found")      // 404: unknown reference
 	ErrConflict     = errors.New("conflict")       // 409: duplicate, or invalid in the current state
+	ErrTooLarge     = errors.New("too large")      // 413: a request body over its limit
 	ErrCapacity     = errors.New("no capacity")    // 507: does not fit
 	ErrUnavailable  = errors.New("unavailable")    // 503: a part is down, try later
 	ErrInternal     = errors.New("internal error") // 500
@@ -47,6 +48,7 @@ var kinds = []struct {
 	{ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 	{ErrNotFound, http.StatusNotFound, "not_found"},
 	{ErrConflict, http.StatusConflict, "conflict"},
+	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 	{ErrCapacity, http.StatusInsufficientStorage, "capacity"},
 	{ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }

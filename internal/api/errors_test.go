@@ -20,6 +20,7 @@ func TestHTTPStatusAndFromHTTPRoundTrip(t *testing.T) {
 		{api.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 		{api.ErrNotFound, http.StatusNotFound, "not_found"},
 		{api.ErrConflict, http.StatusConflict, "conflict"},
+		{api.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
 		{api.ErrCapacity, http.StatusInsufficientStorage, "capacity"},
 		{api.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 		{api.ErrInternal, http.StatusInternalServerError, "internal"},

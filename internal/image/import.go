@@ -67,8 +67,10 @@ var archiveMagics = []struct {
 // dst and returns the detected format. It refuses to overwrite dst, and
 // rejects images with a backing file or with VMDK extents outside the
 // source's directory, since those would read other host files. The output is
-// written to a temporary file and renamed, so dst is never partial.
-func Import(ctx context.Context, src, dst string) (format string, err error) {
+// written to a temporary file and renamed, so dst is never partial. qemu-img
+// runs sandboxed (see Limits); the output may take at most room bytes
+// (ErrNoRoom).
+func Import(ctx context.Context, src, dst string, room int64) (format string, err error) {
 	// An absolute path also keeps qemu-img from reading "json:" or
 	// "proto:" prefixes in the name as protocols.
 	if src, err = filepath.Abs(src); err != nil {
@@ -93,7 +95,12 @@ func Import(ctx context.Context, src, dst string) (format string, err error) {
 		return "", fmt.Errorf("image: import: %s already exists: %w", dst, fs.ErrExist)
 	}
 
-	out, err := qemuImgOutput(ctx, "info", "--output=json", src)
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("image: import: %w", err)
+	}
+	defer in.Close()
+	out, err := sandboxed(ctx, InfoLimits, []*os.File{in}, "info", "--output=json", fdPath(0))
 	if err != nil {
 		return "", fmt.Errorf("image: import: %s is not a readable disk image: %w (%w)", src, ErrNotDiskImage, err)
 	}
@@ -127,9 +134,12 @@ func Import(ctx context.Context, src, dst string) (format string, err error) {
 		return format, fmt.Errorf("image: import: %w", err)
 	}
 	tmpName := tmp.Name()
-	tmp.Close()
 	defer os.Remove(tmpName) // no-op after the rename
-	if err := qemuImg(ctx, "convert", "-q", "-f", format, "-O", "qcow2", src, tmpName); err != nil {
+	lim := ConvertLimits
+	lim.FileSize = room
+	_, err = sandboxed(ctx, lim, []*os.File{in, tmp}, "convert", "-q", "-f", format, "-O", "qcow2", fdPath(0), fdPath(1))
+	tmp.Close()
+	if err != nil {
 		return format, fmt.Errorf("image: import %s: %w", src, err)
 	}
 	if err := syncPath(tmpName); err != nil {
@@ -175,7 +185,7 @@ func checkExtents(src string, info imageInfo) error {
 	dir := filepath.Dir(src) // src is absolute
 	for _, e := range info.FormatSpecific.Data.Extents {
 		p := e.Filename
-		if p == "" {
+		if p == "" || p == fdPath(0) { // none, or the image itself
 			continue
 		}
 		if !filepath.IsAbs(p) {

@@ -60,7 +60,7 @@ func TestImportConvertsToQcow2(t *testing.T) {
 				qimg(t, "convert", "-f", "raw", "-O", f, raw, src)
 			}
 			dst := filepath.Join(dir, "out-"+f+".qcow2")
-			got, err := Import(ctx, src, dst)
+			got, err := Import(ctx, src, dst, 1<<30)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -120,7 +120,7 @@ func TestImportRejects(t *testing.T) {
 			if dst == "" {
 				dst = filepath.Join(dir, "out.qcow2")
 			}
-			_, err := Import(ctx, tc.src, dst)
+			_, err := Import(ctx, tc.src, dst, 1<<30)
 			if !errors.Is(err, tc.want) || !strings.Contains(fmtErr(err), tc.msg) {
 				t.Errorf("Import: %v, want %v containing %q", err, tc.want, tc.msg)
 			}

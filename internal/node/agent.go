@@ -54,6 +54,9 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	if err := api.ValidateName("host", o.Host); err != nil {
 		return fmt.Errorf("%w (set --host)", err)
 	}
+	if 3*o.Heartbeat > agentapi.MaxLeaseTTL {
+		return api.Errorf(api.ErrInvalid, "--heartbeat %s is too long: the lease of 3 heartbeats may be at most %s", o.Heartbeat, agentapi.MaxLeaseTTL)
+	}
 	// The host's address may live on the VM bridge (its uplink inside):
 	// make it first, or the server cannot be reached to join.
 	if o.BridgeAddr != "" {

@@ -56,6 +56,7 @@ type Options struct {
 	// replica.go). EtcdPeer must then be reachable by the other servers
 	// (default for a joiner: its advertised address, port 7380).
 	Join, JoinToken string
+	MaxImageUpload  int64 // largest image import taken, bytes (0: the server's default)
 }
 
 // Embedded etcd's peer URL, unless given or recorded (see ensureReplica).
@@ -134,6 +135,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	agentAPI := agentapi.NewHandler(local, imageDir, log)
 	scfg := server.Config{Name: o.Host, URL: url, ImageDir: imageDir, Heartbeats: local, HostTLS: hostTLS, PKIDir: pkiDir, Policy: o.Policy,
 		AgentAPI: agentAPI, EmbeddedEtcd: len(o.EtcdEndpoints) == 0}
+	scfg.MaxImageUpload = o.MaxImageUpload
 	var ag *agent.Agent
 	if !o.NoAgent {
 		ag = agent.New(agent.Config{

@@ -8,7 +8,8 @@
 //
 //	qmp.sock      QMP control socket (see package qmp)
 //	console.sock  serial console, a unix socket server; one client at a time
-//	console.log   everything the guest wrote to the serial console (appended)
+//	console.log   what the guest wrote to the serial console (appended;
+//	              capped, the older part kept as console.log.1: CapLog)
 //	qemu.pid      QEMU's pid, written by QEMU (-pidfile)
 //	qemu.log      QEMU's own messages (-D and stderr); the previous run's
 //	              log is kept as qemu.log.1

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -86,26 +85,26 @@ func (s *Server) importImage(w http.ResponseWriter, r *http.Request) error {
 	if err := os.MkdirAll(s.cfg.ImageDir, 0o750); err != nil {
 		return fmt.Errorf("image dir: %w", err)
 	}
-	up, err := os.CreateTemp(s.cfg.ImageDir, ".upload-")
+	up, err := s.receiveImage(w, r)
 	if err != nil {
-		return fmt.Errorf("image upload: %w", err)
+		return err
 	}
-	defer os.Remove(up.Name())
-	_, err = io.Copy(up, r.Body)
-	if cerr := up.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("receive image: %w", err)
-	}
+	defer os.Remove(up)
 	stage, err := os.MkdirTemp(s.cfg.ImageDir, ".import-")
 	if err != nil {
 		return fmt.Errorf("image import: %w", err)
 	}
 	defer os.RemoveAll(stage)
-	format, err := image.Import(ctx, up.Name(), filepath.Join(stage, "disk.qcow2"))
+	room, err := s.imageRoom()
+	if err != nil {
+		return err
+	}
+	format, err := image.Import(ctx, up, filepath.Join(stage, "disk.qcow2"), room)
 	if errors.Is(err, image.ErrNotDiskImage) || errors.Is(err, image.ErrUnsupportedFormat) {
 		return api.Errorf(api.ErrInvalid, "cannot import %q: %v", name, err)
+	}
+	if errors.Is(err, image.ErrNoRoom) {
+		return api.Errorf(api.ErrCapacity, "cannot import %q: the converted image does not fit in %s: %v", name, s.cfg.ImageDir, err)
 	}
 	if err != nil {
 		return fmt.Errorf("import %q: %w", name, err)

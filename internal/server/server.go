@@ -44,6 +44,9 @@ type Config struct {
 	// EmbeddedEtcd says the store is etcd embedded in the replicas: a
 	// joining replica becomes one of its members.
 	EmbeddedEtcd bool
+	// MaxImageUpload is the largest image import taken, bytes (0:
+	// DefaultMaxImageUpload).
+	MaxImageUpload int64
 }
 
 // Server serves the API.
