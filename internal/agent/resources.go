@@ -113,7 +113,13 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	if err := w.a.cp.ClaimStart(ctx, w.a.cfg.Host, *s); err != nil {
 		return fmt.Errorf("not starting vm %s: %w", s.Name, err)
 	}
-	p, err := w.launch(ctx, s, false)
+	uid, err := w.awaitUID(ctx, s)
+	if err != nil {
+		return err
+	}
+	c := *s
+	c.UID = uid
+	p, err := w.launch(ctx, &c, false)
 	if err != nil {
 		return err
 	}
@@ -166,6 +172,16 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 	if img.Kernel {
 		imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
 		cfg.Kernel, cfg.Initrd, cfg.Cmdline = filepath.Join(imgDir, "vmlinuz"), filepath.Join(imgDir, "initrd.img"), img.Cmdline
+	}
+	if s.UID != 0 {
+		cfg.User = qemuUser(s)
+		if err := w.giveLaunchFiles(s, cfg); err != nil {
+			return nil, fmt.Errorf("start %s: %w", s.Name, err)
+		}
+	} else {
+		// Only the migration of a VM started before QEMU was confined:
+		// it stays unconfined until its next start (see awaitUID).
+		w.log.Warn("QEMU runs as root: the VM has no QEMU user yet; it gets one on its next start", "incoming", incoming)
 	}
 	p, err := qemu.Launch(ctx, w.log, w.a.cfg.QEMU, cfg)
 	if err != nil {

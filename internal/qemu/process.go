@@ -41,7 +41,8 @@ type Process struct {
 
 // Launch starts QEMU for cfg as a daemon in its own session, so it outlives
 // the caller, and returns once QEMU has initialised and QMP is connected.
-// cfg.Dir is created if missing and made absolute. If QEMU fails to start,
+// cfg.Dir is created if missing and made absolute. With cfg.User, QEMU
+// runs as that user, which Launch makes the owner of cfg.Dir (0700). If QEMU fails to start,
 // the error holds what QEMU printed, which is also appended to qemu.log.
 // Launch refuses (ErrAlreadyRunning) if a QEMU already runs for cfg.Dir.
 func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*Process, error) {
@@ -84,6 +85,9 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 	}
 	removeRuntimeFiles(dir)
 	rotateLog(dir)
+	if err := giveDir(dir, cfg.User); err != nil {
+		return nil, fmt.Errorf("qemu: launch %s: %w", cfg.Name, err)
+	}
 
 	// QEMU's stderr before it daemonizes goes to an unlinked scratch file;
 	// a pipe would be held open by the daemon. Afterwards -D sends its
@@ -99,7 +103,7 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 	cmd.Stdout = scratch
 	cmd.Stderr = scratch
 	cmd.ExtraFiles = files
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: credential(cfg.User)}
 	start := time.Now()
 	log.Debug("launching qemu", "vm", cfg.Name, "binary", binary, "args", args)
 	if err := cmd.Start(); err != nil {
