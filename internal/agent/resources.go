@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/cloudinit"
@@ -293,19 +295,46 @@ func absent(path string) (bool, error) {
 	return false, fmt.Errorf("check %s: %w", path, err)
 }
 
+// writeAtomic writes b to path through a new temporary file beside it.
+// Made with O_EXCL, the temporary file is never a link that a VM's QEMU
+// put in its own directory (see confine.go), nor is the file read.
 func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	defer os.Remove(f.Name()) // nothing is left once renamed
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o640)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }
 
+// readTrim reads a small file of the agent's or QEMU's (its last 64 KiB
+// at most), not following a link at its name (see writeAtomic).
 func readTrim(p string) string {
-	b, _ := os.ReadFile(p)
+	const limit = 64 << 10
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return ""
+	} else if st.Size() > limit {
+		_, _ = f.Seek(st.Size()-limit, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, limit))
 	return strings.TrimSpace(string(b))
 }
 

@@ -130,7 +130,7 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 		appendLog(dir, out)
 		killStrays(log, dir)
 		removeRuntimeFiles(dir)
-		if f, err := os.Open(filepath.Join(dir, LogFile)); err == nil {
+		if f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0); err == nil {
 			out = readTail(f)
 			f.Close()
 		}
@@ -322,7 +322,7 @@ func cleanupAfter(dir string, pid int) {
 // lockDir takes an exclusive flock on dir/launch.lock, waiting while
 // another launch holds it.
 func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(dir, LaunchLock), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, LaunchLock), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -376,7 +376,7 @@ func appendLog(dir, text string) {
 	if text == "" {
 		return
 	}
-	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o640)
 	if err != nil {
 		return
 	}

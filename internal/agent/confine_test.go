@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// TestGiveFiles: a VM's disk becomes its QEMU user's alone (0600), the
+// image under it becomes readable by all, and the directories above both
+// searchable, not listable; the backing chain is read from the disk.
+func TestGiveFiles(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files away")
+	}
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("needs qemu-img")
+	}
+	top := t.TempDir()
+	images, pool := filepath.Join(top, "images", "tiny"), filepath.Join(top, "pool")
+	for _, d := range []string{images, pool} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base, disk := filepath.Join(images, "disk.qcow2"), filepath.Join(pool, "vm-disk0.qcow2")
+	for _, args := range [][]string{
+		{"create", "-q", "-f", "qcow2", base, "1M"},
+		{"create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, disk, "1M"},
+	} {
+		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img %v: %v: %s", args, err, out)
+		}
+	}
+	if err := os.Chmod(base, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	chain, err := backingChain(disk)
+	if err != nil || len(chain) != 1 || chain[0] != base {
+		t.Fatalf("backing chain of the disk: %v %v, want [%s]", chain, err, base)
+	}
+	s := &api.VMSpec{UID: api.VMUIDMin + 7}
+	if err := giveFiles(s, []string{disk}, chain); err != nil {
+		t.Fatal(err)
+	}
+	mode := func(p string) (os.FileMode, uint32) {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid
+	}
+	if m, uid := mode(disk); m != 0o600 || uid != uint32(s.UID) {
+		t.Errorf("disk: mode %o uid %d, want 600 and %d", m, uid, s.UID)
+	}
+	if m, uid := mode(base); m != 0o644 || uid != 0 {
+		t.Errorf("base: mode %o uid %d, want 644 and root's", m, uid)
+	}
+	for _, d := range []string{filepath.Dir(images), images, pool} {
+		if m, _ := mode(d); m != 0o711 {
+			t.Errorf("%s: mode %o, want 711 (searchable, not listable)", d, m)
+		}
+	}
+}
+
+// TestFilesInTheVMDirFollowNoLink: the VM's state dir is its QEMU
+// user's, so a link there may point anywhere; the agent neither reads
+// through one nor writes through one.
+func TestFilesInTheVMDirFollowNoLink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "qemu.log")
+	if err := os.Symlink(secret, link); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTrim(link); got != "" {
+		t.Errorf("readTrim read %q through a link", got)
+	}
+	if err := writeAtomic(link, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(secret); string(b) != "key" {
+		t.Errorf("writeAtomic wrote through a link: the target holds %q", b)
+	}
+	if got := readTrim(link); got != "new" {
+		t.Errorf("after writeAtomic the file holds %q, want new", got)
+	}
+}
