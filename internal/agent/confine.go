@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/qemu"
+	"github.com/shoalvm/shoal/internal/storage"
 )
 
 // Each VM's QEMU runs as a user of its own, the VM's api.VMSpec.UID
@@ -285,4 +286,23 @@ func giveSocket(s *api.VMSpec, path string) error {
 		return fmt.Errorf("give socket %s to the VM's QEMU user: %w", path, err)
 	}
 	return nil
+}
+
+// restrictDisks takes from group and others any access to the VM disks
+// in this host's pools, as disks made before QEMU was confined had it.
+func (a *Agent) restrictDisks() {
+	for _, p := range a.cfg.Pools {
+		files, _ := os.ReadDir(p.Dir)
+		for _, f := range files {
+			if _, ok := storage.DiskOwner(f.Name()); !ok || !f.Type().IsRegular() {
+				continue
+			}
+			path := filepath.Join(p.Dir, f.Name())
+			if st, err := os.Lstat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+				if err := os.Chmod(path, st.Mode().Perm()&0o700); err != nil {
+					a.log.Warn("cannot make a VM disk private", "disk", path, "err", err)
+				}
+			}
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/storage"
 )
 
 // TestGiveFiles: a VM's disk becomes its QEMU user's alone (0600), the
@@ -91,5 +93,27 @@ func TestFilesInTheVMDirFollowNoLink(t *testing.T) {
 	}
 	if got := readTrim(link); got != "new" {
 		t.Errorf("after writeAtomic the file holds %q, want new", got)
+	}
+}
+
+// TestRestrictDisks: disks made readable by all before QEMU was confined
+// become private when the agent starts; other files keep their mode.
+func TestRestrictDisks(t *testing.T) {
+	dir := t.TempDir()
+	disk, other := filepath.Join(dir, "abc-disk0.qcow2"), filepath.Join(dir, "notes")
+	for _, p := range []string{disk, other} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := New(Config{Pools: []storage.Pool{{Name: "shared", Dir: dir, Shared: true}}}, nil, slog.New(slog.DiscardHandler))
+	a.restrictDisks()
+	for p, want := range map[string]os.FileMode{disk: 0o600, other: 0o644} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want mode %o", p, st.Mode(), err, want)
+		}
 	}
 }

@@ -86,6 +86,11 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		}
 		crashpoint.Hit("agent-create-after-disk")
 	}
+	// No other VM's QEMU may read the disk, even before this VM's QEMU
+	// is first given it (qemu-img makes it readable by all).
+	if err := os.Chmod(disk, 0o600); err != nil {
+		return fmt.Errorf("vm disk: %w", err)
+	}
 	seed := filepath.Join(dir, "seed.iso")
 	if missing, err := absent(seed); err != nil {
 		return err
