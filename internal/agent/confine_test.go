@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/storage"
@@ -115,5 +117,31 @@ func TestRestrictDisks(t *testing.T) {
 		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != want {
 			t.Errorf("%s: %v %v, want mode %o", p, st.Mode(), err, want)
 		}
+	}
+}
+
+// TestAwaitUID: a VM made before QEMU was confined starts with the user
+// the control plane gave it at the claim, once its next spec brings it;
+// never as root, and not with another VM's spec.
+func TestAwaitUID(t *testing.T) {
+	a := New(Config{Dir: t.TempDir()}, nil, slog.New(slog.DiscardHandler))
+	w := newWorker(a, "id1")
+	old := api.VMSpec{Name: "old", ID: "id1", Rev: 5}
+	w.update(&old)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		w.update(&api.VMSpec{Name: "old", ID: "other", UID: api.VMUIDMin + 1, Rev: 6}) // a VM of the same name, made anew
+		time.Sleep(100 * time.Millisecond)
+		w.update(&api.VMSpec{Name: "old", ID: "id1", UID: api.VMUIDMin + 2, Rev: 7})
+	}()
+	uid, err := w.awaitUID(context.Background(), &old)
+	if err != nil || uid != api.VMUIDMin+2 {
+		t.Fatalf("awaitUID: %d, %v; want %d", uid, err, api.VMUIDMin+2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	w2 := newWorker(a, "id2")
+	if _, err := w2.awaitUID(ctx, &api.VMSpec{Name: "x", ID: "id2"}); err == nil {
+		t.Fatal("awaitUID gave a uid though no spec brought one")
 	}
 }
