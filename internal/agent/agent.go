@@ -106,6 +106,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(a.cfg.Dir, "vms"), 0o750); err != nil {
 		return fmt.Errorf("agent state dir: %w", err)
 	}
+	a.restrictDisks()
 	for {
 		sent, mono := time.Now(), fencewd.Now()
 		err := a.register(ctx)

@@ -179,8 +179,9 @@ func (w *worker) saveCrashes() {
 
 // loadCrashes reads the crash history an earlier run of the agent kept.
 func (w *worker) loadCrashes() {
-	b, err := os.ReadFile(filepath.Join(w.a.vmDir(w.id), crashFile))
-	if err != nil {
+	// The VM's QEMU user owns its dir: a bounded read, through no link.
+	b := qemu.ReadTail(64<<10, filepath.Join(w.a.vmDir(w.id), crashFile))
+	if len(b) == 0 {
 		return
 	}
 	var s savedCrashes

@@ -136,7 +136,7 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	// pool's disk is written by the mirror's qemu-nbd until then anyway.)
 	in := qemu.IncomingOptions{PostCopy: m.Options.PostcopyAfterMs > 0, LateBlockActivate: true}
 	if secure {
-		if err := p.AddTLSCreds(ctx, migTLSCreds, w.a.cfg.QEMUTLSDir, true); err != nil {
+		if err := w.addTLSCreds(ctx, p, s); err != nil {
 			return err
 		}
 		if err := p.AddAuthz(ctx, migAuthz, pki.AgentDN(m.Source)...); err != nil {

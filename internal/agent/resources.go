@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -86,6 +85,11 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 		}
 		crashpoint.Hit("agent-create-after-disk")
 	}
+	// No other VM's QEMU may read the disk, even before this VM's QEMU
+	// is first given it (qemu-img makes it readable by all).
+	if err := os.Chmod(disk, 0o600); err != nil {
+		return fmt.Errorf("vm disk: %w", err)
+	}
 	seed := filepath.Join(dir, "seed.iso")
 	if missing, err := absent(seed); err != nil {
 		return err
@@ -115,7 +119,13 @@ func (w *worker) start(ctx context.Context, s *api.VMSpec) error {
 	if err := w.a.cp.ClaimStart(ctx, w.a.cfg.Host, *s); err != nil {
 		return fmt.Errorf("not starting vm %s: %w", s.Name, err)
 	}
-	p, err := w.launch(ctx, s, false)
+	uid, err := w.awaitUID(ctx, s)
+	if err != nil {
+		return err
+	}
+	c := *s
+	c.UID = uid
+	p, err := w.launch(ctx, &c, false)
 	if err != nil {
 		return err
 	}
@@ -168,6 +178,16 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 	if img.Kernel {
 		imgDir := filepath.Join(w.a.cfg.ImageDir, s.Image)
 		cfg.Kernel, cfg.Initrd, cfg.Cmdline = filepath.Join(imgDir, "vmlinuz"), filepath.Join(imgDir, "initrd.img"), img.Cmdline
+	}
+	if s.UID != 0 {
+		cfg.User = qemuUser(s)
+		if err := w.giveLaunchFiles(s, cfg); err != nil {
+			return nil, fmt.Errorf("start %s: %w", s.Name, err)
+		}
+	} else {
+		// Only the migration of a VM started before QEMU was confined:
+		// it stays unconfined until its next start (see awaitUID).
+		w.log.Warn("QEMU runs as root: the VM has no QEMU user yet; it gets one on its next start", "incoming", incoming)
 	}
 	p, err := qemu.Launch(ctx, w.log, w.a.cfg.QEMU, cfg)
 	if err != nil {
@@ -279,27 +299,35 @@ func absent(path string) (bool, error) {
 	return false, fmt.Errorf("check %s: %w", path, err)
 }
 
+// writeAtomic writes b to path through a new temporary file beside it.
+// Made with O_EXCL, the temporary file is never a link that a VM's QEMU
+// put in its own directory (see confine.go), nor is the file read.
 func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	defer os.Remove(f.Name()) // nothing is left once renamed
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o640)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }
 
-// readTrim reads one of the small files the agent keeps beside a VM (at
-// most 4 KiB of it).
+// readTrim reads one of the small files the agent keeps beside a VM (its
+// last 4 KiB at most), not following a link at its name (see writeAtomic).
 func readTrim(p string) string {
-	f, err := os.Open(p)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(io.LimitReader(f, 4<<10))
-	return strings.TrimSpace(string(b))
+	return strings.TrimSpace(string(qemu.ReadTail(4<<10, p)))
 }
 
 // qemuLogTail returns the last line QEMU logged, for error messages.

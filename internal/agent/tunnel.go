@@ -144,6 +144,11 @@ func (w *worker) tunnelForward(s *api.VMSpec, migRemote string, migKind byte, nb
 		fwds = append(fwds, f)
 		nbd = f.Path()
 	}
+	for _, f := range fwds {
+		if err := giveSocket(s, f.Path()); err != nil {
+			return "", "", err
+		}
+	}
 	w.tun.mu.Lock()
 	w.tun.fwds = fwds
 	w.tun.mu.Unlock()

@@ -27,11 +27,25 @@ type VMSpec struct {
 	Deleting     bool       `json:"deleting,omitempty"`
 	Migration    *Migration `json:"migration,omitempty"` // a live migration in progress
 	CreatedAt    time.Time  `json:"created_at"`
+	// UID is the user and group id the VM's QEMU runs as on every host,
+	// unique in the cluster (see VMUIDMin); 0 for a VM made before QEMU
+	// was confined, until its next start gives it one.
+	UID int `json:"uid,omitempty"`
 
 	// Rev is the store revision this spec was read at. The store never
 	// keeps it (it is the record's own revision); it travels to hosts.
 	Rev int64 `json:"rev,omitempty"`
 }
+
+// The user and group ids of VMs' QEMU processes are taken from
+// [VMUIDMin, VMUIDMin+VMUIDCount): above the ranges that systemd gives
+// to system and regular users, dynamic users and containers
+// (0x00080000-0x6FFFFFFF), and far above Debian's subordinate ids
+// (from 100000, 65536 per user), below 2^31.
+const (
+	VMUIDMin   = 0x71000000
+	VMUIDCount = 1 << 20
+)
 
 // VMStatus is what the VM's host reports about it.
 type VMStatus struct {

@@ -104,6 +104,9 @@ type Config struct {
 	// ("pc.ram"), so a migration between a QEMU with and one without it
 	// still matches.
 	PreallocThreads int
+
+	// User, if set, is whom QEMU runs as (see Launch); nil = the caller.
+	User *User
 }
 
 // maxPreallocThreads bounds Config.PreallocThreads.
@@ -187,6 +190,7 @@ func Args(cfg Config) ([]string, error) {
 	}
 	a = append(a,
 		"-nodefaults", "-no-user-config", "-display", "none",
+		"-sandbox", sandboxOpts,
 		"-machine", machineArg(cfg),
 		"-accel", cfg.Accel,
 		"-cpu", cpu,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // A guest writes to its serial console as fast as it likes, and QEMU
@@ -32,7 +33,7 @@ const ConsoleLogOld = ConsoleLog + ".1"
 // growing on unseen. What the writer adds between the copy and the
 // truncation is lost: a moment's worth of output.
 func CapLog(path string, limit int64) (bool, error) {
-	f, err := os.Open(path)
+	f, err := openOwn(path, os.O_RDWR)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
@@ -64,7 +65,7 @@ func CapLog(path string, limit int64) (bool, error) {
 		err = os.Rename(tmp.Name(), old)
 	}
 	if err == nil {
-		err = os.Truncate(path, 0)
+		err = f.Truncate(0) // the file checked, not whatever the name points to now
 	}
 	if err != nil {
 		return false, fmt.Errorf("rotate %s: %w", path, err)
@@ -77,7 +78,7 @@ func CapLog(path string, limit int64) (bool, error) {
 func ReadTail(n int64, paths ...string) []byte {
 	var out []byte
 	for i := len(paths) - 1; i >= 0 && int64(len(out)) < n; i-- {
-		f, err := os.Open(paths[i])
+		f, err := openOwn(paths[i], os.O_RDONLY)
 		if err != nil {
 			continue
 		}
@@ -102,12 +103,12 @@ func ConsoleTail(dir string, n int64) []byte {
 // then console.log, each as long as it was when opened (so the reader
 // ends even while the guest writes). os.ErrNotExist if the VM never ran.
 func OpenConsoleLog(dir string) (io.ReadCloser, error) {
-	cur, err := os.Open(filepath.Join(dir, ConsoleLog))
+	cur, err := openOwn(filepath.Join(dir, ConsoleLog), os.O_RDONLY)
 	if err != nil {
 		return nil, err
 	}
 	files := []*os.File{cur}
-	if old, err := os.Open(filepath.Join(dir, ConsoleLogOld)); err == nil {
+	if old, err := openOwn(filepath.Join(dir, ConsoleLogOld), os.O_RDONLY); err == nil {
 		files = []*os.File{old, cur}
 	}
 	rs := make([]io.Reader, 0, len(files))
@@ -133,4 +134,24 @@ func closeAll(files []*os.File) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// openOwn opens a file of a VM's dir, which belongs to the VM's (maybe
+// compromised) QEMU user: never through a link put at its name, never a
+// FIFO or device, so that the agent, as root, reads, copies or truncates
+// only that file and nothing of the host's.
+func openOwn(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

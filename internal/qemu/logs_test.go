@@ -168,3 +168,34 @@ func TestOpenConsoleLogServesOldThenNew(t *testing.T) {
 		t.Fatalf("console log = %q, %v", b, err)
 	}
 }
+
+// TestLogsFollowNoLink: a VM's QEMU user owns its dir, so its console log
+// may be a link to a host file; the agent then neither truncates, copies
+// nor serves that file.
+func TestLogsFollowNoLink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "ca.key")
+	content := strings.Repeat("secret key material\n", 100)
+	if err := os.WriteFile(secret, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(dir, ConsoleLog)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CapLog(filepath.Join(dir, ConsoleLog), 10); err == nil {
+		t.Error("CapLog went through a link")
+	}
+	if b, _ := os.ReadFile(secret); string(b) != content {
+		t.Fatalf("the linked file was changed: %d bytes left", len(b))
+	}
+	if _, err := os.Stat(filepath.Join(dir, ConsoleLogOld)); err == nil {
+		t.Error("the linked file was copied into the VM's dir")
+	}
+	if b := ConsoleTail(dir, 1<<10); len(b) != 0 {
+		t.Errorf("ConsoleTail read through a link: %q", b)
+	}
+	if rc, err := OpenConsoleLog(dir); err == nil {
+		rc.Close()
+		t.Error("OpenConsoleLog opened a link")
+	}
+}

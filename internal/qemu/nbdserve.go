@@ -47,7 +47,7 @@ func ServeNBD(log *slog.Logger, path, export, sock, addr string) (*NBDServe, err
 		args = append(args, "--bind="+host, "--port="+port)
 	}
 	args = append(args, path)
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(sockOr(sock, path)), "qemu-nbd.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(sockOr(sock, path)), "qemu-nbd.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("qemu-nbd: log: %w", err)
 	}

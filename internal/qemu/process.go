@@ -41,7 +41,8 @@ type Process struct {
 
 // Launch starts QEMU for cfg as a daemon in its own session, so it outlives
 // the caller, and returns once QEMU has initialised and QMP is connected.
-// cfg.Dir is created if missing and made absolute. If QEMU fails to start,
+// cfg.Dir is created if missing and made absolute. With cfg.User, QEMU
+// runs as that user, which Launch makes the owner of cfg.Dir (0700). If QEMU fails to start,
 // the error holds what QEMU printed, which is also appended to qemu.log.
 // Launch refuses (ErrAlreadyRunning) if a QEMU already runs for cfg.Dir.
 func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*Process, error) {
@@ -84,6 +85,9 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 	}
 	removeRuntimeFiles(dir)
 	rotateLog(dir)
+	if err := giveDir(dir, cfg.User); err != nil {
+		return nil, fmt.Errorf("qemu: launch %s: %w", cfg.Name, err)
+	}
 
 	// QEMU's stderr before it daemonizes goes to an unlinked scratch file;
 	// a pipe would be held open by the daemon. Afterwards -D sends its
@@ -99,7 +103,7 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 	cmd.Stdout = scratch
 	cmd.Stderr = scratch
 	cmd.ExtraFiles = files
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: credential(cfg.User)}
 	start := time.Now()
 	log.Debug("launching qemu", "vm", cfg.Name, "binary", binary, "args", args)
 	if err := cmd.Start(); err != nil {
@@ -126,7 +130,7 @@ func Launch(ctx context.Context, log *slog.Logger, binary string, cfg Config) (*
 		appendLog(dir, out)
 		killStrays(log, dir)
 		removeRuntimeFiles(dir)
-		if f, err := os.Open(filepath.Join(dir, LogFile)); err == nil {
+		if f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0); err == nil {
 			out = readTail(f)
 			f.Close()
 		}
@@ -318,7 +322,7 @@ func cleanupAfter(dir string, pid int) {
 // lockDir takes an exclusive flock on dir/launch.lock, waiting while
 // another launch holds it.
 func lockDir(ctx context.Context, dir string) (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(dir, LaunchLock), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, LaunchLock), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -372,7 +376,7 @@ func appendLog(dir, text string) {
 	if text == "" {
 		return
 	}
-	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o640)
 	if err != nil {
 		return
 	}

@@ -196,6 +196,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	}
 	sp.ID = newID()
 	sp.MAC = netdev.MAC(sp.ID)
+	sp.UID = store.NewUID()
 	if err := s.cache.reserve(ctx, rev, &sp, s.cfg.Policy); err != nil {
 		return err
 	}
@@ -211,6 +212,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 		}
 		// Another server or tool took the address or MAC: learn which
 		// from the store, then try another.
+		sp.UID = store.NewUID() // or the user id was taken
 		now, rerr := s.st.Revision(ctx)
 		if rerr == nil {
 			rerr = s.cache.readdress(ctx, now, &sp, newID())

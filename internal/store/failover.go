@@ -72,6 +72,8 @@ func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why stri
 // the claim comes first, and the failover must wait for the lease to
 // lapse, by which time the host's watchdog has killed the VM; or the
 // failover comes first, and the claim fails. api.ErrConflict otherwise.
+// A VM without a QEMU user id (api.VMSpec.UID) is given one in the same
+// transaction; the host starts it once its spec shows it.
 func (s *Store) ClaimStart(ctx context.Context, host, name, id string) error {
 	for {
 		sp, rev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
@@ -81,8 +83,21 @@ func (s *Store) ClaimStart(ctx context.Context, host, name, id string) error {
 		if sp.ID != id || sp.Host != host {
 			return api.Errorf(api.ErrConflict, "vm %q is no longer host %s's to start", name, host)
 		}
-		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(name)), "=", rev),
-			clientv3.Compare(clientv3.CreateRevision(AlivePrefix+host), ">", 0)).Commit()
+		conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vmKey(name)), "=", rev),
+			clientv3.Compare(clientv3.CreateRevision(AlivePrefix+host), ">", 0)}
+		var ops []clientv3.Op
+		if sp.UID == 0 {
+			// A VM made before QEMU was confined gets its user now.
+			sp.UID = NewUID()
+			sp.Rev = 0
+			b, err := json.Marshal(sp)
+			if err != nil {
+				return fmt.Errorf("encode vm: %w", err)
+			}
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(uidKey(sp.UID)), "=", 0))
+			ops = append(ops, clientv3.OpPut(vmKey(name), string(b)), clientv3.OpPut(uidKey(sp.UID), sp.ID))
+		}
+		resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("claim the start of vm %q: %w: %w", name, api.ErrUnavailable, err)
 		}

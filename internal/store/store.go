@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -34,6 +36,7 @@ func hostKey(name string) string      { return key("hosts", name) }
 func imageKey(name string) string     { return key("images", name) }
 func networkKey(name string) string   { return key("networks", name) }
 func tokenKey(hash string) string     { return key("tokens", hash) }
+func uidKey(uid int) string           { return key("uids", strconv.Itoa(uid)) }
 func vmWhat(name string) string       { return fmt.Sprintf("vm %q", name) }
 func ipPrefix(network string) string  { return key("ipam", network) + "/" }
 
@@ -43,9 +46,10 @@ var (
 	StatusPrefix = key("vmstatus") + "/"
 )
 
-// CreateVM writes a new VM with its IP and MAC reservations in one
-// transaction and returns the revision it was written at. It fails with
-// api.ErrConflict if the name exists or the IP or MAC was taken.
+// CreateVM writes a new VM with its IP, MAC and (if set) QEMU user id
+// reservations in one transaction and returns the revision it was
+// written at. It fails with api.ErrConflict if the name exists or the
+// IP, MAC or user id was taken.
 func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 	v.Rev = 0
 	b, err := json.Marshal(v)
@@ -53,12 +57,17 @@ func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 		return 0, fmt.Errorf("encode vm: %w", err)
 	}
 	vk, ik, mk := vmKey(v.Name), ipKey(v.Network, v.IP), macKey(v.MAC)
-	resp, err := s.c.Txn(ctx).If(
+	conds := []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
 		clientv3.Compare(clientv3.CreateRevision(ik), "=", 0),
 		clientv3.Compare(clientv3.CreateRevision(mk), "=", 0),
-	).Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, v.ID), clientv3.OpPut(mk, v.ID)).
-		Else(clientv3.OpGet(vk)).Commit()
+	}
+	ops := []clientv3.Op{clientv3.OpPut(vk, string(b)), clientv3.OpPut(ik, v.ID), clientv3.OpPut(mk, v.ID)}
+	if v.UID != 0 {
+		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(uidKey(v.UID)), "=", 0))
+		ops = append(ops, clientv3.OpPut(uidKey(v.UID), v.ID))
+	}
+	resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(vk)).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
 	}
@@ -68,8 +77,13 @@ func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 	if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
 		return 0, api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
 	}
-	return 0, fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s or MAC %s was just taken, try again", v.IP, v.MAC), errAddressTaken)
+	return 0, fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s, MAC %s or QEMU user %d was just taken, try again", v.IP, v.MAC, v.UID), errAddressTaken)
 }
+
+// NewUID picks a QEMU user id for a new VM at random from the range
+// api.VMUIDMin + [0, api.VMUIDCount). CreateVM and ClaimStart reserve it;
+// on the rare clash the caller picks again.
+func NewUID() int { return api.VMUIDMin + rand.IntN(api.VMUIDCount) }
 
 // errAddressTaken marks a create that lost a race for its address; its
 // text is empty so that it adds nothing to the message.
@@ -136,6 +150,9 @@ func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
 	}
 	if cur.MAC != "" {
 		ops = append(ops, clientv3.OpDelete(macKey(cur.MAC)))
+	}
+	if cur.UID != 0 {
+		ops = append(ops, clientv3.OpDelete(uidKey(cur.UID)))
 	}
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(v.Name)), "=", rev)).Then(ops...).Commit()
 	if err != nil {
