@@ -28,7 +28,18 @@ type Handler struct {
 	Images ImageFiles
 	Log    *slog.Logger
 	mux    *http.ServeMux
+	routes []Route
 }
+
+// Route is one route of the agent API and the certificate roles
+// (pki.OUAgent, pki.OUServer) it admits.
+type Route struct {
+	Pattern string
+	Roles   []string
+}
+
+// Routes lists every route of the agent API, as the router has them.
+func (h *Handler) Routes() []Route { return slices.Clone(h.routes) }
 
 // ImageFiles finds the files of images on this server.
 type ImageFiles interface {
@@ -46,6 +57,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	// A call is an agent's; an image's, another server's too (which
 	// copies it: see server.imageLibrary).
 	serve := func(roles []string, pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
+		h.routes = append(h.routes, Route{Pattern: pattern, Roles: roles})
 		h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			name, role, ok := pki.PeerRole(r.TLS)
 			if !ok || !slices.Contains(roles, role) {
