@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/client"
 )
 
 func userCmd(g *globals) *cobra.Command {
@@ -238,4 +239,48 @@ func yesNo(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+func auditCmd(g *globals) *cobra.Command {
+	var q client.AuditQuery
+	cmd := &cobra.Command{
+		Use:   "audit [--since 1h] [--user U] [--vm V] [--limit N]",
+		Short: "Show the audit trail: who changed what, from where, and how it ended",
+		Long: `Show the audit trail, oldest first: every call that changed something (and
+every console opened), refused ones too, with the user and token, the
+caller's address, the action, its object and the result. Records are kept
+for 30 days (the last 20,000 at most). Admins only.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if q.Since != "" {
+				if err := checkSince(q.Since); err != nil {
+					return err
+				}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			recs, err := c.Audit(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			return g.print(recs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "TIME\tUSER\tTOKEN\tFROM\tACTION\tOBJECT\tRESULT")
+				for _, r := range recs {
+					result := r.Result
+					if r.Error != "" {
+						result += ": " + oneLine(r.Error)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", eventTime(r.Time), dash(r.User+r.Host), dash(r.Token), dash(r.Remote), r.Action, dash(r.Object), result)
+				}
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&q.Since, "since", "", "only records since then: a duration back from now (1h) or a time (2025-01-02T15:04:05Z)")
+	f.StringVar(&q.User, "user", "", "only this user's calls")
+	f.StringVar(&q.VM, "vm", "", "only calls on this VM")
+	f.IntVar(&q.Limit, "limit", 100, "show at most the newest N records")
+	return cmd
 }

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"net/url"
+	"strconv"
 
 	"github.com/shoalvm/shoal/internal/api"
 )
@@ -55,4 +56,31 @@ func (c *Client) ListTokens(ctx context.Context, user string) ([]api.Token, erro
 // RevokeToken revokes a token by its id.
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", "/v1/tokens/"+esc(id), nil, nil)
+}
+
+// AuditQuery selects audit records: Since is a duration back from now
+// (1h) or a time; empty fields select all.
+type AuditQuery struct {
+	Since, User, VM string
+	Limit           int
+}
+
+// Audit returns the audit records that match q, oldest first (admins
+// only).
+func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]api.AuditRecord, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"since": q.Since, "user": q.User, "vm": q.VM} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	path := "/v1/audit"
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	var out []api.AuditRecord
+	return out, c.do(ctx, "GET", path, nil, &out)
 }

@@ -88,6 +88,7 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"POST /v1/cluster/tokens":           authz.Admin,
 		"GET /v1/cluster/servers":           authz.Viewer,
 		"DELETE /v1/cluster/servers/{name}": authz.Admin,
+		"GET /v1/audit":                     authz.Admin,
 		"GET /v1/users":                     authz.Admin,
 		"POST /v1/users":                    authz.Admin,
 		"GET /v1/users/{name}":              authz.Admin, // another user's; one's own: see TestOwnThings
@@ -115,6 +116,9 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 			t.Errorf("route %s is in the table twice", key)
 		}
 		seen[key] = true
+		if rt.method != "GET" && rt.act == "" {
+			t.Errorf("route %s changes something but has no audit action", key)
+		}
 		need, ok := needs[key]
 		if !ok {
 			t.Errorf("route %s has no expectation in this test: say which role it needs", key)

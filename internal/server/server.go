@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
@@ -60,6 +61,7 @@ type Server struct {
 	drains     *drainer
 	failover   *failover
 	images     *imageLibrary
+	audit      *audit.Recorder
 }
 
 // New builds the API server.
@@ -75,7 +77,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	}
 	ev := newEventLog(st, log)
 	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log),
-		migrations: newMigrator(st, log, ev), events: ev}
+		migrations: newMigrator(st, log, ev), events: ev, audit: audit.NewRecorder(auditSink{st}, store.NewEventID, log)}
 	s.drains = newDrainer(st, log, ev, s.startMigration, func(ctx context.Context, rev int64, sp api.VMSpec) (string, error) {
 		return s.cache.placeStopped(ctx, rev, sp, s.cfg.Policy)
 	})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -29,6 +30,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	audit.SetObject(r.Context(), "user/"+req.Name)
 	if err := api.ValidateName("user", req.Name); err != nil {
 		return err
 	}
@@ -108,6 +110,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if req.User == "" {
 		req.User = id.User
 	}
+	audit.SetObject(r.Context(), "user/"+req.User)
 	if err := s.authorize(r, authz.Request{Perm: authz.UseTokens, Object: authz.Object{Owner: req.User}, What: "make tokens for other users"}); err != nil {
 		return err
 	}
@@ -151,6 +154,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t.ID = store.TokenID(secret)
+	audit.SetObject(r.Context(), "token/"+t.ID)
 	v := tokenView(t)
 	v.Token = secret
 	writeJSON(w, http.StatusCreated, v)
