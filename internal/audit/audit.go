@@ -28,7 +28,7 @@ const (
 	// batchDelay is how long a first record waits for others to share
 	// its write.
 	batchDelay = 100 * time.Millisecond
-	maxBatch   = 512   // records per write
+	maxBatch   = 100   // records per write (etcd takes at most 128 operations in a transaction)
 	maxPending = 10000 // records waiting; more are dropped (and logged)
 	trimEvery  = 256   // records written between two trims
 	writeFor   = 5 * time.Second

@@ -2,12 +2,15 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/client"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -103,6 +106,19 @@ func TestAuditOutsideTheKeyspace(t *testing.T) {
 	must(t, err)
 	if len(left) != 2 || left[0].ID != recs[3].ID || left[1].ID != recs[4].ID {
 		t.Errorf("after trimming to 2: %+v", left)
+	}
+
+	// A burst of records, more than etcd takes in one transaction, is
+	// written whole.
+	rec := audit.NewRecorder(auditSink{h.st}, store.NewEventID, slog.New(slog.DiscardHandler))
+	for i := range 1000 {
+		rec.Record(api.AuditRecord{User: "burst", Action: "vm.start", Object: fmt.Sprintf("vm/v%d", i), Result: api.AuditOK})
+	}
+	must(t, rec.Flush(ctx))
+	burst, err := h.st.ListAudit(ctx, store.AuditFilter{Match: audit.Filter{User: "burst"}.Match})
+	must(t, err)
+	if len(burst) != 1000 || burst[999].Object != "vm/v999" {
+		t.Errorf("%d of a burst of 1000 records written", len(burst))
 	}
 }
 

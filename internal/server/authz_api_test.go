@@ -310,3 +310,20 @@ func TestPreUsersToken(t *testing.T) {
 	h.call("DELETE", "/v1/tokens/"+store.TokenID(apiTestToken), nil).decodeOK(t, http.StatusNoContent, nil)
 	h.call("GET", "/v1/vms", nil).wantError(t, http.StatusUnauthorized, "unauthorized")
 }
+
+// TestDeleteUserWithManyTokens: a user with more tokens than etcd takes
+// in one transaction is deleted with all of them.
+func TestDeleteUserWithManyTokens(t *testing.T) {
+	h, tokens := newAuthHarness(t)
+	var last string
+	for range 150 {
+		last = h.addToken("bob", api.RoleViewer, time.Time{})
+	}
+	h.callToken(tokens["admin"], "DELETE", "/v1/users/bob", nil).decodeOK(t, http.StatusNoContent, nil)
+	h.callToken(last, "GET", "/v1/vms", nil).wantError(t, http.StatusUnauthorized, "unauthorized")
+	var list []api.Token
+	h.callToken(tokens["admin"], "GET", "/v1/tokens?user=bob", nil).decodeOK(t, http.StatusOK, &list)
+	if len(list) != 0 {
+		t.Errorf("%d tokens of bob left after deleting him", len(list))
+	}
+}

@@ -18,6 +18,7 @@ import (
 // the tokens of user "admin" (see LegacyTokenUser).
 type TokenInfo struct {
 	ID        string    `json:"-"` // TokenID of the secret, filled in on reading
+	hash      string    // the secret's hash (its key), filled in by ListTokens
 	Name      string    `json:"name"`
 	User      string    `json:"user,omitempty"`
 	UserGen   int64     `json:"user_gen,omitempty"` // the User.Gen of the user it was made for
@@ -112,15 +113,11 @@ func (s *Store) ListTokens(ctx context.Context) ([]TokenInfo, error) {
 		if json.Unmarshal(kv.Value, &t) != nil {
 			continue
 		}
-		t.ID = idOf(string(kv.Key))
+		t.hash = string(kv.Key[len(tokensPrefix):])
+		t.ID = t.hash[:min(len(t.hash), tokenIDLen)]
 		out = append(out, t)
 	}
 	return out, nil
-}
-
-func idOf(k string) string {
-	h := k[len(tokensPrefix):]
-	return h[:min(len(h), tokenIDLen)]
 }
 
 // RevokeToken deletes the token with this id once check, given the

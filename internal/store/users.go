@@ -108,10 +108,20 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// The user's tokens go with it: the first ones in the transaction
+	// (etcd takes at most 128 operations in one), the rest right after.
+	// Those left by a failure after the transaction are refused anyway:
+	// their user is gone, and a new user of the name is another one (its
+	// Gen differs) but for tokens from before users, which are few.
 	ops := []clientv3.Op{clientv3.OpDelete(userKey(name))}
+	var later []clientv3.Op
 	for _, t := range tokens {
-		if t.Owner() == name {
-			ops = append(ops, clientv3.OpDelete(tokenKey(t.ID), clientv3.WithPrefix()))
+		switch {
+		case t.Owner() != name:
+		case len(ops) < 100:
+			ops = append(ops, clientv3.OpDelete(tokenKey(t.hash)))
+		default:
+			later = append(later, clientv3.OpDelete(tokenKey(t.hash)))
 		}
 	}
 	// Every admin counted must still be there, so that two admins
@@ -128,6 +138,11 @@ func (s *Store) DeleteUser(ctx context.Context, name string) error {
 	}
 	if !resp.Succeeded {
 		return api.Errorf(api.ErrConflict, "users changed meanwhile, try again")
+	}
+	for _, op := range later {
+		if _, err := s.c.Do(ctx, op); err != nil {
+			return fmt.Errorf("delete the tokens of %s: %w: %w", userWhat(name), api.ErrUnavailable, err)
+		}
 	}
 	return nil
 }
