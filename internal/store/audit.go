@@ -9,15 +9,17 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 )
 
-// The audit trail lives outside Prefix, under its own prefix, so that
-// the watch that keeps the servers' placement cache current (and anything
-// else that reads or watches Shoal's keyspace) never sees it. Each record
-// is one key auditPrefix+ID (ids sort by time, see NewEventID) under a
-// lease shared by the records of an hour: etcd drops a record AuditTTL
-// after it was written (give or take the hour), and TrimAudit keeps the
-// last AuditKept.
+// The audit trail lives under a prefix of its own (audit/), which
+// placement and failover never read: the servers' placement cache loads
+// other prefixes only, and its watch of the keyspace passes over these
+// keys. (Outside Prefix, that watch would not see the revisions they
+// make, and a create would wait for a progress notification to learn
+// that it is current: 20 ms.) Each record is one key auditPrefix+ID (ids
+// sort by time, see NewEventID) under a lease shared by the records of
+// an hour: etcd drops a record AuditTTL after it was written (give or
+// take the hour), and TrimAudit keeps the last AuditKept.
 const (
-	auditPrefix = "/shoal/audit/v1/"
+	auditPrefix = Prefix + "audit/"
 	// AuditTTL is how long the audit trail is kept.
 	AuditTTL = 30 * 24 * time.Hour
 	// AuditKept is how many records are kept at most; a record's fields
