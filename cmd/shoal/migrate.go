@@ -182,7 +182,7 @@ func pollEvery(running time.Duration) time.Duration {
 // isAPIError reports whether err is an answer of the server (as opposed
 // to the server being unreachable).
 func isAPIError(err error) bool {
-	for _, k := range []error{api.ErrInvalid, api.ErrNotFound, api.ErrConflict, api.ErrUnauthorized, api.ErrCapacity} {
+	for _, k := range []error{api.ErrInvalid, api.ErrNotFound, api.ErrConflict, api.ErrUnauthorized, api.ErrForbidden, api.ErrCapacity} {
 		if errors.Is(err, k) {
 			return true
 		}

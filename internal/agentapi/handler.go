@@ -27,10 +27,21 @@ type Handler struct {
 	// they are taken from ImageDir as they are). Set it before serving.
 	Images ImageFiles
 	// Certs, if set, renews hosts' certificates and refuses revoked ones.
-	Certs Certs
-	Log   *slog.Logger
-	mux   *http.ServeMux
+	Certs  Certs
+	Log    *slog.Logger
+	mux    *http.ServeMux
+	routes []Route
 }
+
+// Route is one route of the agent API and the certificate roles
+// (pki.OUAgent, pki.OUServer) it admits.
+type Route struct {
+	Pattern string
+	Roles   []string
+}
+
+// Routes lists every route of the agent API, as the router has them.
+func (h *Handler) Routes() []Route { return slices.Clone(h.routes) }
 
 // ImageFiles finds the files of images on this server.
 type ImageFiles interface {
@@ -48,6 +59,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	// A call is an agent's; an image's, another server's too (which
 	// copies it: see server.imageLibrary).
 	serve := func(roles []string, pattern string, fn func(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error) {
+		h.routes = append(h.routes, Route{Pattern: pattern, Roles: roles})
 		h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			name, role, ok := pki.PeerRole(r.TLS)
 			if !ok || !slices.Contains(roles, role) {

@@ -9,7 +9,8 @@ import (
 // Sentinel error kinds. Wrap them with %w; the server maps them to HTTP codes.
 var (
 	ErrInvalid      = errors.New("invalid")        // 400: bad input
-	ErrUnauthorized = errors.New("unauthorized")   // 401: missing or wrong token
+	ErrUnauthorized = errors.New("unauthorized")   // 401: missing, wrong, expired or revoked token
+	ErrForbidden    = errors.New("forbidden")      // 403: a known identity without the right
 	ErrNotFound     = errors.New("not found")      // 404: unknown reference
 	ErrConflict     = errors.New("conflict")       // 409: duplicate, or invalid in the current state
 	ErrTooLarge     = errors.New("too large")      // 413: a request body over its limit
@@ -46,6 +47,7 @@ var kinds = []struct {
 }{
 	{ErrInvalid, http.StatusBadRequest, "invalid"},
 	{ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{ErrForbidden, http.StatusForbidden, "forbidden"},
 	{ErrNotFound, http.StatusNotFound, "not_found"},
 	{ErrConflict, http.StatusConflict, "conflict"},
 	{ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},

@@ -18,6 +18,7 @@ func TestHTTPStatusAndFromHTTPRoundTrip(t *testing.T) {
 	}{
 		{api.ErrInvalid, http.StatusBadRequest, "invalid"},
 		{api.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+		{api.ErrForbidden, http.StatusForbidden, "forbidden"},
 		{api.ErrNotFound, http.StatusNotFound, "not_found"},
 		{api.ErrConflict, http.StatusConflict, "conflict"},
 		{api.ErrTooLarge, http.StatusRequestEntityTooLarge, "too_large"},

@@ -18,6 +18,8 @@ type Event struct {
 	// To is the other host of an event that moves a VM (the target).
 	To      string `json:"to,omitempty"`
 	Message string `json:"message"`
+	// Requestor is the user whose call made it happen, if one did.
+	Requestor string `json:"requestor,omitempty"`
 	// Figures are the event's measurements, e.g. total_ms, downtime_ms,
 	// bytes of a migration; counts of a drain.
 	Figures map[string]int64 `json:"figures,omitempty"`
@@ -53,6 +55,13 @@ const (
 	EventVMCrashed        = "vm.crashed"         // its QEMU died or its guest panicked (restarted in place, or given up)
 	EventServerRemoved    = "server.removed"     // a server replica left the cluster for good
 	EventHostRemoved      = "host.removed"       // a host left the cluster for good; its certificate is revoked
+	// Lifecycle of a VM as users asked for it (with Requestor).
+	EventVMCreated = "vm.created"
+	EventVMStarted = "vm.started"
+	EventVMStopped = "vm.stopped"
+	EventVMChanged = "vm.changed"
+	EventVMDeleted = "vm.deleted"
+	EventVMPower   = "vm.power" // restarted, paused or resumed (the message says which)
 )
 
 // Involves reports whether the event concerns host (as its host or as

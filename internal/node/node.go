@@ -4,8 +4,6 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +21,7 @@ import (
 	"github.com/shoalvm/shoal/internal/agent"
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/client"
 	"github.com/shoalvm/shoal/internal/hostcheck"
 	"github.com/shoalvm/shoal/internal/netdev"
@@ -168,7 +167,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 			return err
 		}
 	}
-	if info.Token, err = ensureToken(ctx, st, o); err != nil {
+	if info.Token, err = ensureToken(ctx, log, st, o); err != nil {
 		return err
 	}
 	stop, err := serve(ctx, log, o, srv)
@@ -235,19 +234,28 @@ func ensureNetwork(ctx context.Context, st *store.Store, o Options) error {
 	return st.PutNetwork(ctx, api.Network{Name: "default", Bridge: o.Bridge, Subnet: p.Subnet.String(), Gateway: p.Gateway.String()})
 }
 
-// ensureToken returns the admin token of the CLI settings file if the
-// store knows it, or makes a new one and writes the settings.
-func ensureToken(ctx context.Context, st *store.Store, o Options) (string, error) {
+// ensureToken returns the token of the CLI settings file if it is still
+// a valid admin token; else it makes one for user admin (made first, on
+// the first start or after an upgrade from before users) and writes the
+// settings.
+func ensureToken(ctx context.Context, log *slog.Logger, st *store.Store, o Options) (string, error) {
 	var cfg client.Config
 	if o.ConfigPath != "" {
 		cfg, _ = client.LoadConfig(o.ConfigPath)
 	}
+	// After an upgrade from before users, the old tokens are admin's:
+	// make the user before anyone makes another, which ends their
+	// standing on their own (see server.Authenticate).
+	if has, err := st.HasUsers(ctx); err != nil {
+		return "", err
+	} else if !has {
+		if _, err := ensureAdminUser(ctx, log, st); err != nil {
+			return "", err
+		}
+	}
 	token := cfg.Token
-	if _, err := st.CheckToken(ctx, token); err != nil {
-		b := make([]byte, 24)
-		_, _ = rand.Read(b)
-		token = "shoal_" + hex.EncodeToString(b)
-		if err := st.PutToken(ctx, token, store.TokenInfo{Name: "admin", Role: "admin", CreatedAt: time.Now().UTC()}); err != nil {
+	if id, err := server.Authenticate(ctx, st, "Bearer "+token, time.Now()); err != nil || id.Role != authz.Admin {
+		if token, err = newAdminToken(ctx, log, st); err != nil {
 			return "", err
 		}
 	}
@@ -266,6 +274,38 @@ func ensureToken(ctx context.Context, st *store.Store, o Options) (string, error
 		cfg.Server = "unix://" + socketPath(o)
 	}
 	return token, client.SaveConfig(o.ConfigPath, cfg)
+}
+
+// ensureAdminUser returns user admin, making it if it is missing.
+func ensureAdminUser(ctx context.Context, log *slog.Logger, st *store.Store) (store.User, error) {
+	u, err := st.GetUser(ctx, store.LegacyTokenUser)
+	if api.IsNotFound(err) {
+		log.Info("making user admin")
+		err = st.CreateUser(ctx, store.User{User: api.User{Name: store.LegacyTokenUser, Role: api.RoleAdmin, CreatedAt: time.Now().UTC()}})
+		if err == nil || errors.Is(err, api.ErrConflict) {
+			u, err = st.GetUser(ctx, store.LegacyTokenUser)
+		}
+	}
+	return u, err
+}
+
+// newAdminToken makes a token of user admin, making the user if it is
+// missing.
+func newAdminToken(ctx context.Context, log *slog.Logger, st *store.Store) (string, error) {
+	u, err := ensureAdminUser(ctx, log, st)
+	if err != nil {
+		return "", err
+	}
+	if u.Role != api.RoleAdmin {
+		return "", fmt.Errorf("user admin has the %s role: this node needs an admin token in its CLI settings", u.Role)
+	}
+	token := authz.NewToken()
+	info := store.TokenInfo{Name: "shoal-up", User: u.Name, UserGen: u.Gen, Role: api.RoleAdmin, CreatedAt: time.Now().UTC()}
+	if err := st.CreateToken(ctx, token, info); err != nil {
+		return "", err
+	}
+	log.Info("made an admin token for the CLI settings", "token", store.TokenID(token))
+	return token, nil
 }
 
 func socketPath(o Options) string { return filepath.Join(o.DataDir, "shoal.sock") }

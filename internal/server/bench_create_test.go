@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/cpumodel"
 	"github.com/shoalvm/shoal/internal/store"
 	"github.com/shoalvm/shoal/internal/store/storetest"
@@ -26,21 +27,7 @@ import (
 //
 //	go test -run '^$' -bench CreateVM1kHosts -benchtime 20000x ./internal/server/
 func BenchmarkCreateVM1kHosts(b *testing.B) {
-	ctx := context.Background()
-	st := storetest.New(b)
-	must(b, st.PutToken(ctx, apiTestToken, store.TokenInfo{Name: "admin", Role: "admin", CreatedAt: time.Now()}))
-	must(b, st.PutNetwork(ctx, api.Network{Name: "default", Bridge: "shoal0", Subnet: "10.64.0.0/10", Gateway: "10.64.0.1"}))
-	must(b, st.PutImage(ctx, api.Image{Name: "tiny", Format: "qcow2", SizeBytes: 64 << 20, Kernel: true}))
-	for i := range 1000 {
-		h := api.Host{Name: fmt.Sprintf("bench-%04d", i), State: api.HostUp, CPUs: 64, MemoryMiB: 256 << 10,
-			CPUFlags: cpumodel.TCGFlags(), Accel: "simulated", Pools: []string{"local"}, LastHeartbeat: time.Now().UTC()}
-		must(b, st.PutHost(ctx, h))
-		_, err := st.MarkAlive(ctx, h.Name, time.Hour)
-		must(b, err)
-	}
-	srv := New(Config{ImageDir: b.TempDir()}, st, slog.New(slog.DiscardHandler))
-	ts := httptest.NewServer(srv)
-	defer ts.Close()
+	ts, token := benchServer(b, 1000)
 	tr := &http.Transport{MaxIdleConnsPerHost: 64}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
@@ -48,7 +35,7 @@ func BenchmarkCreateVM1kHosts(b *testing.B) {
 	create := func() error {
 		body, _ := json.Marshal(api.CreateVMRequest{Name: fmt.Sprintf("vm-%07d", n.Add(1)), Image: "tiny", Memory: "256M", Start: true})
 		req, _ := http.NewRequest("POST", ts.URL+"/v1/vms?wait=false", bytes.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+apiTestToken)
+		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := hc.Do(req)
 		if err != nil {
 			return err
@@ -76,4 +63,30 @@ func BenchmarkCreateVM1kHosts(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "placements/s")
+}
+
+// benchServer serves the API over real embedded etcd with hosts
+// simulated hosts (records and liveness leases), the default network of
+// 10.64.0.0/10, the tiny image, and user admin; it returns the server and
+// a token of admin, made as 'shoal up' makes it.
+func benchServer(b *testing.B, hosts int) (*httptest.Server, string) {
+	ctx := context.Background()
+	st := storetest.New(b)
+	must(b, st.CreateUser(ctx, store.User{User: api.User{Name: "admin", Role: api.RoleAdmin, CreatedAt: time.Now()}}))
+	u, err := st.GetUser(ctx, "admin")
+	must(b, err)
+	token := authz.NewToken()
+	must(b, st.CreateToken(ctx, token, store.TokenInfo{User: "admin", UserGen: u.Gen, Role: api.RoleAdmin, CreatedAt: time.Now()}))
+	must(b, st.PutNetwork(ctx, api.Network{Name: "default", Bridge: "shoal0", Subnet: "10.64.0.0/10", Gateway: "10.64.0.1"}))
+	must(b, st.PutImage(ctx, api.Image{Name: "tiny", Format: "qcow2", SizeBytes: 64 << 20, Kernel: true}))
+	for i := range hosts {
+		h := api.Host{Name: fmt.Sprintf("bench-%04d", i), State: api.HostUp, CPUs: 64, MemoryMiB: 256 << 10,
+			CPUFlags: cpumodel.TCGFlags(), Accel: "simulated", Pools: []string{"local"}, LastHeartbeat: time.Now().UTC()}
+		must(b, st.PutHost(ctx, h))
+		_, err := st.MarkAlive(ctx, h.Name, time.Hour)
+		must(b, err)
+	}
+	ts := httptest.NewServer(New(Config{ImageDir: b.TempDir()}, st, slog.New(slog.DiscardHandler)))
+	b.Cleanup(ts.Close)
+	return ts, token
 }

@@ -32,11 +32,14 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// events lists the events of query that the server's controllers
+// recorded: not those of the users' lifecycle actions (those with a
+// Requestor: see TestAuditTrail).
 func (h *apiHarness) events(query string) []api.Event {
 	h.t.Helper()
 	var evs []api.Event
 	h.call("GET", "/v1/events"+query, nil).decodeOK(h.t, http.StatusOK, &evs)
-	return evs
+	return slices.DeleteFunc(evs, func(e api.Event) bool { return e.Requestor != "" })
 }
 
 // kinds lists the kinds of events, in order, with the VM of each.

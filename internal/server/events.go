@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -60,7 +61,8 @@ func (l *eventLog) record(ctx context.Context, e api.Event) {
 // oldest first. since is a time (RFC 3339) or a duration back from now;
 // limit keeps the newest (or, with after, the oldest newer than after).
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
-	f, err := eventFilter(r, time.Now())
+	now := time.Now()
+	f, err := eventFilter(r, now)
 	if err != nil {
 		return err
 	}
@@ -68,29 +70,42 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, evs)
+	asked, err := s.lifecycleEvents(r.Context(), f, now)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, mergeEvents(evs, asked, f.After != "", f.Limit))
 	return nil
 }
 
 // eventFilter reads an events query. Pure but for now.
 func eventFilter(r *http.Request, now time.Time) (store.EventFilter, error) {
 	q := r.URL.Query()
-	f := store.EventFilter{VM: q.Get("vm"), Host: q.Get("host"), After: q.Get("after"), Limit: defaultEventLimit}
+	f := store.EventFilter{VM: q.Get("vm"), Host: q.Get("host"), After: q.Get("after")}
+	var err error
+	f.Since, f.Limit, err = sinceLimit(q, now, defaultEventLimit, maxEventLimit)
+	return f, err
+}
+
+// sinceLimit reads the since and limit of a listing's query: since is a
+// time (RFC 3339) or a duration back from now. Pure but for now.
+func sinceLimit(q url.Values, now time.Time, limit, most int) (time.Time, int, error) {
+	var since time.Time
 	if v := q.Get("since"); v != "" {
 		if d, err := time.ParseDuration(v); err == nil && d >= 0 {
-			f.Since = now.Add(-d)
+			since = now.Add(-d)
 		} else if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			f.Since = t
+			since = t
 		} else {
-			return f, api.Errorf(api.ErrInvalid, "since %q is neither a duration such as 10m nor a time such as 2025-01-02T15:04:05Z", v)
+			return since, 0, api.Errorf(api.ErrInvalid, "since %q is neither a duration such as 10m nor a time such as 2025-01-02T15:04:05Z", v)
 		}
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxEventLimit {
-			return f, api.Errorf(api.ErrInvalid, "limit %q is out of range: use 1 to %d", v, maxEventLimit)
+		if err != nil || n < 1 || n > most {
+			return since, 0, api.Errorf(api.ErrInvalid, "limit %q is out of range: use 1 to %d", v, most)
 		}
-		f.Limit = n
+		limit = n
 	}
-	return f, nil
+	return since, limit, nil
 }

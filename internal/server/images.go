@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/image"
 	"github.com/shoalvm/shoal/internal/storage"
 )
@@ -60,6 +61,7 @@ func (s *Server) buildImage(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	audit.SetObject(r.Context(), "image/"+req.Name)
 	if req.Name != "tiny" {
 		return api.Errorf(api.ErrInvalid, "cannot build image %q: only 'tiny' can be built; import others with 'shoal image import'", req.Name)
 	}

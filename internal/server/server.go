@@ -17,6 +17,8 @@ import (
 
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
+	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/scheduler"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -62,6 +64,7 @@ type Server struct {
 	drains     *drainer
 	failover   *failover
 	images     *imageLibrary
+	audit      *audit.Recorder
 }
 
 // New builds the API server.
@@ -77,7 +80,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	}
 	ev := newEventLog(st, log)
 	s := &Server{cfg: cfg, st: st, log: log, mux: http.NewServeMux(), cache: newPlaceCache(st, log),
-		migrations: newMigrator(st, log, ev), events: ev}
+		migrations: newMigrator(st, log, ev), events: ev, audit: audit.NewRecorder(auditSink{st}, store.NewEventID, log)}
 	s.drains = newDrainer(st, log, ev, s.startMigration, func(ctx context.Context, rev int64, sp api.VMSpec) (string, error) {
 		return s.cache.placeStopped(ctx, rev, sp, s.cfg.Policy)
 	})
@@ -90,46 +93,6 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 // ImageFiles finds the files of the images this replica holds, for the
 // agent API; it has one it lacks copied from another replica.
 func (s *Server) ImageFiles() agentapi.ImageFiles { return s.images }
-
-func (s *Server) routes() {
-	h := func(pattern string, fn func(w http.ResponseWriter, r *http.Request) error) {
-		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if err := fn(w, r); err != nil {
-				s.writeError(w, r, err)
-			}
-		})
-	}
-	h("GET /v1/vms", s.listVMs)
-	h("POST /v1/vms", s.createVM)
-	h("GET /v1/vms/{name}", s.getVM)
-	h("DELETE /v1/vms/{name}", s.deleteVM)
-	h("PATCH /v1/vms/{name}", s.updateVM)
-	h("POST /v1/vms/{name}/{action}", s.vmAction)
-	h("GET /v1/vms/{name}/logs", s.vmLogs)
-	h("GET /v1/vms/{name}/console", s.vmConsole)
-	h("POST /v1/vms/{name}/migrate", s.migrateVM)
-	h("GET /v1/vms/{name}/migration", s.getMigration)
-	h("DELETE /v1/vms/{name}/migration", s.cancelMigration)
-	h("POST /v1/vms/{name}/recover", s.recoverVM)
-	h("GET /v1/hosts", s.listHosts)
-	h("GET /v1/hosts/{name}", s.getHost)
-	h("POST /v1/hosts/{name}/drain", s.drainHost)
-	h("GET /v1/hosts/{name}/drain", s.getDrain)
-	h("POST /v1/hosts/{name}/resume", s.resumeHost)
-	h("DELETE /v1/hosts/{name}", s.removeHost)
-	h("GET /v1/events", s.listEvents)
-	h("GET /v1/networks", s.listNetworks)
-	h("GET /v1/images", s.listImages)
-	h("POST /v1/images/build", s.buildImage)
-	h("PUT /v1/images/{name}", s.importImage)
-	h("DELETE /v1/images/{name}", s.deleteImage)
-	h("POST /v1/cluster/tokens", s.createJoinToken)
-	h("GET /v1/cluster/servers", s.listServers)
-	h("DELETE /v1/cluster/servers/{name}", s.removeServer)
-	h("/", func(w http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
-	})
-}
 
 // ServeHTTP authenticates every request, then routes it: agents by their
 // certificates, a joining machine by its join token, everyone else by API
@@ -150,17 +113,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	hdr := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(hdr, "Bearer ")
-	if !ok && hdr != "" {
-		s.writeError(w, r, api.Errorf(api.ErrUnauthorized, "invalid API token: send 'Authorization: Bearer TOKEN'"))
-		return
-	}
-	if _, err := s.st.CheckToken(r.Context(), strings.TrimSpace(tok)); err != nil {
+	id, err := Authenticate(r.Context(), s.st, r.Header.Get("Authorization"), time.Now())
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.mux.ServeHTTP(w, r)
+	s.mux.ServeHTTP(w, r.WithContext(authz.WithIdentity(r.Context(), id)))
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/cpumodel"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/store"
@@ -180,6 +181,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	audit.SetObject(ctx, "vm/"+req.Name)
 	exists, rev, err := s.st.VMExists(ctx, req.Name)
 	if err != nil {
 		return err

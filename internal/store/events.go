@@ -32,14 +32,6 @@ var eventsPrefix = key("events") + "/"
 
 func eventKey(id string) string { return eventsPrefix + id }
 
-// eventLease is the lease the events recorded lately share, so that
-// appending one costs one Put, not a Grant as well.
-type eventLease struct {
-	mu      sync.Mutex
-	id      clientv3.LeaseID
-	granted time.Time
-}
-
 // NewEventID returns an event id for time t: ids sort by time.
 func NewEventID(t time.Time) string {
 	b := make([]byte, 3)
@@ -47,22 +39,65 @@ func NewEventID(t time.Time) string {
 	return fmt.Sprintf("%020d-%s", t.UnixNano(), hex.EncodeToString(b))
 }
 
-// lease returns the lease to attach to an event recorded now, granting a
-// fresh one when the current one is older than eventLeaseReuse (or when
-// renew says it is lost).
-func (s *Store) eventLease(ctx context.Context, now time.Time, renew bool) (clientv3.LeaseID, error) {
-	s.ev.mu.Lock()
-	defer s.ev.mu.Unlock()
-	if s.ev.id != 0 && !renew && now.Sub(s.ev.granted) < eventLeaseReuse {
-		return s.ev.id, nil
+// sharedLease is a lease that the records appended for a while share
+// (events, audit records), so that appending one costs one Put, not a
+// Grant as well.
+type sharedLease struct {
+	mu      sync.Mutex
+	id      clientv3.LeaseID
+	granted time.Time
+}
+
+// get returns the lease to attach to a record of lifetime ttl appended
+// now, granting a fresh one when the current one is older than reuse (or
+// when renew says it is lost).
+func (l *sharedLease) get(ctx context.Context, c *clientv3.Client, ttl, reuse time.Duration, now time.Time, renew bool) (clientv3.LeaseID, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.id != 0 && !renew && now.Sub(l.granted) < reuse {
+		return l.id, nil
 	}
-	ttl := (EventTTL + eventLeaseReuse) / time.Second
-	l, err := s.c.Grant(ctx, int64(ttl))
+	g, err := c.Grant(ctx, int64((ttl+reuse)/time.Second))
 	if err != nil {
-		return 0, fmt.Errorf("grant event lease: %w: %w", api.ErrUnavailable, err)
+		return 0, fmt.Errorf("grant lease: %w: %w", api.ErrUnavailable, err)
 	}
-	s.ev.id, s.ev.granted = l.ID, now
-	return l.ID, nil
+	l.id, l.granted = g.ID, now
+	return g.ID, nil
+}
+
+// leasedPut is a put of a record under a shared lease.
+type leasedPut struct {
+	l          *sharedLease
+	ttl, reuse time.Duration
+	key, value string
+}
+
+// putLeased writes puts, each under its shared lease, in one
+// transaction, retrying once with fresh leases if one is gone (revoked,
+// or a restored cluster).
+func (s *Store) putLeased(ctx context.Context, now time.Time, puts ...leasedPut) error {
+	for try := 0; ; try++ {
+		ops := make([]clientv3.Op, 0, len(puts))
+		for _, p := range puts {
+			lease, err := p.l.get(ctx, s.c, p.ttl, p.reuse, now, try > 0)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, clientv3.OpPut(p.key, p.value, clientv3.WithLease(lease)))
+		}
+		var err error
+		if len(ops) == 1 {
+			_, err = s.c.Do(ctx, ops[0])
+		} else {
+			_, err = s.c.Txn(ctx).Then(ops...).Commit()
+		}
+		if err == nil {
+			return nil
+		}
+		if try > 0 || ctx.Err() != nil {
+			return fmt.Errorf("%w: %w", api.ErrUnavailable, err)
+		}
+	}
 }
 
 // AppendEvent records an event (one Put) and returns it as recorded. It
@@ -80,21 +115,10 @@ func (s *Store) AppendEvent(ctx context.Context, e api.Event) (api.Event, error)
 	if err != nil {
 		return e, fmt.Errorf("encode event: %w", err)
 	}
-	for try := 0; ; try++ {
-		lease, err := s.eventLease(ctx, now, try > 0)
-		if err != nil {
-			return e, err
-		}
-		_, err = s.c.Put(ctx, eventKey(e.ID), string(b), clientv3.WithLease(lease))
-		if err == nil {
-			return e, nil
-		}
-		if try > 0 || ctx.Err() != nil {
-			return e, fmt.Errorf("record event: %w: %w", api.ErrUnavailable, err)
-		}
-		// The lease may be gone (revoked, or a restored cluster): retry
-		// once with a fresh one.
+	if err := s.putLeased(ctx, now, leasedPut{l: &s.ev, ttl: EventTTL, reuse: eventLeaseReuse, key: eventKey(e.ID), value: string(b)}); err != nil {
+		return e, fmt.Errorf("record event: %w", err)
 	}
+	return e, nil
 }
 
 // EventFilter selects events. Without After, ListEvents returns the
@@ -114,35 +138,43 @@ func (f EventFilter) match(e api.Event) bool {
 
 // ListEvents returns the events that match f, oldest first.
 func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]api.Event, error) {
-	start, end := eventsPrefix, clientv3.GetPrefixRangeEnd(eventsPrefix)
-	if !f.Since.IsZero() {
-		start = eventKey(fmt.Sprintf("%020d", f.Since.UnixNano()))
+	return listTimed(ctx, s.c, eventsPrefix, f.Since, f.After, f.Limit, f.match)
+}
+
+// listTimed reads the records under prefix, whose keys are
+// prefix+NewEventID, that match: without after, the newest limit of those
+// at or after since; with after, the oldest limit newer than it. It
+// returns them oldest first; 0 is no limit.
+func listTimed[T any](ctx context.Context, c *clientv3.Client, prefix string, since time.Time, after string, limit int, match func(T) bool) ([]T, error) {
+	start, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	if !since.IsZero() {
+		start = prefix + fmt.Sprintf("%020d", since.UnixNano())
 	}
-	if f.After != "" {
-		start = max(start, eventKey(f.After)+"\x00")
+	if after != "" {
+		start = max(start, prefix+after+"\x00")
 	}
-	forward := f.After != ""
-	out := []api.Event{}
+	forward := after != ""
+	out := []T{}
 	for start < end {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(eventPage)}
 		if !forward {
 			opts = append(opts, clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend))
 		}
-		resp, err := s.c.Get(ctx, start, opts...)
+		resp, err := c.Get(ctx, start, opts...)
 		if err != nil {
-			return nil, fmt.Errorf("list events: %w: %w", api.ErrUnavailable, err)
+			return nil, fmt.Errorf("list %s: %w: %w", prefix, api.ErrUnavailable, err)
 		}
 		for _, kv := range resp.Kvs {
-			var e api.Event
-			if json.Unmarshal(kv.Value, &e) != nil || !f.match(e) {
+			var e T
+			if json.Unmarshal(kv.Value, &e) != nil || !match(e) {
 				continue // a corrupt record must not hide the others
 			}
 			out = append(out, e)
-			if f.Limit > 0 && len(out) == f.Limit {
+			if limit > 0 && len(out) == limit {
 				break
 			}
 		}
-		if !resp.More || len(resp.Kvs) == 0 || (f.Limit > 0 && len(out) == f.Limit) {
+		if !resp.More || len(resp.Kvs) == 0 || (limit > 0 && len(out) == limit) {
 			break
 		}
 		last := string(resp.Kvs[len(resp.Kvs)-1].Key)
@@ -161,26 +193,32 @@ func (s *Store) ListEvents(ctx context.Context, f EventFilter) ([]api.Event, err
 // TrimEvents deletes the oldest events beyond the last keep and returns
 // how many it deleted.
 func (s *Store) TrimEvents(ctx context.Context, keep int) (int, error) {
-	resp, err := s.c.Get(ctx, eventsPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	return trimOldest(ctx, s.c, eventsPrefix, keep)
+}
+
+// trimOldest deletes the first keys under prefix (the oldest, for keys
+// that sort by time) beyond the last keep, and returns how many.
+func trimOldest(ctx context.Context, c *clientv3.Client, prefix string, keep int) (int, error) {
+	resp, err := c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
-		return 0, fmt.Errorf("count events: %w: %w", api.ErrUnavailable, err)
+		return 0, fmt.Errorf("count %s: %w: %w", prefix, api.ErrUnavailable, err)
 	}
 	extra := resp.Count - int64(max(keep, 0))
 	if extra <= 0 {
 		return 0, nil
 	}
-	old, err := s.c.Get(ctx, eventsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+	old, err := c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(extra))
 	if err != nil {
-		return 0, fmt.Errorf("list old events: %w: %w", api.ErrUnavailable, err)
+		return 0, fmt.Errorf("list old %s: %w: %w", prefix, api.ErrUnavailable, err)
 	}
 	if len(old.Kvs) == 0 {
 		return 0, nil
 	}
 	first, last := string(old.Kvs[0].Key), string(old.Kvs[len(old.Kvs)-1].Key)
-	del, err := s.c.Delete(ctx, first, clientv3.WithRange(last+"\x00"))
+	del, err := c.Delete(ctx, first, clientv3.WithRange(last+"\x00"))
 	if err != nil {
-		return 0, fmt.Errorf("trim events: %w: %w", api.ErrUnavailable, err)
+		return 0, fmt.Errorf("trim %s: %w: %w", prefix, api.ErrUnavailable, err)
 	}
 	return int(del.Deleted), nil
 }

@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,8 +16,9 @@ import (
 
 // Store is the typed view of Shoal's etcd keyspace.
 type Store struct {
-	c  *clientv3.Client
-	ev eventLease // shared by the events appended for a while (see events.go)
+	c     *clientv3.Client
+	ev    sharedLease // shared by the events appended for a while (see events.go)
+	audit sharedLease // shared by the audit records of a while (see audit.go)
 }
 
 // New wraps an etcd client.
@@ -35,7 +34,6 @@ func ipKey(network, ip string) string { return key("ipam", network, ip) }
 func hostKey(name string) string      { return key("hosts", name) }
 func imageKey(name string) string     { return key("images", name) }
 func networkKey(name string) string   { return key("networks", name) }
-func tokenKey(hash string) string     { return key("tokens", hash) }
 func uidKey(uid int) string           { return key("uids", strconv.Itoa(uid)) }
 func vmWhat(name string) string       { return fmt.Sprintf("vm %q", name) }
 func ipPrefix(network string) string  { return key("ipam", network) + "/" }
@@ -296,37 +294,4 @@ func (s *Store) GetNetwork(ctx context.Context, name string) (api.Network, error
 func (s *Store) ListNetworks(ctx context.Context) ([]api.Network, error) {
 	n, _, err := list[api.Network](ctx, s.c, key("networks")+"/")
 	return n, err
-}
-
-// TokenInfo describes an API token; only its hash is stored.
-type TokenInfo struct {
-	Name      string    `json:"name"`
-	Role      string    `json:"role"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-// HashToken returns the stored form of a token.
-func HashToken(token string) string {
-	h := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(h[:])
-}
-
-// PutToken stores a token's hash.
-func (s *Store) PutToken(ctx context.Context, token string, info TokenInfo) error {
-	return put(ctx, s.c, tokenKey(HashToken(token)), info)
-}
-
-// CheckToken returns the token's info, or api.ErrUnauthorized.
-func (s *Store) CheckToken(ctx context.Context, token string) (TokenInfo, error) {
-	if token == "" {
-		return TokenInfo{}, api.Errorf(api.ErrUnauthorized, "missing API token: pass --token or set SHOAL_TOKEN")
-	}
-	info, _, err := get[TokenInfo](ctx, s.c, tokenKey(HashToken(token)), "token")
-	if err != nil {
-		if api.IsNotFound(err) {
-			return info, api.Errorf(api.ErrUnauthorized, "invalid API token")
-		}
-		return info, err
-	}
-	return info, nil
 }
