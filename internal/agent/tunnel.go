@@ -164,6 +164,10 @@ func (w *worker) nbdForward(s *api.VMSpec, remote string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := giveSocket(s, f.Path()); err != nil {
+		f.Close()
+		return "", err
+	}
 	w.tun.mu.Lock()
 	w.tun.fwds = []*tunnel.Forwarder{f}
 	w.tun.mu.Unlock()
