@@ -134,6 +134,6 @@ func clusterCmd(g *globals) *cobra.Command {
 		},
 	}
 	tok.Flags().StringVar(&ttl, "ttl", "1h", "how long the token stays valid")
-	cmd.AddCommand(tok, clusterServersCmd(g), clusterRemoveServerCmd(g))
+	cmd.AddCommand(tok, clusterServersCmd(g), clusterRemoveServerCmd(g), clusterStatusCmd(g))
 	return cmd
 }

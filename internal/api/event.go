@@ -52,6 +52,8 @@ const (
 	EventVMRecovered      = "vm.recovered"       // the user moved it off a failed host
 	EventVMCrashed        = "vm.crashed"         // its QEMU died or its guest panicked (restarted in place, or given up)
 	EventServerRemoved    = "server.removed"     // a server replica left the cluster for good
+	EventEtcdAlarm        = "etcd.alarm"         // etcd raised an alarm (NOSPACE: it refuses writes; CORRUPT)
+	EventEtcdAlarmCleared = "etcd.alarm_cleared" // and it is cleared
 )
 
 // Involves reports whether the event concerns host (as its host or as

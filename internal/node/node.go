@@ -18,8 +18,6 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/shoalvm/shoal/internal/agent"
 	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
@@ -111,12 +109,11 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if _, _, err := pki.Ensure(pkiDir, certHosts(o)); err != nil {
 		return err
 	}
-	etcd, closeEtcd, err := openStore(ctx, log, o, cluster)
+	st, closeEtcd, err := openStore(ctx, log, o, cluster)
 	if err != nil {
 		return err
 	}
 	defer closeEtcd()
-	st := store.New(etcd)
 	local := agentapi.NewLocal(st, log)
 	if err := ensureNetwork(ctx, st, o); err != nil {
 		return err
@@ -199,13 +196,13 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 }
 
-func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster) (*store.Store, func(), error) {
 	if len(o.EtcdEndpoints) > 0 {
 		c, err := store.Connect(ctx, o.EtcdEndpoints)
 		if err != nil {
 			return nil, nil, err
 		}
-		return c, func() { c.Close() }, nil
+		return store.New(c), func() { c.Close() }, nil
 	}
 	e, err := store.StartEmbedded(ctx, log, store.EmbedOptions{
 		Dir: filepath.Join(o.DataDir, "etcd"), ClientURL: o.EtcdClient, PeerURL: o.EtcdPeer, Name: o.Host,
@@ -218,7 +215,7 @@ func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdClu
 		e.Close()
 		return nil, nil, err
 	}
-	return e.Client(), e.Close, nil
+	return e.Store(), e.Close, nil
 }
 
 func ensureNetwork(ctx context.Context, st *store.Store, o Options) error {

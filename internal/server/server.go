@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/agentapi"
@@ -44,6 +45,8 @@ type Config struct {
 	// EmbeddedEtcd says the store is etcd embedded in the replicas: a
 	// joining replica becomes one of its members.
 	EmbeddedEtcd bool
+	// Upkeep tunes the compaction and defragmentation of etcd.
+	Upkeep UpkeepConfig
 }
 
 // Server serves the API.
@@ -59,6 +62,8 @@ type Server struct {
 	drains     *drainer
 	failover   *failover
 	images     *imageLibrary
+	upkeep     *upkeep
+	leading    atomic.Bool // this replica runs the controllers
 }
 
 // New builds the API server.
@@ -80,6 +85,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	})
 	s.failover = newFailover(st, s.cache, log, ev, cfg.Policy)
 	s.images = newImageLibrary(cfg.ImageDir, s.self().Name, st, cfg.HostTLS, log)
+	s.upkeep = newUpkeep(cfg.Upkeep, st, log, s.self().Name, s.leading.Load)
 	s.routes()
 	return s
 }
@@ -122,6 +128,7 @@ func (s *Server) routes() {
 	h("POST /v1/cluster/tokens", s.createJoinToken)
 	h("GET /v1/cluster/servers", s.listServers)
 	h("DELETE /v1/cluster/servers/{name}", s.removeServer)
+	h("GET /v1/cluster/status", s.clusterStatus)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no such API endpoint: %s %s", r.Method, r.URL.Path)
 	})

@@ -17,7 +17,8 @@ import (
 // Store is the typed view of Shoal's etcd keyspace.
 type Store struct {
 	c  *clientv3.Client
-	ev eventLease // shared by the events appended for a while (see events.go)
+	mc *clientv3.Client // reaches each etcd member (see SetMemberClient); nil: c
+	ev eventLease       // shared by the events appended for a while (see events.go)
 }
 
 // New wraps an etcd client.
