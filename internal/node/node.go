@@ -5,6 +5,7 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -54,6 +55,10 @@ type Options struct {
 	// replica.go). EtcdPeer must then be reachable by the other servers
 	// (default for a joiner: its advertised address, port 7380).
 	Join, JoinToken string
+
+	// EtcdTLS are the files with which to reach the external etcd at
+	// https:// EtcdEndpoints (see store.ExternalTLS).
+	EtcdTLS store.TLSFiles
 }
 
 // Embedded etcd's peer URL, unless given or recorded (see ensureReplica).
@@ -98,6 +103,10 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if _, err := scheduler.Place(nil, scheduler.Request{}, o.Policy); errors.Is(err, api.ErrInvalid) {
 		return fmt.Errorf("placement policy: %w", err)
 	}
+	etcdTLS, err := store.ExternalTLS(o.EtcdEndpoints, o.EtcdTLS)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -109,7 +118,7 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if _, _, err := pki.Ensure(pkiDir, certHosts(o)); err != nil {
 		return err
 	}
-	st, closeEtcd, err := openStore(ctx, log, o, cluster)
+	st, closeEtcd, err := openStore(ctx, log, o, cluster, etcdTLS)
 	if err != nil {
 		return err
 	}
@@ -196,9 +205,9 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 }
 
-func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster) (*store.Store, func(), error) {
+func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster, etcdTLS *tls.Config) (*store.Store, func(), error) {
 	if len(o.EtcdEndpoints) > 0 {
-		c, err := store.Connect(ctx, o.EtcdEndpoints)
+		c, err := store.ConnectTLS(ctx, o.EtcdEndpoints, etcdTLS)
 		if err != nil {
 			return nil, nil, err
 		}

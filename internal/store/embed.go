@@ -153,8 +153,3 @@ func (e *Embedded) Close() {
 	e.client.Close()
 	e.etcd.Close()
 }
-
-// Connect dials an external etcd cluster.
-func Connect(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
-	return ConnectTLS(ctx, endpoints, nil)
-}

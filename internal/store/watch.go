@@ -123,8 +123,8 @@ func (s *Store) WatchAll(ctx context.Context, from int64, progress <-chan struct
 	}
 }
 
-// ConnectTLS dials an etcd cluster whose client port requires
-// certificates, e.g. an embedded member started with a PKIDir.
+// ConnectTLS dials an etcd cluster: over TLS with tc (see ExternalTLS),
+// or in clear text with nil.
 func ConnectTLS(ctx context.Context, endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
