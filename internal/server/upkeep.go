@@ -126,12 +126,6 @@ func (u *upkeep) tick(ctx context.Context, force bool) {
 		return
 	}
 	now := time.Now()
-	ms, err := u.st.MemberStatuses(ctx)
-	if err != nil {
-		u.log.Warn("etcd upkeep: cannot read the members", "err", err)
-		return
-	}
-	u.noteAlarms(alarms, ms, now)
 	rev, err := u.st.Revision(ctx)
 	if err != nil {
 		u.log.Warn("etcd upkeep: cannot read the revision", "err", err)
@@ -151,6 +145,12 @@ func (u *upkeep) tick(ctx context.Context, force bool) {
 			u.log.Debug("etcd compacted", "revision", target)
 		}
 	}
+	ms, err := u.st.MemberStatuses(ctx) // after the compaction: what it freed
+	if err != nil {
+		u.log.Warn("etcd upkeep: cannot read the members", "err", err)
+		return
+	}
+	u.noteAlarms(alarms, ms, now)
 	for _, m := range defragCandidates(ms, u.lastDefrag, now, u.cfg, noSpace) {
 		start := time.Now()
 		if err := u.st.Defragment(ctx, m.Endpoint); err != nil {
@@ -291,16 +291,18 @@ func compactTarget(history []revAt, now time.Time, retain time.Duration) int64 {
 // other: those with much free space (at least cfg.DefragMinFree and half
 // the file, or a tenth of a file at three quarters of the quota) not
 // defragmented within cfg.DefragEvery, at most one per look; under
-// NOSPACE, every member with any free space. Pure.
+// NOSPACE, every member that answers. Pure.
 func defragCandidates(ms []store.MemberStatus, last map[uint64]time.Time, now time.Time, cfg UpkeepConfig, noSpace bool) []store.MemberStatus {
 	var out []store.MemberStatus
 	for _, m := range ms {
 		free := m.DBSize - m.DBSizeInUse
-		if m.Err != nil || free <= 0 {
+		switch {
+		case m.Err != nil:
 			continue
-		}
-		if noSpace {
+		case noSpace: // its in-use size may not show yet what the compaction freed
 			out = append(out, m)
+			continue
+		case free <= 0:
 			continue
 		}
 		much := free >= cfg.DefragMinFree && free*2 >= m.DBSize || m.DBSize*4 >= cfg.QuotaBytes*3 && free*10 >= m.DBSize
