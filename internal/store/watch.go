@@ -134,7 +134,11 @@ func ConnectTLS(ctx context.Context, endpoints []string, tc *tls.Config) (*clien
 	defer cancel()
 	if _, err := c.Status(cctx, endpoints[0]); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
+		hint := ""
+		if tc != nil {
+			hint = " (over TLS: check that --etcd-cacert signed its certificate, and give --etcd-cert and --etcd-key if it requires client certificates)"
+		}
+		return nil, fmt.Errorf("etcd at %v does not answer%s: %w", endpoints, hint, err)
 	}
 	return c, nil
 }
