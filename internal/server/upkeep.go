@@ -111,9 +111,15 @@ func (u *upkeep) rescue(ctx context.Context) {
 	}
 }
 
-// tick is one look: as the leader, or when the NOSPACE alarm is raised
-// and no replica leads (none can become leader then) and this replica is
-// the first of those registered, or when forced.
+// tick is one look. The leader compacts (compaction is the cluster's)
+// and turns alarms into events; so does a replica that stands in for it
+// under NOSPACE (none can become leader then), or that starts under
+// NOSPACE (force). The replicas take turns to defragment the members
+// they reach (see myTurn), one member a turn, so that members only their
+// own server reaches (embedded members advertise a loopback client URL
+// by default) are kept too, one at a time. Under NOSPACE every replica
+// defragments what it reaches at once, and clears the alarms of those
+// members once they are under the quota.
 func (u *upkeep) tick(ctx context.Context, force bool) {
 	alarms, err := u.st.Alarms(ctx)
 	if err != nil {
@@ -121,11 +127,46 @@ func (u *upkeep) tick(ctx context.Context, force bool) {
 		return
 	}
 	noSpace := slices.ContainsFunc(alarms, func(a store.Alarm) bool { return a.Kind == store.AlarmNoSpace })
-	if !u.leading() && !(force && noSpace) && !(noSpace && u.standIn(ctx)) {
+	lead := u.leading() || force && noSpace || noSpace && u.standIn(ctx)
+	now := time.Now()
+	if lead {
+		u.compact(ctx, now, noSpace)
+	} else {
 		u.history = u.history[:0] // a new leader starts its own
+	}
+	turn := noSpace || u.myTurn(ctx, now)
+	if !lead && !turn {
 		return
 	}
-	now := time.Now()
+	ms, err := u.st.MemberStatuses(ctx) // after the compaction: what it freed
+	if err != nil {
+		u.log.Warn("etcd upkeep: cannot read the members", "err", err)
+		return
+	}
+	if lead {
+		u.noteAlarms(alarms, ms, now)
+	}
+	if turn {
+		for _, m := range defragCandidates(ms, u.lastDefrag, now, u.cfg, noSpace) {
+			start := time.Now()
+			if err := u.st.Defragment(ctx, m.Endpoint); err != nil {
+				u.log.Warn("etcd upkeep: defragmentation failed", "member", m.Name, "err", err)
+				continue
+			}
+			u.lastDefrag[m.ID] = now
+			u.log.Info("etcd member defragmented", "member", m.Name, "db_size_before", m.DBSize, "in_use", m.DBSizeInUse, "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if noSpace {
+		u.disarm(ctx, alarms, lead)
+	}
+	if lead {
+		u.flush(ctx)
+	}
+}
+
+// compact drops the history older than cfg.Retain; under NOSPACE, all.
+func (u *upkeep) compact(ctx context.Context, now time.Time, noSpace bool) {
 	rev, err := u.st.Revision(ctx)
 	if err != nil {
 		u.log.Warn("etcd upkeep: cannot read the revision", "err", err)
@@ -137,33 +178,41 @@ func (u *upkeep) tick(ctx context.Context, force bool) {
 		target = rev
 	}
 	u.history = slices.DeleteFunc(u.history, func(r revAt) bool { return r.rev < target })
-	if target > u.compacted {
-		if err := u.st.Compact(ctx, target); err != nil {
-			u.log.Warn("etcd upkeep: compaction failed", "err", err)
-		} else {
-			u.compacted = target
-			u.log.Debug("etcd compacted", "revision", target)
-		}
-	}
-	ms, err := u.st.MemberStatuses(ctx) // after the compaction: what it freed
-	if err != nil {
-		u.log.Warn("etcd upkeep: cannot read the members", "err", err)
+	if target <= u.compacted {
 		return
 	}
-	u.noteAlarms(alarms, ms, now)
-	for _, m := range defragCandidates(ms, u.lastDefrag, now, u.cfg, noSpace) {
-		start := time.Now()
-		if err := u.st.Defragment(ctx, m.Endpoint); err != nil {
-			u.log.Warn("etcd upkeep: defragmentation failed", "member", m.Name, "err", err)
-			continue
-		}
-		u.lastDefrag[m.ID] = now
-		u.log.Info("etcd member defragmented", "member", m.Name, "db_size_before", m.DBSize, "in_use", m.DBSizeInUse, "took", time.Since(start).Round(time.Millisecond))
+	if err := u.st.Compact(ctx, target); err != nil {
+		u.log.Warn("etcd upkeep: compaction failed", "err", err)
+		return
 	}
-	if noSpace {
-		u.disarm(ctx, alarms)
+	u.compacted = target
+	u.log.Debug("etcd compacted", "revision", target)
+}
+
+// myTurn tells whether this replica may defragment now: the replicas
+// take turns, one look each, in the order of their names. Pure but for
+// the list of replicas.
+func (u *upkeep) myTurn(ctx context.Context, now time.Time) bool {
+	svs, err := u.st.ListServers(ctx)
+	if err != nil {
+		return false
 	}
-	u.flush(ctx)
+	names := make([]string, 0, len(svs))
+	for _, sv := range svs {
+		names = append(names, sv.Name)
+	}
+	return turnOf(names, now, u.cfg.Every) == u.self
+}
+
+// turnOf is the replica whose turn it is at now, with turns every long.
+// Pure.
+func turnOf(names []string, now time.Time, every time.Duration) string {
+	if len(names) == 0 {
+		return ""
+	}
+	names = slices.Clone(names)
+	slices.Sort(names)
+	return names[int(now.UnixNano()/int64(every)%int64(len(names)))]
 }
 
 // standIn tells whether this replica stands in for a leader: none leads,
@@ -183,8 +232,9 @@ func (u *upkeep) standIn(ctx context.Context) bool {
 	return first == u.self
 }
 
-// disarm clears the NOSPACE alarms of members back under the quota.
-func (u *upkeep) disarm(ctx context.Context, alarms []store.Alarm) {
+// disarm clears the NOSPACE alarms of the members it reaches that are
+// back under the quota; lead: it records the alarms cleared.
+func (u *upkeep) disarm(ctx context.Context, alarms []store.Alarm, lead bool) {
 	ms, err := u.st.MemberStatuses(ctx)
 	if err != nil {
 		u.log.Warn("etcd upkeep: cannot read the members", "err", err)
@@ -192,8 +242,8 @@ func (u *upkeep) disarm(ctx context.Context, alarms []store.Alarm) {
 	}
 	for _, a := range alarms {
 		i := slices.IndexFunc(ms, func(m store.MemberStatus) bool { return m.ID == a.MemberID })
-		if a.Kind != store.AlarmNoSpace || (i >= 0 && !underQuota(ms[i], u.cfg.QuotaBytes)) {
-			continue
+		if a.Kind != store.AlarmNoSpace || i < 0 || !underQuota(ms[i], u.cfg.QuotaBytes) {
+			continue // not ours to clear, or still full (a member this replica does not reach: its own server clears it)
 		}
 		if err := u.st.DisarmAlarm(ctx, a); err != nil {
 			u.log.Warn("etcd upkeep: cannot clear the alarm", "alarm", a.Kind, "err", err)
@@ -201,7 +251,7 @@ func (u *upkeep) disarm(ctx context.Context, alarms []store.Alarm) {
 		}
 		u.log.Info("etcd NOSPACE alarm cleared after compaction and defragmentation", "member", memberName(ms, a.MemberID))
 	}
-	if alarms, err = u.st.Alarms(ctx); err == nil {
+	if alarms, err = u.st.Alarms(ctx); err == nil && lead {
 		u.noteAlarms(alarms, ms, time.Now())
 	}
 }

@@ -33,11 +33,15 @@ func TestUpkeepKeepsEtcdWritable(t *testing.T) {
 	h := &apiHarness{t: t, st: st, srv: srv, cfg: cfg, url: ts.URL}
 
 	blob := strings.Repeat("x", 32<<10)
+	// Overwrites at up to 16 MiB/s: the upkeep, every 50 ms, keeps up
+	// (it is meant for etcd's quota and Shoal's pace: by default every
+	// minute, the last 5 min kept).
 	overwrite := func(n int) error {
 		for i := range n {
 			if _, err := st.Client().Put(ctx, "/test/blob", blob[i%7:]); err != nil {
 				return err
 			}
+			time.Sleep(2 * time.Millisecond)
 		}
 		return nil
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +76,20 @@ func TestClusterStatusOf(t *testing.T) {
 	}
 	if cs := clusterStatusOf(ms[:1], nil, 1); cs.Alarms == nil || cs.Advice != "" {
 		t.Errorf("no alarms: %+v (want an empty list, no advice)", cs)
+	}
+}
+
+func TestTurnOf(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	names := []string{"s3", "s1", "s2"}
+	var got []string
+	for i := range 4 {
+		got = append(got, turnOf(names, t0.Add(time.Duration(i)*time.Minute+time.Second), time.Minute))
+	}
+	if strings.Join(got, ",") != "s1,s2,s3,s1" || !slices.Equal(names, []string{"s3", "s1", "s2"}) {
+		t.Errorf("turns %v (names now %v), want s1,s2,s3,s1 and the names untouched", got, names)
+	}
+	if turnOf(nil, t0, time.Minute) != "" {
+		t.Error("a turn without replicas")
 	}
 }

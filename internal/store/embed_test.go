@@ -122,6 +122,24 @@ func TestEmbeddedCluster(t *testing.T) {
 	if leaders != 1 {
 		t.Errorf("%d leaders among %+v", leaders, statuses)
 	}
+	// A client that reaches one member only (as when every member
+	// advertises a loopback client URL) does not take it for the others.
+	statuses, err = st(0).MemberStatuses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, m := range statuses {
+		switch {
+		case m.Err == nil:
+			seen++
+		case !strings.Contains(m.Err.Error(), "which reaches another member"):
+			t.Errorf("status of %s: %v", m.Name, m.Err)
+		}
+	}
+	if seen != 1 {
+		t.Errorf("the in-process client saw %d members: %+v", seen, statuses)
+	}
 
 	// A started member's peer URL cannot be added again.
 	if _, err := st(0).AddMember(ctx, "dup", opts[1].PeerURL); !errors.Is(err, api.ErrConflict) {

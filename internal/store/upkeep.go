@@ -78,9 +78,14 @@ func (s *Store) MemberStatuses(ctx context.Context) ([]MemberStatus, error) {
 		}
 		ms.Endpoint = m.ClientURLs[0]
 		st, err := s.memberClient().Status(ctx, ms.Endpoint)
-		if err != nil {
+		switch {
+		case err != nil:
 			ms.Err = fmt.Errorf("etcd member %s at %s: %w: %w", m.Name, ms.Endpoint, api.ErrUnavailable, err)
-		} else {
+		case st.Header.MemberId != m.ID:
+			// e.g. embedded members that all advertise a loopback client URL
+			ms.Err = fmt.Errorf("etcd member %s advertises the client URL %s, which reaches another member (%x) from here: "+
+				"only the server it runs in sees it: %w", m.Name, ms.Endpoint, st.Header.MemberId, api.ErrUnavailable)
+		default:
 			ms.Leader = st.Leader == m.ID
 			ms.DBSize, ms.DBSizeInUse = st.DbSize, st.DbSizeInUse
 		}
