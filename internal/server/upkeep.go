@@ -65,7 +65,8 @@ type revAt struct {
 	rev int64
 }
 
-// upkeep is the leader's loop; its state lives only in this process.
+// upkeep is every replica's loop (see tick); its state lives only in
+// this process.
 type upkeep struct {
 	cfg     UpkeepConfig
 	st      *store.Store
@@ -341,7 +342,8 @@ func compactTarget(history []revAt, now time.Time, retain time.Duration) int64 {
 // other: those with much free space (at least cfg.DefragMinFree and half
 // the file, or a tenth of a file at three quarters of the quota) not
 // defragmented within cfg.DefragEvery, at most one per look; under
-// NOSPACE, every member that answers. Pure.
+// NOSPACE, every member that answers, but one found full at its last try
+// within cfg.DefragEvery. Pure.
 func defragCandidates(ms []store.MemberStatus, last map[uint64]time.Time, now time.Time, cfg UpkeepConfig, noSpace bool) []store.MemberStatus {
 	var out []store.MemberStatus
 	for _, m := range ms {
@@ -349,8 +351,12 @@ func defragCandidates(ms []store.MemberStatus, last map[uint64]time.Time, now ti
 		switch {
 		case m.Err != nil:
 			continue
-		case noSpace: // its in-use size may not show yet what the compaction freed
-			out = append(out, m)
+		case noSpace:
+			// Its in-use size may not show yet what a compaction freed:
+			// each look tries, but for a member still full after one.
+			if t, ok := last[m.ID]; !ok || free > 0 || now.Sub(t) >= cfg.DefragEvery {
+				out = append(out, m)
+			}
 			continue
 		case free <= 0:
 			continue

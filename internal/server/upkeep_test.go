@@ -39,6 +39,7 @@ func TestDefragCandidates(t *testing.T) {
 		{ID: 3, Name: "small", DBSize: 40 * mib, DBSizeInUse: 1 * mib}, // mostly free, but little to gain
 		{ID: 4, Name: "down", Err: errors.New("no answer")},
 		{ID: 5, Name: "near-quota", DBSize: 1800 * mib, DBSizeInUse: 1500 * mib},
+		{ID: 6, Name: "full", DBSize: 2000 * mib, DBSizeInUse: 2000 * mib},
 	}
 	names := func(c []store.MemberStatus) string {
 		var out []string
@@ -58,8 +59,12 @@ func TestDefragCandidates(t *testing.T) {
 	if got := names(defragCandidates(ms, last, now, cfg, false)); got != "" {
 		t.Errorf("with both just done: %s", got)
 	}
-	if got := names(defragCandidates(ms, last, now, cfg, true)); got != "full-of-holes,tight,small,near-quota" {
+	if got := names(defragCandidates(ms, last, now, cfg, true)); got != "full-of-holes,tight,small,near-quota,full" {
 		t.Errorf("under NOSPACE: %s, want every member that answers", got)
+	}
+	last[6] = now.Add(-time.Minute)
+	if got := names(defragCandidates(ms, last, now, cfg, true)); got != "full-of-holes,tight,small,near-quota" {
+		t.Errorf("under NOSPACE, with full still full after a try: %s", got)
 	}
 }
 
