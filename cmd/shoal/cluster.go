@@ -140,6 +140,6 @@ func clusterCmd(g *globals) *cobra.Command {
 	}
 	tok.Flags().StringVar(&ttl, "ttl", "1h", "how long the token stays valid")
 	tok.Flags().BoolVar(&srv, "server", false, "a token for a server replica to join ('shoal server --join'): it buys the cluster's CA key")
-	cmd.AddCommand(tok, clusterServersCmd(g), clusterRemoveServerCmd(g))
+	cmd.AddCommand(tok, clusterServersCmd(g), clusterRemoveServerCmd(g), clusterStatusCmd(g))
 	return cmd
 }

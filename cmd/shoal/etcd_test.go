@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/store/storetest"
 )
 
 // TestIntegrationExternalEtcd runs Shoal against Debian's etcd server
@@ -58,4 +61,24 @@ func TestIntegrationExternalEtcd(t *testing.T) {
 		t.Fatalf("after restart against the same etcd: %+v", v)
 	}
 	l.mustShoal("vm", "delete", "--force", "ext1")
+}
+
+// TestIntegrationExternalEtcdTLS runs Shoal against Debian's etcd as a
+// production cluster runs it: TLS, and client certificates required.
+// Without its client certificate Shoal is refused, and says so.
+func TestIntegrationExternalEtcdTLS(t *testing.T) {
+	l := newLab(t)
+	e := storetest.StartExternalEtcd(t, "ip", "netns", "exec", l.ns)
+	flags := []string{"--etcd-endpoints", e.Endpoint, "--etcd-cacert", e.TLS.CACert}
+	if out := l.startFails(flags...); !strings.Contains(out, "etcd at ["+e.Endpoint+"] does not answer (over TLS: check") {
+		t.Fatalf("shoal up without the client certificate:\n%s", out)
+	}
+	l.startWith(append(flags, "--etcd-cert", e.TLS.Cert, "--etcd-key", e.TLS.Key))
+	l.mustShoal("vm", "create", "tls1", "--image", "tiny", "--start")
+	l.waitServing(l.vm("tls1").IP, 90*time.Second)
+	var cs api.ClusterStatus
+	if err := json.Unmarshal([]byte(l.mustShoal("cluster", "status", "-o", "json")), &cs); err != nil || len(cs.Members) != 1 || cs.Members[0].Endpoint != e.Endpoint {
+		t.Fatalf("cluster status: %+v, %v", cs, err)
+	}
+	l.mustShoal("vm", "delete", "--force", "tls1")
 }

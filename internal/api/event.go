@@ -56,12 +56,14 @@ const (
 	EventServerRemoved    = "server.removed"     // a server replica left the cluster for good
 	EventHostRemoved      = "host.removed"       // a host left the cluster for good; its certificate is revoked
 	// Lifecycle of a VM as users asked for it (with Requestor).
-	EventVMCreated = "vm.created"
-	EventVMStarted = "vm.started"
-	EventVMStopped = "vm.stopped"
-	EventVMChanged = "vm.changed"
-	EventVMDeleted = "vm.deleted"
-	EventVMPower   = "vm.power" // restarted, paused or resumed (the message says which)
+	EventVMCreated        = "vm.created"
+	EventVMStarted        = "vm.started"
+	EventVMStopped        = "vm.stopped"
+	EventVMChanged        = "vm.changed"
+	EventVMDeleted        = "vm.deleted"
+	EventVMPower          = "vm.power"           // restarted, paused or resumed (the message says which)
+	EventEtcdAlarm        = "etcd.alarm"         // etcd raised an alarm (NOSPACE: it refuses writes; CORRUPT)
+	EventEtcdAlarmCleared = "etcd.alarm_cleared" // and it is cleared
 )
 
 // Involves reports whether the event concerns host (as its host or as

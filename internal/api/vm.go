@@ -71,8 +71,13 @@ type CreateVMRequest struct {
 	Priority     string `json:"priority,omitempty"` // failover priority, needs HA: high, medium, low; "" = medium
 	AntiAffinity string `json:"anti_affinity,omitempty"`
 	Start        bool   `json:"start,omitempty"`
-	UserData     string `json:"user_data,omitempty"`
+	UserData     string `json:"user_data,omitempty"` // cloud-init user data, at most MaxUserData bytes
 }
+
+// MaxUserData bounds a VM's cloud-init user data (as cloud providers do:
+// 16 KiB at AWS, 64 KiB here): it is stored in etcd with the VM, which
+// every host and server reads.
+const MaxUserData = 64 << 10
 
 // StopRequest is the body of POST /v1/vms/{name}/stop.
 type StopRequest struct {

@@ -4,6 +4,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,8 +16,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shoalvm/shoal/internal/agent"
 	"github.com/shoalvm/shoal/internal/agentapi"
@@ -56,6 +55,10 @@ type Options struct {
 	// (default for a joiner: its advertised address, port 7380).
 	Join, JoinToken string
 	MaxImageUpload  int64 // largest image import taken, bytes (0: the server's default)
+
+	// EtcdTLS are the files with which to reach the external etcd at
+	// https:// EtcdEndpoints (see store.ExternalTLS).
+	EtcdTLS store.TLSFiles
 }
 
 // Embedded etcd's peer URL, unless given or recorded (see ensureReplica).
@@ -100,6 +103,10 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if _, err := scheduler.Place(nil, scheduler.Request{}, o.Policy); errors.Is(err, api.ErrInvalid) {
 		return fmt.Errorf("placement policy: %w", err)
 	}
+	etcdTLS, err := store.ExternalTLS(o.EtcdEndpoints, o.EtcdTLS)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -111,12 +118,11 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	if _, _, err := pki.Ensure(pkiDir, certHosts(o)); err != nil {
 		return err
 	}
-	etcd, closeEtcd, err := openStore(ctx, log, o, cluster)
+	st, closeEtcd, err := openStore(ctx, log, o, cluster, etcdTLS)
 	if err != nil {
 		return err
 	}
 	defer closeEtcd()
-	st := store.New(etcd)
 	local := agentapi.NewLocal(st, log)
 	if err := ensureNetwork(ctx, st, o); err != nil {
 		return err
@@ -201,13 +207,13 @@ func Run(ctx context.Context, log *slog.Logger, o Options, ready func(Info)) err
 	}
 }
 
-func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdCluster, etcdTLS *tls.Config) (*store.Store, func(), error) {
 	if len(o.EtcdEndpoints) > 0 {
-		c, err := store.Connect(ctx, o.EtcdEndpoints)
+		c, err := store.ConnectTLS(ctx, o.EtcdEndpoints, etcdTLS)
 		if err != nil {
 			return nil, nil, err
 		}
-		return c, func() { c.Close() }, nil
+		return store.New(c), func() { c.Close() }, nil
 	}
 	e, err := store.StartEmbedded(ctx, log, store.EmbedOptions{
 		Dir: filepath.Join(o.DataDir, "etcd"), ClientURL: o.EtcdClient, PeerURL: o.EtcdPeer, Name: o.Host,
@@ -220,7 +226,7 @@ func openStore(ctx context.Context, log *slog.Logger, o Options, cluster etcdClu
 		e.Close()
 		return nil, nil, err
 	}
-	return e.Client(), e.Close, nil
+	return e.Store(), e.Close, nil
 }
 
 func ensureNetwork(ctx context.Context, st *store.Store, o Options) error {

@@ -88,6 +88,7 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"DELETE /v1/images/{name}":          authz.Admin,
 		"POST /v1/cluster/tokens":           authz.Admin,
 		"GET /v1/cluster/servers":           authz.Viewer,
+		"GET /v1/cluster/status":            authz.Viewer,
 		"DELETE /v1/cluster/servers/{name}": authz.Admin,
 		"GET /v1/audit":                     authz.Admin,
 		"GET /v1/users":                     authz.Admin,

@@ -24,6 +24,7 @@ const (
 // leads, until ctx ends. If no replica leads yet, it returns only once
 // this one leads or another does.
 func (s *Server) Start(ctx context.Context) error {
+	s.upkeep.rescue(ctx) // a full etcd takes no session
 	ss, err := s.st.NewSession(ctx, sessionTTL)
 	if err != nil {
 		return err
@@ -35,6 +36,7 @@ func (s *Server) Start(ctx context.Context) error {
 		return err
 	}
 	go s.images.run(ctx)
+	go s.upkeep.run(ctx)
 	first := make(chan error, 1)
 	go s.lead(ctx, ss, first)
 	select {
@@ -100,6 +102,7 @@ func (s *Server) lead(ctx context.Context, ss *store.Session, first chan<- error
 		}
 		lctx, cancel := context.WithCancel(ctx)
 		s.log.Info("this server leads: running the controllers", "name", s.self().Name)
+		s.leading.Store(true)
 		if err := s.runControllers(lctx); err != nil {
 			s.log.Warn("controllers did not start", "err", err)
 		}
@@ -109,6 +112,7 @@ func (s *Server) lead(ctx context.Context, ss *store.Session, first chan<- error
 		case <-ss.Done():
 			s.log.Warn("lost the session (etcd unreachable?): controllers stop until this server leads again")
 		}
+		s.leading.Store(false)
 		cancel()
 		if ctx.Err() != nil {
 			rctx, rcancel := context.WithTimeout(context.Background(), time.Second)

@@ -74,6 +74,7 @@ func (s *Server) routeTable() []route {
 		{method: "DELETE", pattern: "/v1/images/{name}", perm: authz.ManageImages, act: "image.delete", handle: s.deleteImage},
 		{method: "POST", pattern: "/v1/cluster/tokens", perm: authz.ManageCluster, what: words("make join tokens"), act: "cluster.join-token", handle: s.createJoinToken},
 		{method: "GET", pattern: "/v1/cluster/servers", perm: authz.ReadCluster, handle: s.listServers},
+		{method: "GET", pattern: "/v1/cluster/status", perm: authz.ReadCluster, handle: s.clusterStatus},
 		{method: "DELETE", pattern: "/v1/cluster/servers/{name}", perm: authz.ManageCluster, what: words("remove servers"), act: "server.remove", handle: s.removeServer},
 		{method: "GET", pattern: "/v1/audit", perm: authz.ReadAudit, handle: s.listAudit},
 		{method: "GET", pattern: "/v1/users", perm: authz.ManageUsers, what: words("list users"), handle: s.listUsers},

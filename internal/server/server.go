@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/agentapi"
@@ -49,6 +50,8 @@ type Config struct {
 	// MaxImageUpload is the largest image import taken, bytes (0:
 	// DefaultMaxImageUpload).
 	MaxImageUpload int64
+	// Upkeep tunes the compaction and defragmentation of etcd.
+	Upkeep UpkeepConfig
 }
 
 // Server serves the API.
@@ -65,6 +68,8 @@ type Server struct {
 	failover   *failover
 	images     *imageLibrary
 	audit      *audit.Recorder
+	upkeep     *upkeep
+	leading    atomic.Bool // this replica runs the controllers
 }
 
 // New builds the API server.
@@ -86,6 +91,7 @@ func New(cfg Config, st *store.Store, log *slog.Logger) *Server {
 	})
 	s.failover = newFailover(st, s.cache, log, ev, cfg.Policy)
 	s.images = newImageLibrary(cfg.ImageDir, s.self().Name, st, cfg.HostTLS, log)
+	s.upkeep = newUpkeep(cfg.Upkeep, st, log, s.self().Name, s.leading.Load)
 	s.routes()
 	return s
 }

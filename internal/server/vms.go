@@ -94,6 +94,10 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest, rev int64)
 	if err := api.ValidateName("vm", sp.Name); err != nil {
 		return sp, err
 	}
+	if len(req.UserData) > api.MaxUserData {
+		return sp, api.Errorf(api.ErrInvalid, "user data of %d bytes is too large: at most %d (64 KiB); let the guest fetch larger files (e.g. cloud-init's #include)",
+			len(req.UserData), api.MaxUserData)
+	}
 	if sp.AntiAffinity != "" {
 		if err := api.ValidateName("anti-affinity group", sp.AntiAffinity); err != nil {
 			return sp, err

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -19,8 +20,9 @@ import (
 
 // Embedded is an etcd member running inside this process.
 type Embedded struct {
-	etcd   *embed.Etcd
-	client *clientv3.Client
+	etcd    *embed.Etcd
+	client  *clientv3.Client
+	members *clientv3.Client // dials the members' client URLs (see Store.SetMemberClient)
 }
 
 // EmbedOptions configures an embedded etcd member.
@@ -40,6 +42,9 @@ type EmbedOptions struct {
 	// or "existing" (it joins a cluster that already added it, see
 	// Store.AddMember).
 	ClusterState string
+	// QuotaBytes is the backend quota: etcd refuses writes (the NOSPACE
+	// alarm) once its database file reaches it. 0: DefaultQuotaBytes.
+	QuotaBytes int64
 }
 
 // Cluster states of EmbedOptions.
@@ -82,8 +87,9 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 	default:
 		return nil, fmt.Errorf("etcd cluster state %q: use %q or %q", o.ClusterState, ClusterNew, ClusterExisting)
 	}
+	var memberTLS *tls.Config
 	if o.PKIDir != "" {
-		tls := transport.TLSInfo{
+		ti := transport.TLSInfo{
 			CertFile:       filepath.Join(o.PKIDir, "server.crt"),
 			KeyFile:        filepath.Join(o.PKIDir, "server.key"),
 			TrustedCAFile:  filepath.Join(o.PKIDir, "ca.crt"),
@@ -92,7 +98,14 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 			// may read or write the cluster's state, or be its peers.
 			AllowedCNs: []string{pki.ServerCN},
 		}
-		cfg.ClientTLSInfo, cfg.PeerTLSInfo = tls, tls
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = ti, ti
+		if memberTLS, err = ti.ClientConfig(); err != nil {
+			return nil, fmt.Errorf("etcd client TLS from %s: %w", o.PKIDir, err)
+		}
+	}
+	cfg.QuotaBackendBytes = o.QuotaBytes
+	if cfg.QuotaBackendBytes <= 0 {
+		cfg.QuotaBackendBytes = DefaultQuotaBytes
 	}
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
@@ -109,7 +122,14 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 		e.Close()
 		return nil, ctx.Err()
 	}
-	m := &Embedded{etcd: e, client: v3client.New(e.Server)}
+	// The in-process client reaches only this member, and cannot
+	// defragment it: maintenance dials the members.
+	mc, err := clientv3.New(clientv3.Config{Endpoints: []string{o.ClientURL}, DialTimeout: 5 * time.Second, TLS: memberTLS, Logger: zap.NewNop()})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("etcd maintenance client: %w", err)
+	}
+	m := &Embedded{etcd: e, client: v3client.New(e.Server), members: mc}
 	if err := m.settle(ctx, log, pu.String()); err != nil {
 		m.Close()
 		return nil, err
@@ -121,16 +141,20 @@ func StartEmbedded(ctx context.Context, log *slog.Logger, o EmbedOptions) (*Embe
 // Client returns an in-process client of the member.
 func (e *Embedded) Client() *clientv3.Client { return e.client }
 
+// Store returns the store over the in-process client, able to reach every
+// member for their upkeep.
+func (e *Embedded) Store() *Store {
+	s := New(e.client)
+	s.SetMemberClient(e.members)
+	return s
+}
+
 // IsLeader tells whether this member is the etcd cluster's raft leader.
 func (e *Embedded) IsLeader() bool { return e.etcd.Server.Leader() == e.etcd.Server.MemberID() }
 
 // Close stops the member.
 func (e *Embedded) Close() {
+	e.members.Close()
 	e.client.Close()
 	e.etcd.Close()
-}
-
-// Connect dials an external etcd cluster.
-func Connect(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
-	return ConnectTLS(ctx, endpoints, nil)
 }

@@ -107,6 +107,46 @@ func TestEmbeddedCluster(t *testing.T) {
 		t.Fatalf("read on m3: %v, %v", r, err)
 	}
 
+	// Every member answers for its upkeep, through one member's store
+	// (which dials the others over mutual TLS), and defragments.
+	statuses, err := members[0].Store().MemberStatuses(ctx)
+	if err != nil || len(statuses) != 3 {
+		t.Fatalf("member statuses: %+v, %v", statuses, err)
+	}
+	leaders := 0
+	for _, m := range statuses {
+		if m.Err != nil || m.DBSize == 0 || m.DBSizeInUse == 0 || m.Name == "" {
+			t.Errorf("status of %s: %+v", m.Name, m)
+		}
+		if m.Leader {
+			leaders++
+		}
+		if err := members[0].Store().Defragment(ctx, m.Endpoint); err != nil {
+			t.Errorf("defragment %s: %v", m.Name, err)
+		}
+	}
+	if leaders != 1 {
+		t.Errorf("%d leaders among %+v", leaders, statuses)
+	}
+	// A client that reaches one member only (as when every member
+	// advertises a loopback client URL) does not take it for the others.
+	statuses, err = st(0).MemberStatuses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, m := range statuses {
+		switch {
+		case m.Err == nil:
+			seen++
+		case !strings.Contains(m.Err.Error(), "which reaches another member"):
+			t.Errorf("status of %s: %v", m.Name, m.Err)
+		}
+	}
+	if seen != 1 {
+		t.Errorf("the in-process client saw %d members: %+v", seen, statuses)
+	}
+
 	// A started member's peer URL cannot be added again.
 	if _, err := st(0).AddMember(ctx, "dup", opts[1].PeerURL); !errors.Is(err, api.ErrConflict) {
 		t.Errorf("adding m2's peer URL again: %v", err)

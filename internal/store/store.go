@@ -17,8 +17,9 @@ import (
 // Store is the typed view of Shoal's etcd keyspace.
 type Store struct {
 	c     *clientv3.Client
-	ev    sharedLease // shared by the events appended for a while (see events.go)
-	audit sharedLease // shared by the audit records of a while (see audit.go)
+	mc    *clientv3.Client // reaches each etcd member (see SetMemberClient); nil: c
+	ev    sharedLease      // shared by the events appended for a while (see events.go)
+	audit sharedLease      // shared by the audit records of a while (see audit.go)
 }
 
 // New wraps an etcd client.

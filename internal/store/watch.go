@@ -123,8 +123,8 @@ func (s *Store) WatchAll(ctx context.Context, from int64, progress <-chan struct
 	}
 }
 
-// ConnectTLS dials an etcd cluster whose client port requires
-// certificates, e.g. an embedded member started with a PKIDir.
+// ConnectTLS dials an etcd cluster: over TLS with tc (see ExternalTLS),
+// or in clear text with nil.
 func ConnectTLS(ctx context.Context, endpoints []string, tc *tls.Config) (*clientv3.Client, error) {
 	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
@@ -134,7 +134,11 @@ func ConnectTLS(ctx context.Context, endpoints []string, tc *tls.Config) (*clien
 	defer cancel()
 	if _, err := c.Status(cctx, endpoints[0]); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("etcd at %v does not answer: %w", endpoints, err)
+		hint := ""
+		if tc != nil {
+			hint = " (over TLS: check that --etcd-cacert signed its certificate, and give --etcd-cert and --etcd-key if it requires client certificates)"
+		}
+		return nil, fmt.Errorf("etcd at %v does not answer%s: %w", endpoints, hint, err)
 	}
 	return c, nil
 }
