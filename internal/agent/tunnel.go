@@ -130,7 +130,14 @@ func (w *worker) tunnelForward(s *api.VMSpec, migRemote string, migKind byte, nb
 			}
 		}
 	}()
-	f, err := tunnel.Forward(filepath.Join(dir, forwardMigSock), migRemote, migKind, cfg, w.log)
+	migCfg := cfg
+	if migKind == tunnel.Direct {
+		// Straight to the target's QEMU, which holds its host's migration
+		// certificate, never its agent's (see pki.OUMigration).
+		migCfg = w.a.cfg.PeerTLS.Clone()
+		migCfg.VerifyConnection = pki.RequireRole(pki.OUMigration, s.Migration.Target)
+	}
+	f, err := tunnel.Forward(filepath.Join(dir, forwardMigSock), migRemote, migKind, migCfg, w.log)
 	if err != nil {
 		return "", "", err
 	}

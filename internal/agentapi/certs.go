@@ -16,6 +16,9 @@ type Certs interface {
 	// Renew signs a new certificate for host, from its request, valid for
 	// the address addr the host called from.
 	Renew(host string, csrPEM []byte, addr net.IP) ([]byte, error)
+	// SignMigration signs host's migration certificate (pki.OUMigration)
+	// from its request, valid for addr.
+	SignMigration(host string, csrPEM []byte, addr net.IP) ([]byte, error)
 	// Revoked returns an error (api.ErrUnauthorized) if cert, presented
 	// by host, is no longer to be accepted.
 	Revoked(ctx context.Context, host string, cert *x509.Certificate) error
@@ -25,12 +28,15 @@ var errNoCerts = api.Errorf(api.ErrUnavailable, "this server does not renew host
 
 // RenewRequest is the body of POST /v1/agent/renew.
 type RenewRequest struct {
-	CSR string `json:"csr"` // PEM, with the host's key
+	CSR string `json:"csr,omitempty"` // PEM, with the host's key
+	// MigrationCSR asks for the host's migration certificate.
+	MigrationCSR string `json:"migration_csr,omitempty"`
 }
 
 // RenewResponse carries a host's renewed certificate.
 type RenewResponse struct {
-	Cert string `json:"cert"` // PEM
+	Cert          string `json:"cert,omitempty"`           // PEM
+	MigrationCert string `json:"migration_cert,omitempty"` // PEM
 }
 
 // renew signs a renewed certificate for the calling host: its name comes
@@ -43,11 +49,25 @@ func (h *Handler) renew(ctx context.Context, host string, w http.ResponseWriter,
 	if h.Certs == nil {
 		return errNoCerts
 	}
-	cert, err := h.Certs.Renew(host, []byte(req.CSR), remoteIP(r))
-	if err != nil {
-		return err
+	var out RenewResponse
+	if req.CSR == "" && req.MigrationCSR == "" {
+		return api.Errorf(api.ErrInvalid, "send csr, migration_csr or both")
 	}
-	writeJSON(w, http.StatusOK, RenewResponse{Cert: string(cert)})
+	if req.CSR != "" {
+		cert, err := h.Certs.Renew(host, []byte(req.CSR), remoteIP(r))
+		if err != nil {
+			return err
+		}
+		out.Cert = string(cert)
+	}
+	if req.MigrationCSR != "" {
+		cert, err := h.Certs.SignMigration(host, []byte(req.MigrationCSR), remoteIP(r))
+		if err != nil {
+			return err
+		}
+		out.MigrationCert = string(cert)
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -80,9 +100,19 @@ func remoteIP(r *http.Request) net.IP {
 // Renew asks the control plane for a renewed certificate of this host,
 // for the request csrPEM (made with the host's key), and returns it.
 func (c *Remote) Renew(ctx context.Context, csrPEM []byte) ([]byte, error) {
+	out, err := c.renew(ctx, RenewRequest{CSR: string(csrPEM)})
+	return []byte(out.Cert), err
+}
+
+// RenewMigration asks the control plane for this host's migration
+// certificate, for the request csrPEM (made with its migration key).
+func (c *Remote) RenewMigration(ctx context.Context, csrPEM []byte) ([]byte, error) {
+	out, err := c.renew(ctx, RenewRequest{MigrationCSR: string(csrPEM)})
+	return []byte(out.MigrationCert), err
+}
+
+func (c *Remote) renew(ctx context.Context, req RenewRequest) (RenewResponse, error) {
 	var out RenewResponse
-	if err := c.do(ctx, "POST", "/v1/agent/renew", RenewRequest{CSR: string(csrPEM)}, &out); err != nil {
-		return nil, err
-	}
-	return []byte(out.Cert), nil
+	err := c.do(ctx, "POST", "/v1/agent/renew", req, &out)
+	return out, err
 }

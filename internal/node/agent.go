@@ -98,6 +98,13 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	}
 	imageDir := filepath.Join(o.DataDir, "images")
 	qemuTLS := filepath.Join(o.DataDir, "agent", "migration-tls")
+	if pki.MigrationDue(pkiDir, time.Now()) {
+		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := renewMigrationCert(mctx, pkiDir, o.Host, cp); err != nil {
+			log.Warn("could not get this host's migration certificate", "err", err)
+		}
+		cancel()
+	}
 	if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
 		// The host still runs VMs; it only cannot take encrypted migrations.
 		log.Warn("this host cannot receive encrypted migrations (only --insecure ones)", "err", err)
@@ -107,7 +114,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		keepCertFresh(rctx, log, certs, cp, func() {
+		keepCertFresh(rctx, log, pkiDir, o.Host, certs, cp, func() {
 			if qemuTLS != "" {
 				if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
 					log.Warn("could not give QEMU the renewed certificate", "err", err)
@@ -228,11 +235,12 @@ func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir 
 // for renewal (pki.RenewDue).
 const renewCheck = 10 * time.Minute
 
-// keepCertFresh renews this host's certificate over mutual TLS whenever
-// it is due, looking every renewCheck, and calls renewed after each
-// renewal. A failure is retried at the next look; the certificate in use
-// stays valid meanwhile, until it expires.
-func keepCertFresh(ctx context.Context, log *slog.Logger, certs *pki.AgentCertHolder, cp *agentapi.Remote, renewed func()) {
+// keepCertFresh renews this host's certificates over mutual TLS, its
+// own and its migration one, whenever they are due, looking every
+// renewCheck, and calls renewed after each renewal. A failure is retried
+// at the next look; the certificate in use stays valid meanwhile, until
+// it expires.
+func keepCertFresh(ctx context.Context, log *slog.Logger, pkiDir, host string, certs *pki.AgentCertHolder, cp *agentapi.Remote, renewed func()) {
 	t := time.NewTicker(renewCheck)
 	defer t.Stop()
 	for {
@@ -241,6 +249,13 @@ func keepCertFresh(ctx context.Context, log *slog.Logger, certs *pki.AgentCertHo
 				log.Warn("could not renew this host's certificate; trying again later", "expires", certs.Leaf().NotAfter, "err", err)
 			} else {
 				log.Info("renewed this host's certificate", "expires", certs.Leaf().NotAfter)
+				renewed()
+			}
+		}
+		if pki.MigrationDue(pkiDir, time.Now()) {
+			if err := renewMigrationCert(ctx, pkiDir, host, cp); err != nil {
+				log.Warn("could not renew this host's migration certificate; trying again later", "err", err)
+			} else {
 				renewed()
 			}
 		}
@@ -262,6 +277,20 @@ func renewCert(ctx context.Context, certs *pki.AgentCertHolder, cp *agentapi.Rem
 		return err
 	}
 	return certs.Install(cert)
+}
+
+// renewMigrationCert gets this host's migration certificate (the one its
+// QEMU processes load: see pki.OUMigration) and writes it in pkiDir.
+func renewMigrationCert(ctx context.Context, pkiDir, host string, cp *agentapi.Remote) error {
+	csr, err := pki.MigrationCSR(pkiDir, host)
+	if err != nil {
+		return err
+	}
+	cert, err := cp.RenewMigration(ctx, csr)
+	if err != nil {
+		return err
+	}
+	return pki.InstallMigration(pkiDir, cert)
 }
 
 // pinnedCA accepts a server whose certificate chains to the CA with the
@@ -316,12 +345,13 @@ func serveHostAPI(log *slog.Logger, listen string, tlsCfg *tls.Config, h http.Ha
 	return startHTTP(log, "host API", l, tlsCfg, h, hostAPILimits), nil
 }
 
-// writeQEMUTLS lays out the agent's certificate in pkiDir for QEMU's
-// tls-creds-x509 in dir, with which a migration target's QEMU receives
-// the stream.
+// writeQEMUTLS lays out the host's migration certificate in pkiDir (not
+// its agent certificate: a QEMU that loaded this key must not be able to
+// pose as the host) for QEMU's tls-creds-x509 in dir, with which a
+// migration target's QEMU receives the stream.
 func writeQEMUTLS(pkiDir, dir string) error {
 	var files [3][]byte
-	for i, name := range []string{pki.CACert, pki.AgentCert, pki.AgentKey} {
+	for i, name := range []string{pki.CACert, pki.MigrationCert, pki.MigrationKey} {
 		b, err := os.ReadFile(filepath.Join(pkiDir, name))
 		if err != nil {
 			return fmt.Errorf("certificates for QEMU: %w", err)

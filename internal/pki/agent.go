@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -53,21 +54,35 @@ func CAHash(caPEM []byte) (string, error) {
 // NewCSR makes an agent key in dir and returns a certificate request for
 // host, valid for the given addresses.
 func NewCSR(dir, host string, addrs []string) ([]byte, error) {
+	key, err := newKey(dir, AgentKey)
+	if err != nil {
+		return nil, err
+	}
+	return newCSR(key, host, OUAgent, addrs)
+}
+
+// newKey makes a key and writes it to file in dir (mode 0600).
+func newKey(dir, file string) (*ecdsa.PrivateKey, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pki dir: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("agent key: %w", err)
+		return nil, fmt.Errorf("key: %w", err)
 	}
 	kb, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("encode key: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, AgentKey), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, file), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		return nil, fmt.Errorf("write key: %w", err)
 	}
-	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: host, OrganizationalUnit: []string{OUAgent}}}
+	return key, nil
+}
+
+// newCSR returns a certificate request of key for host in role ou.
+func newCSR(key crypto.Signer, host, ou string, addrs []string) ([]byte, error) {
+	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: host, OrganizationalUnit: []string{ou}}}
 	addHosts(&tmpl.DNSNames, &tmpl.IPAddresses, addrs)
 	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
@@ -137,6 +152,12 @@ func RenewDue(c *x509.Certificate, now time.Time) bool {
 // server's. A host thus cannot obtain a certificate for another machine's
 // address, and its role (OU) keeps it from passing as a server.
 func SignAgent(dir string, csrPEM []byte, host string, addrs []net.IP) ([]byte, error) {
+	return signHost(dir, csrPEM, host, OUAgent, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, addrs)
+}
+
+// signHost signs a request with the CA in dir as a certificate of host
+// in role ou, for usage, valid for addrs only, for AgentCertLifetime.
+func signHost(dir string, csrPEM []byte, host, ou string, usage []x509.ExtKeyUsage, addrs []net.IP) ([]byte, error) {
 	now := time.Now()
 	csr, err := parseCSR(csrPEM)
 	if err != nil {
@@ -152,11 +173,11 @@ func SignAgent(dir string, csrPEM []byte, host string, addrs []net.IP) ([]byte, 
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: host, OrganizationalUnit: []string{OUAgent}},
+		Subject:      pkix.Name{CommonName: host, OrganizationalUnit: []string{ou}},
 		NotBefore:    now.Add(-Backdate),
 		NotAfter:     now.Add(AgentCertLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usage,
 		IPAddresses:  addrs,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, csr.PublicKey, ca.PrivateKey)

@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -131,5 +133,62 @@ func TestAgentCertLifetime(t *testing.T) {
 	// Revoked this second: the certificate may be from before.
 	if !IssuedBefore(c, now.Add(300*time.Millisecond)) || IssuedBefore(c, now.Add(-time.Second)) {
 		t.Error("IssuedBefore: want true for a revocation in the same second, false for one a second before")
+	}
+}
+
+// TestMigrationCert: a host's migration certificate has a role of its
+// own, server use only, and installs only as such, for its key.
+func TestMigrationCert(t *testing.T) {
+	ca := t.TempDir()
+	_, caPEM, err := Ensure(ca, []string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := t.TempDir()
+	if err := os.WriteFile(filepath.Join(host, CACert), caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !MigrationDue(host, time.Now()) {
+		t.Fatal("no migration certificate, yet not due")
+	}
+	csr, err := MigrationCSR(host, "host1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An agent certificate for the same key is not a migration one.
+	agent, err := SignAgent(ca, csr, "host1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallMigration(host, agent); err == nil {
+		t.Error("an agent certificate installed as the migration one")
+	}
+	cert, err := SignMigration(ca, csr, "host1", []net.IP{net.ParseIP("10.57.0.2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallMigration(host, cert); err != nil {
+		t.Fatal(err)
+	}
+	if MigrationDue(host, time.Now()) {
+		t.Error("a fresh migration certificate is due")
+	}
+	b, _ := pem.Decode(cert)
+	c, _ := x509.ParseCertificate(b.Bytes)
+	if c.Subject.OrganizationalUnit[0] != OUMigration || c.Subject.CommonName != "host1" ||
+		len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Errorf("migration certificate %v, usage %v", c.Subject, c.ExtKeyUsage)
+	}
+	// A second request keeps the key.
+	csr2, err := MigrationCSR(host, "host1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert2, err := SignMigration(ca, csr2, "host1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallMigration(host, cert2); err != nil {
+		t.Errorf("renewal with the same key: %v", err)
 	}
 }

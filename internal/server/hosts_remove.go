@@ -88,18 +88,27 @@ type hostCerts struct {
 }
 
 func (c hostCerts) Renew(host string, csrPEM []byte, addr net.IP) ([]byte, error) {
+	return c.sign(pki.SignAgent, host, csrPEM, addr)
+}
+
+// sign signs host's request csrPEM with sign, for the address addr.
+func (c hostCerts) sign(sign func(string, []byte, string, []net.IP) ([]byte, error), host string, csrPEM []byte, addr net.IP) ([]byte, error) {
 	if c.pkiDir == "" {
-		return nil, api.Errorf(api.ErrUnavailable, "this server holds no cluster CA to renew certificates with")
+		return nil, api.Errorf(api.ErrUnavailable, "this server holds no cluster CA to sign certificates with")
 	}
 	var addrs []net.IP
 	if addr != nil {
 		addrs = []net.IP{addr}
 	}
-	cert, err := pki.SignAgent(c.pkiDir, csrPEM, host, addrs)
+	cert, err := sign(c.pkiDir, csrPEM, host, addrs)
 	if err != nil {
 		return nil, api.Errorf(api.ErrInvalid, "cannot sign the certificate request: %v", err)
 	}
 	return cert, nil
+}
+
+func (c hostCerts) SignMigration(host string, csrPEM []byte, addr net.IP) ([]byte, error) {
+	return c.sign(pki.SignMigration, host, csrPEM, addr)
 }
 
 func (c hostCerts) Revoked(ctx context.Context, host string, cert *x509.Certificate) error {
