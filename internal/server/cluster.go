@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -101,6 +102,7 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	if err := api.ValidateName("host", req.Host); err != nil {
 		return err
 	}
+	audit.SetObject(r.Context(), "host/"+req.Host)
 	if err := pki.CheckCSR([]byte(req.CSR)); err != nil {
 		return api.Errorf(api.ErrInvalid, "cannot sign the certificate request: %v", err)
 	}

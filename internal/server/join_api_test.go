@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +98,21 @@ func TestJoinTokenKinds(t *testing.T) {
 	}
 
 	h.call("POST", "/v1/cluster/tokens", TokenRequest{Kind: "admin"}).wantError(t, http.StatusBadRequest, "invalid", `kind "admin" must be`)
+
+	// Every join is in the audit trail, refused ones too.
+	var recs []api.AuditRecord
+	h.call("GET", "/v1/audit", nil).decodeOK(t, http.StatusOK, &recs)
+	var got []string
+	for _, r := range recs {
+		if strings.HasSuffix(r.Action, ".join") {
+			got = append(got, r.Action+" "+r.Object+" "+r.Result)
+		}
+	}
+	slices.Sort(got)
+	want := []string{"host.join host/h1 failed", "host.join host/h1 ok", "server.join server/s2 failed", "server.join server/s2 ok"}
+	if !slices.Equal(got, want) {
+		t.Errorf("joins in the audit trail: %q, want %q", got, want)
+	}
 }
 
 // TestJoinHostRace sends concurrent joins under one host name, each with

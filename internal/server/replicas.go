@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/pki"
 	"github.com/shoalvm/shoal/internal/store"
 )
@@ -56,6 +57,7 @@ func (s *Server) joinServer(w http.ResponseWriter, r *http.Request) error {
 	if err := api.ValidateName("server", req.Name); err != nil {
 		return err
 	}
+	audit.SetObject(ctx, "server/"+req.Name)
 	if len(req.Hosts) == 0 || len(req.Hosts) > 32 {
 		return api.Errorf(api.ErrInvalid, "hosts must list 1 to 32 names or addresses for the new server's certificate")
 	}

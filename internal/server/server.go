@@ -109,14 +109,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.AgentAPI.ServeHTTP(w, r)
 		return
 	case r.URL.Path == "/v1/join" && r.Method == http.MethodPost && s.cfg.PKIDir != "":
-		if err := s.join(w, r); err != nil {
-			s.writeError(w, r, err)
-		}
+		s.serveJoin(w, r, "host.join", s.join)
 		return
 	case r.URL.Path == ServerJoinPath && r.Method == http.MethodPost && s.cfg.PKIDir != "":
-		if err := s.joinServer(w, r); err != nil {
-			s.writeError(w, r, err)
-		}
+		s.serveJoin(w, r, "server.join", s.joinServer)
 		return
 	}
 	id, err := Authenticate(r.Context(), s.st, r.Header.Get("Authorization"), time.Now())
@@ -125,6 +121,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mux.ServeHTTP(w, r.WithContext(authz.WithIdentity(r.Context(), id)))
+}
+
+// serveJoin serves a join, which its join token authorizes, and records
+// it in the audit trail as act, whatever its result.
+func (s *Server) serveJoin(w http.ResponseWriter, r *http.Request, act string, join func(http.ResponseWriter, *http.Request) error) {
+	ctx, entry := audit.Begin(r.Context(), authz.Identity{}, r.RemoteAddr, act, strings.TrimSuffix(act, ".join"))
+	err := join(w, r.WithContext(ctx))
+	if err != nil {
+		s.writeError(w, r, err)
+	}
+	s.audit.Record(entry.Finish(err))
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
