@@ -41,7 +41,7 @@ test: deps
 
 # Fuzz targets (PACKAGE:FUNCTION) that 'make test' runs for FUZZTIME each:
 # no input may make them fail (a 500, a panic, a wrong acceptance).
-FUZZ = internal/api:FuzzParseSize internal/api:FuzzValidateName internal/server:FuzzAPIRequests
+FUZZ = internal/api:FuzzParseSize internal/api:FuzzValidateName internal/server:FuzzAPIRequests internal/agentapi:FuzzAgentAPI
 FUZZTIME ?= 5s
 
 bench: deps build
