@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,10 +26,8 @@ func TestCLIClusterStatus(t *testing.T) {
 	if err := st.PutToken(context.Background(), "tok", store.TokenInfo{Name: "admin", Role: "admin", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewTLSServer(server.New(server.Config{ImageDir: t.TempDir()}, st, slog.New(slog.DiscardHandler)))
-	defer srv.Close()
+	srv, ca := newServerTLS(t, server.New(server.Config{ImageDir: t.TempDir()}, st, slog.New(slog.DiscardHandler)))
 	path := filepath.Join(t.TempDir(), "config.json")
-	ca := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 	if err := client.SaveConfig(path, client.Config{Server: srv.URL, Token: "tok", CA: ca}); err != nil {
 		t.Fatal(err)
 	}

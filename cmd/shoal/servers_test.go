@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -20,7 +18,7 @@ import (
 // replicas. No root, no QEMU: a fake API server.
 func TestCLIServersFailover(t *testing.T) {
 	var self string
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, ca := newServerTLS(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		switch r.URL.Path {
 		case "/v1/vms":
@@ -44,7 +42,6 @@ func TestCLIServersFailover(t *testing.T) {
 	t.Setenv("SHOAL_CONFIG", path)
 	t.Setenv("SHOAL_SERVER", "")
 	t.Setenv("SHOAL_TOKEN", "")
-	ca := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
 	if err := client.SaveConfig(path, client.Config{Server: down, Servers: []string{srv.URL}, Token: "tok", CA: ca}); err != nil {
 		t.Fatal(err)
 	}
