@@ -104,6 +104,10 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 	if err != nil {
 		return fmt.Errorf("the source host %s's address %q is unknown, and the streams are taken only from it", m.Source, m.SourceAddr)
 	}
+	if m.Options.PostcopyAfterMs > 0 && s.UID != 0 && !unprivilegedUserfaultfd() {
+		return errors.New("post-copy needs the target's QEMU to use userfaultfd, which this kernel allows only to privileged processes, and QEMU runs unprivileged here: " +
+			"set sysctl vm.unprivileged_userfaultfd=1 on the hosts that are to take post-copy migrations, or migrate without --postcopy-after")
+	}
 	pool, err := w.a.pool(s.Pool)
 	if err != nil {
 		return err
@@ -315,4 +319,15 @@ func (w *worker) discardUncommitted(s *api.VMSpec) bool {
 	_ = os.Remove(marker)
 	w.guestExit, w.exit = false, qemu.Exit{}
 	return true
+}
+
+// unprivilegedUserfaultfdPath is the sysctl that lets unprivileged
+// processes (a confined QEMU) use userfaultfd for faults in the kernel,
+// as a post-copy migration's target does.
+const unprivilegedUserfaultfdPath = "/proc/sys/vm/unprivileged_userfaultfd"
+
+// unprivilegedUserfaultfd reports whether the sysctl allows it.
+func unprivilegedUserfaultfd() bool {
+	b, err := os.ReadFile(unprivilegedUserfaultfdPath)
+	return err == nil && strings.TrimSpace(string(b)) == "1"
 }

@@ -107,6 +107,10 @@ func TestLabMigrationDirtyGuest(t *testing.T) {
 		{"postcopy", []string{"--auto-converge=false", "--postcopy-after", "1s", "--bandwidth", "32M"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.postcopy {
+				// The target's QEMU runs unprivileged: post-copy needs this.
+				allowUnprivilegedUserfaultfd(t)
+			}
 			c := f.startCase(t, "dirty-"+tc.name, "shared", "--user-data", userData)
 			f.waitDirtying(c.vm.IP)
 			for _, to := range []string{"host2", "host1"} {
@@ -127,4 +131,20 @@ func TestLabMigrationDirtyGuest(t *testing.T) {
 			c.end(t, "host1", api.MigrationCompleted)
 		})
 	}
+}
+
+// allowUnprivilegedUserfaultfd sets sysctl vm.unprivileged_userfaultfd to
+// 1 for the test, as a host that takes post-copy migrations needs (see
+// MIGRATION.md), and puts it back after.
+func allowUnprivilegedUserfaultfd(t *testing.T) {
+	t.Helper()
+	const p = "/proc/sys/vm/unprivileged_userfaultfd"
+	old, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("post-copy: %v", err)
+	}
+	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+		t.Fatalf("post-copy: %v", err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(p, old, 0o644) })
 }
