@@ -57,6 +57,22 @@ func TestProjectScopedUser(t *testing.T) {
 	h.callToken(dan, "POST", "/v1/vms/prodvm/stop", nil).wantError(t, http.StatusNotFound, "not_found")
 	h.callToken(dan, "DELETE", "/v1/vms/prodvm", nil).wantError(t, http.StatusNotFound, "not_found")
 	h.callToken(dan, "GET", "/v1/vms/devvm", nil).decodeOK(t, http.StatusOK, &vm)
+	// Events: dan's VM's, not the other's.
+	eventVMs := func(token string) map[string]bool {
+		var evs []api.Event
+		h.callToken(token, "GET", "/v1/events", nil).decodeOK(t, http.StatusOK, &evs)
+		seen := map[string]bool{}
+		for _, ev := range evs {
+			seen[ev.VM] = true
+		}
+		return seen
+	}
+	if all := eventVMs(admin); !all["prodvm"] || !all["devvm"] {
+		t.Errorf("admin's events are of %v, want prodvm and devvm", all)
+	}
+	if seen := eventVMs(dan); seen["prodvm"] || !seen["devvm"] {
+		t.Errorf("dan's events are of %v, want devvm's only", seen)
+	}
 
 	var ps []api.Project
 	h.callToken(dan, "GET", "/v1/projects", nil).decodeOK(t, http.StatusOK, &ps)
