@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/store"
 	"github.com/shoalvm/shoal/internal/store/storetest"
 )
 
@@ -18,12 +19,15 @@ func projectVM(i int, project string) api.VMSpec {
 }
 
 // TestQuotaUnderConcurrentCreates: 20 creates at once into a project
-// of at most 5 VMs: exactly 5 are written, the others are refused with
-// one line naming the limit, and the usage says 5; a removal frees one
-// place; a project with VMs is not deleted.
+// of at most 5 VMs, through two stores as two servers would (each with
+// its own batches and its own idea of the usage): exactly 5 are
+// written, the others are refused with one line naming the limit, and
+// the usage says 5; a removal frees one place; a project with VMs is not
+// deleted.
 func TestQuotaUnderConcurrentCreates(t *testing.T) {
 	ctx := context.Background()
 	s := storetest.New(t)
+	servers := []*store.Store{s, store.New(s.Client())}
 	if _, err := s.CreateVM(ctx, projectVM(0, "dev")); !api.IsNotFound(err) || !strings.Contains(err.Error(), `project "dev" not found`) {
 		t.Fatalf("create in a missing project: %v", err)
 	}
@@ -43,7 +47,7 @@ func TestQuotaUnderConcurrentCreates(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.CreateVM(ctx, projectVM(i, "dev"))
+			_, errs[i] = servers[i%2].CreateVM(ctx, projectVM(i, "dev"))
 		}()
 	}
 	wg.Wait()
