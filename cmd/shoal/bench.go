@@ -56,6 +56,7 @@ func placementTable(w *tabwriter.Writer, r bench.PlacementResult) {
 	hb := r.Heartbeats
 	fmt.Fprintf(w, "SIMULATED HOSTS\t%d (sim-00001..%s, no QEMU), registered in %s\n", r.Hosts, bench.SimHostName(r.Hosts), r.RegisterTime.Round(time.Millisecond))
 	fmt.Fprintf(w, "VMS CREATED\t%d of %d (HTTP 201), %d refused, %d in etcd; %d concurrent clients\n", r.Created, r.VMs, r.Refused, r.InEtcd, r.Concurrency)
+	fmt.Fprintf(w, "PROJECT\t%s, quotas on (never reached): its usage counts %d VMs\n", bench.SimProject, r.ProjectVMs)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "FIRST REFUSAL\t%s\n", r.FirstError)
 	}

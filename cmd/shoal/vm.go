@@ -70,6 +70,7 @@ func vmCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Network, "network", "", "network (default: default)")
 	f.StringVar(&req.Pool, "pool", "", "storage pool (default: local)")
 	f.StringVar(&req.Host, "host", "", "pin to this host")
+	f.StringVar(&req.Project, "project", "", "project to create it in (default: yours, or default); see 'shoal project list'")
 	f.BoolVar(&req.HA, "ha", false, "restart on another host if its host fails")
 	f.StringVar(&req.Priority, "priority", "", "failover priority with --ha: high, medium (default) or low")
 	f.StringVar(&req.AntiAffinity, "anti-affinity", "", "never place two VMs of this group on one host")
@@ -91,10 +92,10 @@ func vmListCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return g.print(vms, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tSTATE\tHOST\tIP\tCPUS\tMEMORY\tDISK\tIMAGE")
+				fmt.Fprintln(w, "NAME\tSTATE\tHOST\tIP\tCPUS\tMEMORY\tDISK\tIMAGE\tPROJECT")
 				for _, v := range vms {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.State, v.Host, dash(v.IP), v.CPUs,
-						api.FormatSize(v.MemoryMiB<<20), api.FormatSize(v.DiskBytes), v.Image)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.Host, dash(v.IP), v.CPUs,
+						api.FormatSize(v.MemoryMiB<<20), api.FormatSize(v.DiskBytes), v.Image, api.ProjectOf(v.Project))
 				}
 			})
 		},
@@ -116,6 +117,7 @@ func vmShowCmd(g *globals) *cobra.Command {
 			return g.print(v, func(w *tabwriter.Writer) {
 				row := func(k, v string) { fmt.Fprintf(w, "%s:\t%s\n", k, v) }
 				row("Name", v.Name)
+				row("Project", api.ProjectOf(v.Project))
 				row("State", v.State)
 				row("Host", v.Host)
 				row("IP", dash(v.IP))

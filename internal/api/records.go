@@ -8,6 +8,7 @@ type VMSpec struct {
 	Name         string     `json:"name"`
 	ID           string     `json:"id"` // short random id; names may be reused, ids never
 	Image        string     `json:"image"`
+	Project      string     `json:"project,omitempty"` // "" for a VM made before projects: DefaultProject's
 	CPUs         int        `json:"cpus"`
 	CPUModel     string     `json:"cpu_model,omitempty"` // QEMU CPU model every host of the cluster can run
 	MemoryMiB    int64      `json:"memory_mib"`
@@ -68,7 +69,7 @@ type VMStatus struct {
 // (status may be nil or stale, i.e. of an earlier VM with the same name).
 func MergeVM(s VMSpec, st *VMStatus) VM {
 	vm := VM{
-		Name: s.Name, ID: s.ID, Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
+		Name: s.Name, ID: s.ID, Project: ProjectOf(s.Project), Host: s.Host, IP: s.IP, MAC: s.MAC, Image: s.Image,
 		CPUs: s.CPUs, CPUModel: s.CPUModel, MemoryMiB: s.MemoryMiB, DiskBytes: s.DiskBytes,
 		Network: s.Network, Pool: s.Pool, HA: s.HA, Priority: EffectivePriority(s.HA, s.Priority),
 		AntiAffinity: s.AntiAffinity, Power: s.Power,

@@ -21,7 +21,8 @@ func TestMergeVMCopiesSpec(t *testing.T) {
 	s := testSpec()
 	vm := api.MergeVM(s, nil)
 	want := api.VM{
-		Name: "web1", ID: "abc123", State: api.StateCreating, Host: "host1", IP: "10.57.0.10",
+		Name: "web1", ID: "abc123", Project: api.DefaultProject, // a spec of no project: made before projects
+		State: api.StateCreating, Host: "host1", IP: "10.57.0.10",
 		MAC: "52:54:00:01:02:03", Image: "tiny", CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30,
 		Network: "default", Pool: "local", HA: true, Priority: api.PriorityMedium, // an HA VM's default
 		Power: api.PowerRunning, CreatedAt: s.CreatedAt,

@@ -27,6 +27,7 @@ const (
 type VM struct {
 	Name         string    `json:"name"`
 	ID           string    `json:"id"`
+	Project      string    `json:"project"`
 	State        string    `json:"state"`
 	Host         string    `json:"host"`
 	IP           string    `json:"ip"`
@@ -60,6 +61,7 @@ type VM struct {
 type CreateVMRequest struct {
 	Name         string `json:"name"`
 	Image        string `json:"image"`
+	Project      string `json:"project,omitempty"` // "" = the caller's project, or DefaultProject
 	CPUs         int    `json:"cpus,omitempty"`
 	CPU          string `json:"cpu,omitempty"`    // CPU model; "" = the cluster baseline, "host" = pass the host CPU through
 	Memory       string `json:"memory,omitempty"` // e.g. "256M"; default 256M

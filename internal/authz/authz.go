@@ -62,6 +62,32 @@ type Object struct {
 	// Owner is the user an object belongs to (a user's own record, a
 	// token): some permissions are granted on one's own objects.
 	Owner string
+	// Project is the project of the object (a VM's, or a project
+	// itself); "" when it has none or does not exist. To a user of
+	// another project it does not exist: Name (`vm "web"`) and Hint
+	// make the not-found answer, the same as for a missing object.
+	Project, Name, Hint string
+}
+
+// Sees reports whether id may see the VMs and the record of project p
+// (a VM's spec project; "" is api.DefaultProject): a user confined to a
+// project sees that one only.
+func (i Identity) Sees(p string) bool {
+	return i.Project == "" || i.Project == api.ProjectOf(p)
+}
+
+// CreateIn returns the project a VM created by id goes into when the
+// request names asked ("" for none): the user's project, or for a user
+// without one the asked project or api.DefaultProject. A user confined
+// to a project may not create in another one (api.ErrForbidden).
+func CreateIn(id Identity, asked string) (string, error) {
+	switch {
+	case id.Project == "":
+		return api.ProjectOf(asked), nil
+	case asked == "" || asked == id.Project:
+		return id.Project, nil
+	}
+	return "", api.Errorf(api.ErrForbidden, "%s of project %s may not create VMs in project %s", id, id.Project, asked)
 }
 
 // Permission names a kind of action.
@@ -69,22 +95,24 @@ type Permission string
 
 // Permissions of the user API.
 const (
-	ReadVMs       Permission = "vm.read"       // list and show VMs, their migrations
-	CreateVMs     Permission = "vm.create"     // create VMs
-	PowerVMs      Permission = "vm.power"      // start, stop, restart, pause, resume
-	ChangeVMs     Permission = "vm.set"        // change a VM's settings
-	DeleteVMs     Permission = "vm.delete"     // delete VMs
-	MoveVMs       Permission = "vm.migrate"    // migrate, cancel a migration, recover
-	ConsoleVMs    Permission = "vm.console"    // the serial console
-	ReadVMLogs    Permission = "vm.logs"       // what the console printed
-	ReadHosts     Permission = "host.read"     // list and show hosts, their drains
-	DrainHosts    Permission = "host.drain"    // drain and resume hosts
-	ReadCluster   Permission = "cluster.read"  // networks, images, events, servers
-	ManageImages  Permission = "image.write"   // build, import, delete images
-	ManageCluster Permission = "cluster.admin" // join tokens, server removal
-	ManageUsers   Permission = "user.admin"    // users; one's own record and password
-	UseTokens     Permission = "token"         // API tokens: one's own, or (admin) anyone's
-	ReadAudit     Permission = "audit.read"    // the audit trail
+	ReadVMs        Permission = "vm.read"       // list and show VMs, their migrations
+	CreateVMs      Permission = "vm.create"     // create VMs
+	PowerVMs       Permission = "vm.power"      // start, stop, restart, pause, resume
+	ChangeVMs      Permission = "vm.set"        // change a VM's settings
+	DeleteVMs      Permission = "vm.delete"     // delete VMs
+	MoveVMs        Permission = "vm.migrate"    // migrate, cancel a migration, recover
+	ConsoleVMs     Permission = "vm.console"    // the serial console
+	ReadVMLogs     Permission = "vm.logs"       // what the console printed
+	ReadHosts      Permission = "host.read"     // list and show hosts, their drains
+	DrainHosts     Permission = "host.drain"    // drain and resume hosts
+	ReadCluster    Permission = "cluster.read"  // networks, images, events, servers
+	ManageImages   Permission = "image.write"   // build, import, delete images
+	ManageCluster  Permission = "cluster.admin" // join tokens, server removal
+	ManageUsers    Permission = "user.admin"    // users; one's own record and password
+	UseTokens      Permission = "token"         // API tokens: one's own, or (admin) anyone's
+	ReadAudit      Permission = "audit.read"    // the audit trail
+	ReadProjects   Permission = "project.read"  // projects, their limits and usage
+	ManageProjects Permission = "project.admin" // create and delete projects
 )
 
 // rule is what a permission needs: the role min on any object, or the
@@ -96,22 +124,24 @@ type rule struct {
 
 // rules is the one table of what each permission needs.
 var rules = map[Permission]rule{
-	ReadVMs:       {min: Viewer, what: "see VMs"},
-	CreateVMs:     {min: Operator, what: "create VMs"},
-	PowerVMs:      {min: Operator, what: "start or stop VMs"},
-	ChangeVMs:     {min: Operator, what: "change VMs"},
-	DeleteVMs:     {min: Operator, what: "delete VMs"},
-	MoveVMs:       {min: Operator, what: "migrate VMs"},
-	ConsoleVMs:    {min: Operator, what: "open VM consoles"},
-	ReadVMLogs:    {min: Operator, what: "read VM console logs"},
-	ReadHosts:     {min: Viewer, what: "see hosts"},
-	DrainHosts:    {min: Operator, what: "drain or resume hosts"},
-	ReadCluster:   {min: Viewer, what: "see the cluster"},
-	ManageImages:  {min: Admin, what: "change images"},
-	ManageCluster: {min: Admin, what: "change the cluster's membership"},
-	ManageUsers:   {min: Admin, self: Viewer, what: "manage other users"},
-	UseTokens:     {min: Admin, self: Viewer, what: "manage other users' tokens"},
-	ReadAudit:     {min: Admin, what: "read the audit trail"},
+	ReadVMs:        {min: Viewer, what: "see VMs"},
+	CreateVMs:      {min: Operator, what: "create VMs"},
+	PowerVMs:       {min: Operator, what: "start or stop VMs"},
+	ChangeVMs:      {min: Operator, what: "change VMs"},
+	DeleteVMs:      {min: Operator, what: "delete VMs"},
+	MoveVMs:        {min: Operator, what: "migrate VMs"},
+	ConsoleVMs:     {min: Operator, what: "open VM consoles"},
+	ReadVMLogs:     {min: Operator, what: "read VM console logs"},
+	ReadHosts:      {min: Viewer, what: "see hosts"},
+	DrainHosts:     {min: Operator, what: "drain or resume hosts"},
+	ReadCluster:    {min: Viewer, what: "see the cluster"},
+	ManageImages:   {min: Admin, what: "change images"},
+	ManageCluster:  {min: Admin, what: "change the cluster's membership"},
+	ManageUsers:    {min: Admin, self: Viewer, what: "manage other users"},
+	UseTokens:      {min: Admin, self: Viewer, what: "manage other users' tokens"},
+	ReadAudit:      {min: Admin, what: "read the audit trail"},
+	ReadProjects:   {min: Viewer, what: "see projects"},
+	ManageProjects: {min: Admin, what: "manage projects"},
 }
 
 // Known reports whether p is a permission with a rule.
@@ -133,16 +163,24 @@ type Request struct {
 }
 
 // Decide says whether id may do req: nil, or an api.ErrForbidden error
-// that says in one line who may not do what and which role it needs.
+// that says in one line who may not do what and which role it needs, or
+// an api.ErrNotFound one when the object is in a project id does not see.
 func Decide(id Identity, req Request) error {
 	r, ok := rules[req.Perm]
 	what := req.What
 	if what == "" {
 		what = r.what
 	}
+	o := req.Object
 	switch {
 	case !ok:
 		return api.Errorf(api.ErrForbidden, "%s may not do %q: no rule allows it", id, req.Perm)
+	case o.Project != "" && !id.Sees(o.Project):
+		// Hidden, not refused: saying "may not" would tell it exists.
+		if o.Hint != "" {
+			return api.Errorf(api.ErrNotFound, "%s not found: %s", o.Name, o.Hint)
+		}
+		return api.Errorf(api.ErrNotFound, "%s not found", o.Name)
 	case id.Role >= r.min && id.Role > None:
 		return nil
 	case r.self != None && id.Role >= r.self && req.Object.Owner != "" && req.Object.Owner == id.User:

@@ -75,9 +75,64 @@ func TestDecide(t *testing.T) {
 
 func TestEveryPermissionHasARule(t *testing.T) {
 	for _, p := range []Permission{ReadVMs, CreateVMs, PowerVMs, ChangeVMs, DeleteVMs, MoveVMs, ConsoleVMs, ReadVMLogs,
-		ReadHosts, DrainHosts, ReadCluster, ManageImages, ManageCluster, ManageUsers, UseTokens, ReadAudit} {
+		ReadHosts, DrainHosts, ReadCluster, ManageImages, ManageCluster, ManageUsers, UseTokens, ReadAudit, ReadProjects, ManageProjects} {
 		if !Known(p) || Needs(p) == None || rules[p].what == "" {
 			t.Errorf("permission %q has no complete rule", p)
+		}
+	}
+}
+
+// TestProjects: a user confined to a project sees, acts on and creates
+// in that project only; to it, another project's VM does not exist.
+func TestProjects(t *testing.T) {
+	dev := Identity{User: "dan", Role: Operator, Project: "dev"}
+	all := Identity{User: "olga", Role: Operator}
+	vm := func(p string) Object { return Object{Project: p, Name: `vm "web"`, Hint: "see 'shoal vm list'"} }
+	tests := []struct {
+		id   Identity
+		perm Permission
+		obj  Object
+		want error // nil: allowed
+		msg  string
+	}{
+		{dev, PowerVMs, vm("dev"), nil, ""},
+		{dev, PowerVMs, vm("prod"), api.ErrNotFound, `vm "web" not found: see 'shoal vm list'`},
+		{dev, ReadVMs, vm(api.DefaultProject), api.ErrNotFound, `vm "web" not found`},
+		{dev, DeleteVMs, Object{}, nil, ""}, // no such VM: the handler says so
+		{dev, ReadProjects, Object{Project: "prod", Name: `project "prod"`}, api.ErrNotFound, `project "prod" not found`},
+		{dev, ReadProjects, Object{Project: "dev", Name: `project "dev"`}, nil, ""},
+		{all, PowerVMs, vm("prod"), nil, ""},
+		{all, ManageProjects, Object{}, api.ErrForbidden, "may not manage projects: it needs the admin role"},
+		// Hidden before refused: a viewer of dev is not told prod's VM exists.
+		{Identity{User: "vic", Role: Viewer, Project: "dev"}, PowerVMs, vm("prod"), api.ErrNotFound, "not found"},
+	}
+	for _, tc := range tests {
+		err := Decide(tc.id, Request{Perm: tc.perm, Object: tc.obj})
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.msg)) {
+			t.Errorf("%s (project %q) %s on %+v: %v, want %v %q", tc.id, tc.id.Project, tc.perm, tc.obj, err, tc.want, tc.msg)
+		}
+	}
+	if !all.Sees("") || !all.Sees("prod") || dev.Sees("") || dev.Sees("prod") || !dev.Sees("dev") {
+		t.Error("Sees does not follow the user's project")
+	}
+	if (Identity{Project: api.DefaultProject}).Sees("") != true {
+		t.Error("a user of the default project does not see VMs made before projects")
+	}
+	creates := []struct {
+		id          Identity
+		asked, want string
+		err         string
+	}{
+		{all, "", api.DefaultProject, ""},
+		{all, "prod", "prod", ""},
+		{dev, "", "dev", ""},
+		{dev, "dev", "dev", ""},
+		{dev, "prod", "", "user dan (operator) of project dev may not create VMs in project prod"},
+	}
+	for _, tc := range creates {
+		got, err := CreateIn(tc.id, tc.asked)
+		if got != tc.want || (tc.err == "") != (err == nil) || (err != nil && (!errors.Is(err, api.ErrForbidden) || !strings.Contains(err.Error(), tc.err))) {
+			t.Errorf("CreateIn(%s of %q, %q) = %q, %v; want %q %q", tc.id, tc.id.Project, tc.asked, got, err, tc.want, tc.err)
 		}
 	}
 }

@@ -39,6 +39,14 @@ const (
 	SimSubnet  = "10.64.0.0/10"
 )
 
+// SimProject is the project the benchmark's VMs are created in: its
+// quotas are on (each create is checked against them, in its
+// transaction) but high enough never to refuse one.
+const SimProject = "sim-project"
+
+// SimLimits are SimProject's quotas.
+var SimLimits = api.Limits{VMs: 1 << 30, CPUs: 1 << 30, MemoryMiB: 1 << 40, DiskBytes: 1 << 60}
+
 // PlacementOptions configures RunPlacement.
 type PlacementOptions struct {
 	Hosts       int           // simulated hosts
@@ -59,7 +67,8 @@ type PlacementResult struct {
 	Created      int            `json:"created"` // 201 answers
 	Refused      int            `json:"refused"` // any other answer
 	FirstError   string         `json:"first_error,omitempty"`
-	InEtcd       int64          `json:"in_etcd"` // VM records in etcd afterwards
+	InEtcd       int64          `json:"in_etcd"`     // VM records in etcd afterwards
+	ProjectVMs   int64          `json:"project_vms"` // VMs SimProject's usage record counts afterwards
 	Elapsed      time.Duration  `json:"elapsed_ns"`
 	PerSecond    float64        `json:"placements_per_second"` // Created / Elapsed
 	P50          time.Duration  `json:"p50_ns"`
@@ -116,6 +125,9 @@ func RunPlacement(ctx context.Context, log *slog.Logger, o PlacementOptions) (Pl
 	if err := st.PutNetwork(ctx, api.Network{Name: SimNetwork, Bridge: "simbr0", Subnet: SimSubnet, Gateway: "10.64.0.1"}); err != nil {
 		return res, err
 	}
+	if err := st.CreateProject(ctx, api.Project{Name: SimProject, Limits: SimLimits, CreatedAt: time.Now().UTC()}); err != nil {
+		return res, err
+	}
 
 	progress("registering %d simulated hosts (no QEMU)...", o.Hosts)
 	local := agentapi.NewLocal(st, log)
@@ -170,6 +182,11 @@ func RunPlacement(ctx context.Context, log *slog.Logger, o PlacementOptions) (Pl
 		return res, fmt.Errorf("count VMs in etcd: %w", err)
 	}
 	res.InEtcd = cnt.Count - 1 // without the warm-up VM
+	p, _, err := st.GetProject(ctx, SimProject)
+	if err != nil {
+		return res, err
+	}
+	res.ProjectVMs = int64(p.Usage.VMs) - 1
 	t0 = time.Now()
 	hosts, err := c.hosts(ctx)
 	if err != nil {
@@ -342,7 +359,7 @@ func newAPIClient(socket, token string, conns int) *apiClient {
 // (no agent runs here), and reports whether the answer was 201 Created;
 // out, if not nil, receives the VM.
 func (c *apiClient) create(ctx context.Context, name string, start bool, out *api.VM) (bool, error) {
-	body, _ := json.Marshal(api.CreateVMRequest{Name: name, Image: "tiny", Network: SimNetwork, Memory: "256M", CPUs: 1, Start: start})
+	body, _ := json.Marshal(api.CreateVMRequest{Name: name, Image: "tiny", Network: SimNetwork, Project: SimProject, Memory: "256M", CPUs: 1, Start: start})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://shoal/v1/vms?wait=false", bytes.NewReader(body))
 	if err != nil {
 		return false, fmt.Errorf("create %s: %w", name, err)

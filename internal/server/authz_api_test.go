@@ -99,6 +99,10 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"GET /v1/tokens":                    authz.Viewer,
 		"POST /v1/tokens":                   authz.Viewer,
 		"DELETE /v1/tokens/{id}":            authz.Viewer,
+		"GET /v1/projects":                  authz.Viewer,
+		"POST /v1/projects":                 authz.Admin,
+		"GET /v1/projects/{name}":           authz.Viewer,
+		"DELETE /v1/projects/{name}":        authz.Admin,
 	}
 	// Paths that exercise a route without changing what matters: unknown
 	// objects, or (an image import) a conflict before any work.
@@ -110,6 +114,12 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 	h.call("DELETE", "/v1/tokens/"+store.TokenID(revoked), nil).decodeOK(t, http.StatusNoContent, nil)
 	refusedToken := map[string]string{"no": "", "wrong": "shoal_" + strings.Repeat("0", 48), "expired": expired, "revoked": revoked}
 	users := map[authz.Role]string{authz.Admin: "admin", authz.Operator: "olga", authz.Viewer: "bob"}
+	// A project-scoped operator, and a VM and a project that are not its.
+	dan := h.addUser("dan", api.RoleOperator, "dev")
+	ctx := context.Background()
+	_, err := h.st.CreateVM(ctx, api.VMSpec{Name: "other", ID: "0123456789ab", Network: "default", IP: "10.57.0.200", MAC: "52:54:00:aa:bb:cc"})
+	must(t, err)
+	must(t, h.st.CreateProject(ctx, api.Project{Name: "other"}))
 
 	seen := map[string]bool{}
 	for _, rt := range h.srv.routeTable() {
@@ -133,6 +143,18 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		var body any
 		if rt.method != "GET" && rt.method != "DELETE" {
 			body = "{}"
+		}
+		// To the project-scoped operator, another project's VM (or the
+		// project itself) does not exist, whatever the route.
+		if strings.HasPrefix(rt.pattern, "/v1/vms/{name}") || strings.HasPrefix(rt.pattern, "/v1/projects/{name}") {
+			r := h.callToken(dan, rt.method, strings.Replace(path, "nosuch", "other", 1), body)
+			if r.code != http.StatusNotFound || !strings.Contains(string(r.body), `"other\" not found`) {
+				t.Errorf("%s on another project's object as dan (operator of dev): %d %s, want 404", key, r.code, r.body)
+			}
+		}
+		if key == "POST /v1/vms" {
+			h.callToken(dan, rt.method, path, api.CreateVMRequest{Name: "x", Image: "tiny", Project: "other"}).
+				wantError(t, http.StatusForbidden, "forbidden", "user dan (operator) of project dev may not create VMs in project other")
 		}
 		for kind, tok := range refusedToken {
 			r := h.callToken(tok, rt.method, path, body)

@@ -33,7 +33,7 @@ func BenchmarkCreateVM1kHosts(b *testing.B) {
 	hc := &http.Client{Transport: tr}
 	var n atomic.Int64
 	create := func() error {
-		body, _ := json.Marshal(api.CreateVMRequest{Name: fmt.Sprintf("vm-%07d", n.Add(1)), Image: "tiny", Memory: "256M", Start: true})
+		body, _ := json.Marshal(api.CreateVMRequest{Name: fmt.Sprintf("vm-%07d", n.Add(1)), Image: "tiny", Memory: "256M", Start: true, Project: benchProject})
 		req, _ := http.NewRequest("POST", ts.URL+"/v1/vms?wait=false", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := hc.Do(req)
@@ -65,10 +65,16 @@ func BenchmarkCreateVM1kHosts(b *testing.B) {
 	b.ReportMetric(float64(b.N)/time.Since(t0).Seconds(), "placements/s")
 }
 
+// benchProject is where the benchmarks create, with quotas on but never
+// reached (as bench.SimProject, which this package cannot import).
+const benchProject = "bench"
+
+var benchLimits = api.Limits{VMs: 1 << 30, CPUs: 1 << 30, MemoryMiB: 1 << 40, DiskBytes: 1 << 60}
+
 // benchServer serves the API over real embedded etcd with hosts
 // simulated hosts (records and liveness leases), the default network of
 // 10.64.0.0/10, the tiny image, and user admin; it returns the server and
-// a token of admin, made as 'shoal up' makes it.
+// a token of admin, made as 'shoal up' makes it, and benchProject.
 func benchServer(b *testing.B, hosts int) (*httptest.Server, string) {
 	ctx := context.Background()
 	st := storetest.New(b)
@@ -79,6 +85,8 @@ func benchServer(b *testing.B, hosts int) (*httptest.Server, string) {
 	must(b, st.CreateToken(ctx, token, store.TokenInfo{User: "admin", UserGen: u.Gen, Role: api.RoleAdmin, CreatedAt: time.Now()}))
 	must(b, st.PutNetwork(ctx, api.Network{Name: "default", Bridge: "shoal0", Subnet: "10.64.0.0/10", Gateway: "10.64.0.1"}))
 	must(b, st.PutImage(ctx, api.Image{Name: "tiny", Format: "qcow2", SizeBytes: 64 << 20, Kernel: true}))
+	// Creates go into a project with quotas, as in 'shoal bench placement'.
+	must(b, st.CreateProject(ctx, api.Project{Name: benchProject, Limits: benchLimits}))
 	for i := range hosts {
 		h := api.Host{Name: fmt.Sprintf("bench-%04d", i), State: api.HostUp, CPUs: 64, MemoryMiB: 256 << 10,
 			CPUFlags: cpumodel.TCGFlags(), Accel: "simulated", Pools: []string{"local"}, LastHeartbeat: time.Now().UTC()}

@@ -22,7 +22,7 @@ import (
 func BenchmarkCreateVMLatency(b *testing.B) {
 	ts, token := benchServer(b, 100)
 	create := func(i int) time.Duration {
-		body, _ := json.Marshal(api.CreateVMRequest{Name: fmt.Sprintf("vm-%07d", i), Image: "tiny", Memory: "256M"})
+		body, _ := json.Marshal(api.CreateVMRequest{Name: fmt.Sprintf("vm-%07d", i), Image: "tiny", Memory: "256M", Project: benchProject})
 		req, _ := http.NewRequest("POST", ts.URL+"/v1/vms?wait=false", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+token)
 		t0 := time.Now()

@@ -74,8 +74,37 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, mergeEvents(evs, asked, f.After != "", f.Limit))
+	out := mergeEvents(evs, asked, f.After != "", f.Limit)
+	if out, err = s.visibleEvents(r.Context(), out); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// visibleEvents leaves out, for a caller confined to a project, the
+// events of VMs that are not its project's now (those of VMs deleted
+// since included: their project is no longer known).
+func (s *Server) visibleEvents(ctx context.Context, evs []api.Event) ([]api.Event, error) {
+	id := caller(ctx)
+	if id.Project == "" {
+		return evs, nil
+	}
+	specs, _, err := s.st.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	mine := map[string]bool{}
+	for _, sp := range specs {
+		mine[sp.Name] = id.Sees(sp.Project)
+	}
+	out := evs[:0]
+	for _, ev := range evs {
+		if ev.VM == "" || mine[ev.VM] {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 // eventFilter reads an events query. Pure but for now.

@@ -31,6 +31,9 @@ var fuzzRoutes = []struct{ method, path string }{
 	{"POST", "/v1/join"},
 	{"POST", ServerJoinPath},
 	{"GET", "/v1/events?since=NAME"},
+	{"POST", "/v1/projects"},
+	{"GET", "/v1/projects/NAME"},
+	{"DELETE", "/v1/projects/NAME"},
 }
 
 // FuzzAPIRequests: no request body, name or query makes the API answer
@@ -46,6 +49,7 @@ func FuzzAPIRequests(f *testing.F) {
 		`{"ttl":"99999h"}`,
 		`{"token":"x.y","host":"h1","csr":"-----BEGIN CERTIFICATE REQUEST-----"}`,
 		`{"token":"x","name":"s2","peer_url":"http://[::1","hosts":[]}`,
+		`{"name":"dev","max_vms":-1,"max_cpus":16,"max_memory":"1.5K","max_disk":"200G"}`,
 		`null`, `[]`, `{}`, `{"name":1}`, "\x00", `{"name":"a"}{"name":"b"}`,
 	}
 	for i, s := range seeds {

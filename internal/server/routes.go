@@ -17,7 +17,8 @@ type route struct {
 	method, pattern string
 	perm            authz.Permission
 	// object finds what the call acts on, for rules that grant on one's
-	// own objects (nil: nothing of anyone's). Where the object is known
+	// own objects, and for a caller confined to a project, the project
+	// of the VM or project it names (nil: nothing of anyone's). Where the object is known
 	// only from the body or the store, the handler asks s.authorize
 	// again with it (tokens).
 	object func(r *http.Request) authz.Object
@@ -50,16 +51,16 @@ func (s *Server) routeTable() []route {
 	return []route{
 		{method: "GET", pattern: "/v1/vms", perm: authz.ReadVMs, handle: s.listVMs},
 		{method: "POST", pattern: "/v1/vms", perm: authz.CreateVMs, act: "vm.create", handle: s.createVM},
-		{method: "GET", pattern: "/v1/vms/{name}", perm: authz.ReadVMs, handle: s.getVM},
-		{method: "DELETE", pattern: "/v1/vms/{name}", perm: authz.DeleteVMs, act: "vm.delete", handle: s.deleteVM},
-		{method: "PATCH", pattern: "/v1/vms/{name}", perm: authz.ChangeVMs, act: "vm.set", handle: s.updateVM},
-		{method: "POST", pattern: "/v1/vms/{name}/{action}", perm: authz.PowerVMs, what: powerWords, act: "vm.{action}", handle: s.vmAction},
-		{method: "GET", pattern: "/v1/vms/{name}/logs", perm: authz.ReadVMLogs, handle: s.vmLogs},
-		{method: "GET", pattern: "/v1/vms/{name}/console", perm: authz.ConsoleVMs, act: "vm.console", handle: s.vmConsole},
-		{method: "POST", pattern: "/v1/vms/{name}/migrate", perm: authz.MoveVMs, act: "vm.migrate", handle: s.migrateVM},
-		{method: "GET", pattern: "/v1/vms/{name}/migration", perm: authz.ReadVMs, handle: s.getMigration},
-		{method: "DELETE", pattern: "/v1/vms/{name}/migration", perm: authz.MoveVMs, act: "vm.migrate-cancel", handle: s.cancelMigration},
-		{method: "POST", pattern: "/v1/vms/{name}/recover", perm: authz.MoveVMs, what: words("recover VMs"), act: "vm.recover", handle: s.recoverVM},
+		{method: "GET", pattern: "/v1/vms/{name}", perm: authz.ReadVMs, object: s.vmObject, handle: s.getVM},
+		{method: "DELETE", pattern: "/v1/vms/{name}", perm: authz.DeleteVMs, act: "vm.delete", object: s.vmObject, handle: s.deleteVM},
+		{method: "PATCH", pattern: "/v1/vms/{name}", perm: authz.ChangeVMs, act: "vm.set", object: s.vmObject, handle: s.updateVM},
+		{method: "POST", pattern: "/v1/vms/{name}/{action}", perm: authz.PowerVMs, what: powerWords, act: "vm.{action}", object: s.vmObject, handle: s.vmAction},
+		{method: "GET", pattern: "/v1/vms/{name}/logs", perm: authz.ReadVMLogs, object: s.vmObject, handle: s.vmLogs},
+		{method: "GET", pattern: "/v1/vms/{name}/console", perm: authz.ConsoleVMs, act: "vm.console", object: s.vmObject, handle: s.vmConsole},
+		{method: "POST", pattern: "/v1/vms/{name}/migrate", perm: authz.MoveVMs, act: "vm.migrate", object: s.vmObject, handle: s.migrateVM},
+		{method: "GET", pattern: "/v1/vms/{name}/migration", perm: authz.ReadVMs, object: s.vmObject, handle: s.getMigration},
+		{method: "DELETE", pattern: "/v1/vms/{name}/migration", perm: authz.MoveVMs, act: "vm.migrate-cancel", object: s.vmObject, handle: s.cancelMigration},
+		{method: "POST", pattern: "/v1/vms/{name}/recover", perm: authz.MoveVMs, what: words("recover VMs"), act: "vm.recover", object: s.vmObject, handle: s.recoverVM},
 		{method: "GET", pattern: "/v1/hosts", perm: authz.ReadHosts, handle: s.listHosts},
 		{method: "GET", pattern: "/v1/hosts/{name}", perm: authz.ReadHosts, handle: s.getHost},
 		{method: "POST", pattern: "/v1/hosts/{name}/drain", perm: authz.DrainHosts, act: "host.drain", handle: s.drainHost},
@@ -77,6 +78,10 @@ func (s *Server) routeTable() []route {
 		{method: "GET", pattern: "/v1/cluster/status", perm: authz.ReadCluster, handle: s.clusterStatus},
 		{method: "DELETE", pattern: "/v1/cluster/servers/{name}", perm: authz.ManageCluster, what: words("remove servers"), act: "server.remove", handle: s.removeServer},
 		{method: "GET", pattern: "/v1/audit", perm: authz.ReadAudit, handle: s.listAudit},
+		{method: "GET", pattern: "/v1/projects", perm: authz.ReadProjects, handle: s.listProjects},
+		{method: "POST", pattern: "/v1/projects", perm: authz.ManageProjects, what: words("create projects"), act: "project.create", handle: s.createProject},
+		{method: "GET", pattern: "/v1/projects/{name}", perm: authz.ReadProjects, object: projectObject, handle: s.getProject},
+		{method: "DELETE", pattern: "/v1/projects/{name}", perm: authz.ManageProjects, object: projectObject, what: words("delete projects"), act: "project.delete", handle: s.deleteProject},
 		{method: "GET", pattern: "/v1/users", perm: authz.ManageUsers, what: words("list users"), handle: s.listUsers},
 		{method: "POST", pattern: "/v1/users", perm: authz.ManageUsers, what: words("create users"), act: "user.create", handle: s.createUser},
 		{method: "GET", pattern: "/v1/users/{name}", perm: authz.ManageUsers, object: ownedBy, what: words("see other users"), handle: s.getUser},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/audit"
+	"github.com/shoalvm/shoal/internal/authz"
 	"github.com/shoalvm/shoal/internal/cpumodel"
 	"github.com/shoalvm/shoal/internal/netdev"
 	"github.com/shoalvm/shoal/internal/store"
@@ -34,8 +35,12 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	id := caller(r.Context())
 	out := make([]api.VM, 0, len(specs))
 	for _, sp := range specs {
+		if !id.Sees(sp.Project) {
+			continue
+		}
 		st, ok := sts[sp.ID]
 		v := api.MergeVM(sp, ptrIf(st, ok))
 		api.MarkUnknown(&v, alive[v.Host])
@@ -186,6 +191,15 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx := r.Context()
 	audit.SetObject(ctx, "vm/"+req.Name)
+	if req.Project != "" {
+		if err := api.ValidateName("project", req.Project); err != nil {
+			return err
+		}
+	}
+	project, err := authz.CreateIn(caller(ctx), req.Project)
+	if err != nil {
+		return err
+	}
 	exists, rev, err := s.st.VMExists(ctx, req.Name)
 	if err != nil {
 		return err
@@ -200,6 +214,7 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	if req.Start {
 		sp.Power = api.PowerRunning
 	}
+	sp.Project = project
 	sp.ID = newID()
 	sp.MAC = netdev.MAC(sp.ID)
 	sp.UID = store.NewUID()

@@ -20,6 +20,7 @@ type Store struct {
 	mc    *clientv3.Client // reaches each etcd member (see SetMemberClient); nil: c
 	ev    sharedLease      // shared by the events appended for a while (see events.go)
 	audit sharedLease      // shared by the audit records of a while (see audit.go)
+	quota quotaQueues      // creates waiting for their project's transaction (see projects.go)
 }
 
 // New wraps an etcd client.
@@ -48,13 +49,32 @@ var (
 // CreateVM writes a new VM with its IP, MAC and (if set) QEMU user id
 // reservations in one transaction and returns the revision it was
 // written at. It fails with api.ErrConflict if the name exists or the
-// IP, MAC or user id was taken.
+// IP, MAC or user id was taken. A VM of a project other than the default
+// one is written with its project's usage, in the same transaction that
+// checks the project's limits (see projects.go): api.ErrConflict if it
+// would pass one, api.ErrNotFound if the project does not exist.
 func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 	v.Rev = 0
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("encode vm: %w", err)
 	}
+	if api.ProjectOf(v.Project) != api.DefaultProject {
+		return s.createInProject(v, b)
+	}
+	conds, ops := createOps(v, b)
+	resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(vmKey(v.Name))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	return 0, createFailed(v, len(resp.Responses[0].GetResponseRange().Kvs) > 0)
+}
+
+// createOps are the conditions and writes of a VM's creation.
+func createOps(v api.VMSpec, b []byte) ([]clientv3.Cmp, []clientv3.Op) {
 	vk, ik, mk := vmKey(v.Name), ipKey(v.Network, v.IP), macKey(v.MAC)
 	conds := []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(vk), "=", 0),
@@ -66,17 +86,16 @@ func (s *Store) CreateVM(ctx context.Context, v api.VMSpec) (int64, error) {
 		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(uidKey(v.UID)), "=", 0))
 		ops = append(ops, clientv3.OpPut(uidKey(v.UID), v.ID))
 	}
-	resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(vk)).Commit()
-	if err != nil {
-		return 0, fmt.Errorf("create vm: %w: %w", api.ErrUnavailable, err)
+	return conds, ops
+}
+
+// createFailed says why a VM's creation failed: its name exists, or
+// its address, MAC or user id was taken.
+func createFailed(v api.VMSpec, exists bool) error {
+	if exists {
+		return api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
 	}
-	if resp.Succeeded {
-		return resp.Header.Revision, nil
-	}
-	if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return 0, api.Errorf(api.ErrConflict, "vm %q already exists", v.Name)
-	}
-	return 0, fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s, MAC %s or QEMU user %d was just taken, try again", v.IP, v.MAC, v.UID), errAddressTaken)
+	return fmt.Errorf("%w%w", api.Errorf(api.ErrConflict, "address %s, MAC %s or QEMU user %d was just taken, try again", v.IP, v.MAC, v.UID), errAddressTaken)
 }
 
 // NewUID picks a QEMU user id for a new VM at random from the range
@@ -153,14 +172,21 @@ func (s *Store) RemoveVM(ctx context.Context, v api.VMSpec) error {
 	if cur.UID != 0 {
 		ops = append(ops, clientv3.OpDelete(uidKey(cur.UID)))
 	}
+	if api.ProjectOf(cur.Project) != api.DefaultProject {
+		return s.removeInProject(ctx, cur, rev, ops)
+	}
 	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vmKey(v.Name)), "=", rev)).Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("remove vm: %w: %w", api.ErrUnavailable, err)
 	}
 	if !resp.Succeeded {
-		return api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", v.Name)
+		return vmChanged(v.Name)
 	}
 	return nil
+}
+
+func vmChanged(name string) error {
+	return api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", name)
 }
 
 // PutStatus records what a host reports about a VM (keyed by the VM's id,

@@ -1,0 +1,133 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/audit"
+	"github.com/shoalvm/shoal/internal/authz"
+)
+
+// vmObject is the object of a route on VM {name}: its project, for a
+// caller confined to one (to whom another project's VM does not exist).
+// A caller of no project costs no read; a VM that does not exist, or
+// cannot be read, is left to the handler to report.
+func (s *Server) vmObject(r *http.Request) authz.Object {
+	id, _ := authz.FromContext(r.Context())
+	if id.Project == "" {
+		return authz.Object{}
+	}
+	name := r.PathValue("name")
+	sp, err := s.st.GetVM(r.Context(), name)
+	if err != nil {
+		return authz.Object{}
+	}
+	return authz.Object{Project: api.ProjectOf(sp.Project), Name: "vm " + strconv.Quote(name), Hint: "see 'shoal vm list'"}
+}
+
+// projectObject is the object of a route on project {name}.
+func projectObject(r *http.Request) authz.Object {
+	name := r.PathValue("name")
+	return authz.Object{Project: name, Name: "project " + strconv.Quote(name), Hint: "see 'shoal project list'"}
+}
+
+// caller returns who calls r (the zero Identity, of no project, if
+// unknown: routes refuse those before any handler runs).
+func caller(ctx context.Context) authz.Identity {
+	id, _ := authz.FromContext(ctx)
+	return id
+}
+
+func (s *Server) createProject(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateProjectRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	audit.SetObject(r.Context(), "project/"+req.Name)
+	if err := api.ValidateName("project", req.Name); err != nil {
+		return err
+	}
+	if req.Name == api.DefaultProject {
+		return api.Errorf(api.ErrConflict, "project %q always exists and has no limits", api.DefaultProject)
+	}
+	l, err := req.ParseLimits()
+	if err != nil {
+		return err
+	}
+	p := api.Project{Name: req.Name, Limits: l, CreatedAt: time.Now().UTC()}
+	if err := s.st.CreateProject(r.Context(), p); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, p)
+	return nil
+}
+
+// defaultProject is the default project with what its VMs take, counted
+// from them.
+func (s *Server) defaultProject(ctx context.Context) (api.Project, error) {
+	p := api.Project{Name: api.DefaultProject}
+	specs, _, err := s.st.ListVMs(ctx)
+	if err != nil {
+		return p, err
+	}
+	for _, sp := range specs {
+		if api.ProjectOf(sp.Project) == api.DefaultProject {
+			p.Usage = p.Usage.Add(api.UsageOf(sp))
+		}
+	}
+	return p, nil
+}
+
+func (s *Server) listProjects(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	id := caller(ctx)
+	out := []api.Project{}
+	if id.Sees(api.DefaultProject) {
+		p, err := s.defaultProject(ctx)
+		if err != nil {
+			return err
+		}
+		out = append(out, p)
+	}
+	ps, err := s.st.ListProjects(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		if id.Sees(p.Name) {
+			out = append(out, p)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getProject(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	var p api.Project
+	var err error
+	if name == api.DefaultProject {
+		p, err = s.defaultProject(r.Context())
+	} else {
+		p, _, err = s.st.GetProject(r.Context(), name)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, p)
+	return nil
+}
+
+func (s *Server) deleteProject(w http.ResponseWriter, r *http.Request) error {
+	if r.PathValue("name") == api.DefaultProject {
+		return api.Errorf(api.ErrConflict, "project %q always exists", api.DefaultProject)
+	}
+	if err := s.st.DeleteProject(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
