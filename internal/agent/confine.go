@@ -49,12 +49,8 @@ func giveFiles(s *api.VMSpec, own, shared []string) error {
 		return nil
 	}
 	for _, p := range own {
-		// Lchown: the files are in directories only root may change.
-		if err := os.Lchown(p, s.UID, s.UID); err != nil {
-			return fmt.Errorf("give %s to the VM's QEMU user %d: %w", p, s.UID, err)
-		}
-		if err := os.Chmod(p, 0o600); err != nil {
-			return fmt.Errorf("give %s to the VM's QEMU user: %w", p, err)
+		if err := giveFile(p, s.UID); err != nil {
+			return err
 		}
 		if err := searchable(filepath.Dir(p)); err != nil {
 			return err
@@ -69,6 +65,38 @@ func giveFiles(s *api.VMSpec, own, shared []string) error {
 		}
 	}
 	return nil
+}
+
+// giveFile makes the file p the VM's QEMU user's, mode 0600, through the
+// open file: some (the seed) are in the VM's dir, which that user owns,
+// and a link put at the name must not pass root's chown to another file.
+func giveFile(p string, uid int) error {
+	f, err := openNoFollow(p)
+	if err != nil {
+		return fmt.Errorf("give %s to the VM's QEMU user: %w", p, err)
+	}
+	defer f.Close()
+	if err := f.Chown(uid, uid); err != nil {
+		return fmt.Errorf("give %s to the VM's QEMU user %d: %w", p, uid, err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		return fmt.Errorf("give %s to the VM's QEMU user: %w", p, err)
+	}
+	return nil
+}
+
+// openNoFollow opens a regular file for reading, through no link at its
+// name, and never blocks on a FIFO.
+func openNoFollow(p string) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return f, nil
 }
 
 // searchable adds search permission for all (o+x, not read) to dir and
@@ -133,10 +161,17 @@ func (w *worker) awaitUID(ctx context.Context, s *api.VMSpec) (int, error) {
 func (w *worker) qemuTLSCopy(s *api.VMSpec) (string, error) {
 	dst := filepath.Join(w.a.vmDir(s.ID), "tls")
 	dropTLSCopy(w, dst)
-	if err := os.Mkdir(dst, 0o700); err != nil {
+	// Made and opened relative to the VM's dir, so that a link the VM's
+	// QEMU user put at "tls" meanwhile leads nowhere outside it.
+	vm, err := os.OpenRoot(w.a.vmDir(s.ID))
+	if err != nil {
 		return "", fmt.Errorf("QEMU's TLS credentials: %w", err)
 	}
-	root, err := os.OpenRoot(dst)
+	defer vm.Close()
+	if err := vm.Mkdir("tls", 0o700); err != nil {
+		return "", fmt.Errorf("QEMU's TLS credentials: %w", err)
+	}
+	root, err := vm.OpenRoot("tls")
 	if err != nil {
 		return "", fmt.Errorf("QEMU's TLS credentials: %w", err)
 	}
@@ -212,7 +247,7 @@ func backingChain(path string) ([]string, error) {
 // backingFile reads the backing file name from a qcow2 header: its
 // offset (big-endian uint64 at byte 8) and length (uint32 at byte 16).
 func backingFile(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := openNoFollow(path)
 	if err != nil {
 		return "", err
 	}
@@ -319,20 +354,29 @@ func (a *Agent) restrictDisks() {
 // image library or a pool's copies of images (storage.Pool.ImageBase),
 // links resolved.
 func (a *Agent) inImageLibrary(path string) error {
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return fmt.Errorf("backing file %s: %w", path, err)
-	}
 	roots := []string{a.cfg.ImageDir}
 	for _, p := range a.cfg.Pools {
 		roots = append(roots, filepath.Join(p.Dir, ".images"))
 	}
-	for _, r := range roots {
-		if rr, err := filepath.EvalSymlinks(r); err == nil {
-			if rel, err := filepath.Rel(rr, real); err == nil && rel != "." && !strings.HasPrefix(rel, "..") {
-				return nil
+	// The name itself must be in the library, whose dirs only root may
+	// change (a name elsewhere, say in the VM's own dir, could be a link
+	// that flips between the check and the chmod); and what it resolves to.
+	under := func(p string, resolve bool) bool {
+		for _, r := range roots {
+			if resolve {
+				if rr, err := filepath.EvalSymlinks(r); err == nil {
+					r = rr
+				}
+			}
+			if rel, err := filepath.Rel(filepath.Clean(r), p); err == nil && rel != "." && !strings.HasPrefix(rel, "..") {
+				return true
 			}
 		}
+		return false
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err == nil && under(filepath.Clean(path), false) && under(real, true) {
+		return nil
 	}
 	return fmt.Errorf("the disk's backing file %s is no image of this host's library nor of a pool: refusing to open it to the VM's QEMU (its disk header was changed?)", path)
 }

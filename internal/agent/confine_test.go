@@ -184,3 +184,32 @@ func TestBackingFileOutsideTheLibrary(t *testing.T) {
 		t.Fatalf("the named file was opened up: %v %v", st.Mode(), err)
 	}
 }
+
+// TestGiveFileThroughNoLink: the seed lies in the VM's dir, which its
+// QEMU user owns; a link put at its name does not pass root's chown and
+// chmod on to the file it names.
+func TestGiveFileThroughNoLink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files away")
+	}
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(target, []byte("root:x:0:0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seed := filepath.Join(dir, "seed.iso")
+	if err := os.Symlink(target, seed); err != nil {
+		t.Fatal(err)
+	}
+	s := &api.VMSpec{UID: api.VMUIDMin + 9}
+	if err := giveFiles(s, []string{seed}, nil); err == nil {
+		t.Error("a linked seed was given")
+	}
+	st, err := os.Stat(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o644 || st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("the linked file became mode %o, uid %d", st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid)
+	}
+}

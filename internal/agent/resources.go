@@ -278,6 +278,7 @@ func (w *worker) destroy(ctx context.Context, deleting bool) error {
 			return err
 		}
 	}
+	w.markHA(false) // its mark is kept outside its dir
 	if err := os.RemoveAll(w.a.vmDir(w.id)); err != nil {
 		return fmt.Errorf("remove vm state dir: %w", err)
 	}
@@ -309,11 +310,11 @@ func writeAtomic(path string, b []byte) error {
 	}
 	defer os.Remove(f.Name()) // nothing is left once renamed
 	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o640) // by the file, not its name, which may be a link by now
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o640)
 	}
 	if err == nil {
 		err = os.Rename(f.Name(), path)

@@ -201,6 +201,12 @@ func (h *Handler) watch(ctx context.Context, host string, w http.ResponseWriter,
 		select {
 		case ev = <-events:
 		case <-tick.C:
+			// A host removed meanwhile (or whose certificate expired) gets
+			// no more of the cluster's state over a stream it opened before.
+			if err := h.revoked(ctx, host, r); err != nil {
+				h.Log.Info("agent watch ended: its host is no longer admitted", "host", host, "err", err)
+				return nil
+			}
 			ev = Event{Heartbeat: 10 * time.Second}
 		case err := <-errc:
 			h.Log.Debug("agent watch ended", "host", host, "err", err)

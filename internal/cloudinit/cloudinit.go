@@ -199,7 +199,10 @@ func WriteSeed(ctx context.Context, path string, s Seed) error {
 		return fmt.Errorf("cloudinit: %w", err)
 	}
 	dir := filepath.Dir(path)
-	stage, err := os.MkdirTemp(dir, ".seed-files-")
+	// Staged in a private dir of root's, not beside the seed: the VM's
+	// dir belongs to its QEMU user, who could swap a staging dir there
+	// for a link, and have root write the files elsewhere.
+	stage, err := os.MkdirTemp("", ".shoal-seed-")
 	if err != nil {
 		return fmt.Errorf("cloudinit: %w", err)
 	}
@@ -226,19 +229,31 @@ func WriteSeed(ctx context.Context, path string, s Seed) error {
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("cloudinit: %s: %s: %w", filepath.Base(tool), strings.TrimSpace(out.String()), err)
 	}
-	f, err := os.Open(tmp)
+	iso, err := os.ReadFile(tmp)
 	if err != nil {
 		return fmt.Errorf("cloudinit: %w", err)
 	}
-	err = f.Sync()
-	f.Close()
+	// Into the seed's dir through a new file of root's (O_EXCL), then
+	// renamed over the seed: no link there is followed.
+	f, err := os.CreateTemp(dir, ".seed-*.iso")
 	if err != nil {
-		return fmt.Errorf("cloudinit: sync seed: %w", err)
-	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
 		return fmt.Errorf("cloudinit: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	defer os.Remove(f.Name())
+	_, err = f.Write(iso)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cloudinit: write seed: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("cloudinit: install seed: %w", err)
 	}
 	if d, err := os.Open(dir); err == nil {

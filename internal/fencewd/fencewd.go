@@ -85,22 +85,30 @@ func deadline(dir string) (at time.Duration, ok bool) {
 	return time.Duration(n), true
 }
 
-// MarkHA records whether the VM of state dir vmDir is HA.
+// MarkHA records whether the VM of state dir vmDir (DIR/vms/ID) is HA,
+// in DIR/ha/ID: not in the VM's dir, which belongs to its QEMU user, who
+// could otherwise remove the mark and so escape fencing.
 func MarkHA(vmDir string, ha bool) error {
-	p := filepath.Join(vmDir, "ha")
+	marks := filepath.Join(filepath.Dir(filepath.Dir(vmDir)), "ha")
+	p := filepath.Join(marks, filepath.Base(vmDir))
+	_ = os.Remove(filepath.Join(vmDir, "ha")) // where marks were kept before
 	if !ha {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("unmark HA: %w", err)
 		}
 		return nil
 	}
-	if _, err := os.Stat(p); err == nil {
-		return nil
-	}
-	if err := os.WriteFile(p, nil, 0o640); err != nil {
+	if err := os.MkdirAll(marks, 0o700); err != nil {
 		return fmt.Errorf("mark HA: %w", err)
 	}
-	return nil
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mark HA: %w", err)
+	}
+	return f.Close()
 }
 
 // Run watches agent state dir dir until ctx ends or the dir is removed:
@@ -145,10 +153,14 @@ func Run(ctx context.Context, log *slog.Logger, dir string) error {
 // killHA kills the QEMU of each VM marked HA; it returns how many had a
 // pidfile (ran, as far as their files tell).
 func killHA(log *slog.Logger, dir string) int {
-	marks, _ := filepath.Glob(filepath.Join(dir, "vms", "*", "ha"))
+	marks, _ := filepath.Glob(filepath.Join(dir, "ha", "*"))
+	old, _ := filepath.Glob(filepath.Join(dir, "vms", "*", "ha")) // marked before DIR/ha
+	for _, m := range old {
+		marks = append(marks, filepath.Dir(m))
+	}
 	n := 0
 	for _, m := range marks {
-		vmDir := filepath.Dir(m)
+		vmDir := filepath.Join(dir, "vms", filepath.Base(m))
 		if _, err := os.Stat(filepath.Join(vmDir, qemu.PidFile)); err == nil {
 			n++
 		}

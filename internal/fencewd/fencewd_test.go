@@ -54,6 +54,9 @@ func TestWatchdogKillsHAVMsOnlyPastTheDeadline(t *testing.T) {
 	if err := MarkHA(haDir, true); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := os.Stat(filepath.Join(haDir, "ha")); err == nil {
+		t.Error("the HA mark is in the VM's dir, which its QEMU user owns and could remove it from")
+	}
 	if err := Arm(dir, Now()+time.Second); err != nil {
 		t.Fatal(err)
 	}

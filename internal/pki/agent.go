@@ -320,11 +320,7 @@ func (h *AgentCertHolder) Install(certPEM []byte) error {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return fmt.Errorf("the renewed certificate is not the cluster CA's: %w", err)
 	}
-	p := filepath.Join(h.dir, AgentCert)
-	if err := os.WriteFile(p+".tmp", certPEM, 0o644); err != nil {
-		return fmt.Errorf("write agent certificate: %w", err)
-	}
-	if err := os.Rename(p+".tmp", p); err != nil {
+	if err := writeSynced(filepath.Join(h.dir, AgentCert), certPEM); err != nil {
 		return fmt.Errorf("write agent certificate: %w", err)
 	}
 	cert.Leaf = leaf

@@ -55,11 +55,13 @@ func CapLog(path string, limit int64) (bool, error) {
 	}
 	defer os.Remove(tmp.Name())
 	_, err = io.Copy(tmp, io.NewSectionReader(f, st.Size()-limit, limit))
+	if err == nil {
+		// By the open file, never by its name: the VM's QEMU user owns
+		// the dir and could put a link there meanwhile.
+		err = tmp.Chmod(st.Mode().Perm() & 0o640)
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), st.Mode().Perm())
 	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), old)

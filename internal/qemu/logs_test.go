@@ -199,3 +199,20 @@ func TestLogsFollowNoLink(t *testing.T) {
 		t.Error("OpenConsoleLog opened a link")
 	}
 }
+
+// TestPidfileFollowsNoLink: QEMU's user writes its pidfile; a link there
+// to a host file is not read, and no content shows in the error.
+func TestPidfileFollowsNoLink(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "ca.key")
+	if err := os.WriteFile(secret, []byte("4242 SECRET"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(dir, PidFile)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := findRunning(dir)
+	if err == nil || strings.Contains(err.Error(), "SECRET") || strings.Contains(err.Error(), "4242") {
+		t.Errorf("findRunning through a linked pidfile: %v", err)
+	}
+}

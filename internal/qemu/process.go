@@ -192,7 +192,7 @@ func attach(ctx context.Context, log *slog.Logger, dir string) (*Process, error)
 // ErrNotRunning.
 func findRunning(dir string) (int, *pidHandle, error) {
 	pidPath := filepath.Join(dir, PidFile)
-	raw, err := os.ReadFile(pidPath)
+	raw, err := readPidfile(pidPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil, fmt.Errorf("%w: no pidfile %s", ErrNotRunning, pidPath)
 	}
@@ -201,7 +201,8 @@ func findRunning(dir string) (int, *pidHandle, error) {
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
 	if err != nil || pid <= 0 {
-		return 0, nil, fmt.Errorf("%w: pidfile %s holds %q, not a pid", ErrNotRunning, pidPath, raw)
+		// Its content is not shown: QEMU's user writes the file.
+		return 0, nil, fmt.Errorf("%w: pidfile %s holds no pid", ErrNotRunning, pidPath)
 	}
 	h, err := openPid(pid, dir)
 	if err != nil {
@@ -307,7 +308,7 @@ func (p *Process) Close() error {
 // a newer QEMU already took over dir (its pidfile names another pid, or
 // one runs there): an old Process must never hide a new VM.
 func cleanupAfter(dir string, pid int) {
-	raw, err := os.ReadFile(filepath.Join(dir, PidFile))
+	raw, err := readPidfile(filepath.Join(dir, PidFile))
 	if err == nil && strings.TrimSpace(string(raw)) != strconv.Itoa(pid) {
 		return
 	}
@@ -406,3 +407,19 @@ func killStrays(log *slog.Logger, dir string) {
 // needs neither QMP nor the pidfile, so it works on a wedged QEMU or one
 // whose pidfile is gone.
 func KillAll(log *slog.Logger, dir string) { killStrays(log, dir) }
+
+// readPidfile reads QEMU's pidfile, which its unprivileged user writes in
+// a dir of its own: through no link, no FIFO, and 32 bytes at most.
+func readPidfile(path string) ([]byte, error) {
+	f, err := openOwn(path, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, 32)
+	n, err := f.Read(b)
+	if err != nil && n == 0 {
+		return nil, err
+	}
+	return b[:n], nil
+}

@@ -270,6 +270,10 @@ func TestUserLifecycle(t *testing.T) {
 		wantError(t, http.StatusBadRequest, "invalid", "must start with a lower-case letter")
 	h.callToken(admin, "POST", "/v1/users", api.CreateUserRequest{Name: "alice", Role: api.RoleOperator, Password: "short"}).
 		wantError(t, http.StatusBadRequest, "invalid", "a password has 8 to")
+	// An admin acts on the whole cluster: confined to a project, it could
+	// still make tokens of unconfined admins.
+	h.callToken(admin, "POST", "/v1/users", api.CreateUserRequest{Name: "alice", Role: api.RoleAdmin, Project: "dev"}).
+		wantError(t, http.StatusBadRequest, "invalid", "cannot be confined to project")
 	var u api.User
 	h.callToken(admin, "POST", "/v1/users", api.CreateUserRequest{Name: "alice", Role: api.RoleOperator, Password: "correct horse"}).
 		decodeOK(t, http.StatusCreated, &u)

@@ -22,8 +22,12 @@ func (s *Server) vmObject(r *http.Request) authz.Object {
 	}
 	name := r.PathValue("name")
 	sp, err := s.st.GetVM(r.Context(), name)
+	if api.IsNotFound(err) {
+		return authz.Object{} // the handler says so
+	}
 	if err != nil {
-		return authz.Object{}
+		// Its project unknown, the VM is not the caller's to act on.
+		return authz.Object{Project: "\x00unknown", Name: "vm " + strconv.Quote(name), Hint: "the cluster's state could not be read; try again"}
 	}
 	return authz.Object{Project: api.ProjectOf(sp.Project), Name: "vm " + strconv.Quote(name), Hint: "see 'shoal vm list'"}
 }

@@ -34,12 +34,16 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) error {
 	if err := api.ValidateName("user", req.Name); err != nil {
 		return err
 	}
-	if _, err := authz.ParseRole(req.Role); err != nil {
+	role, err := authz.ParseRole(req.Role)
+	if err != nil {
 		return err
 	}
 	if req.Project != "" {
 		if err := api.ValidateName("project", req.Project); err != nil {
 			return err
+		}
+		if role == authz.Admin {
+			return api.Errorf(api.ErrInvalid, "an admin acts on the whole cluster and cannot be confined to project %q: give the user the operator or viewer role", req.Project)
 		}
 	}
 	u := store.User{User: api.User{Name: req.Name, Role: req.Role, Project: req.Project, CreatedAt: time.Now().UTC()}}
