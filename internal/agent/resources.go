@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
+	"github.com/shoalvm/shoal/internal/atomicfile"
 	"github.com/shoalvm/shoal/internal/cloudinit"
 	"github.com/shoalvm/shoal/internal/crashpoint"
 	"github.com/shoalvm/shoal/internal/image"
@@ -304,22 +305,7 @@ func absent(path string) (bool, error) {
 // Made with O_EXCL, the temporary file is never a link that a VM's QEMU
 // put in its own directory (see confine.go), nor is the file read.
 func writeAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(f.Name()) // nothing is left once renamed
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o640) // by the file, not its name, which may be a link by now
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, b, 0o640); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

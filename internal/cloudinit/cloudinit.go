@@ -16,6 +16,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/shoalvm/shoal/internal/atomicfile"
 )
 
 // VolumeLabel is the volume ID cloud-init's NoCloud source looks for.
@@ -198,7 +200,6 @@ func WriteSeed(ctx context.Context, path string, s Seed) error {
 	if err != nil {
 		return fmt.Errorf("cloudinit: %w", err)
 	}
-	dir := filepath.Dir(path)
 	// Staged in a private dir of root's, not beside the seed: the VM's
 	// dir belongs to its QEMU user, who could swap a staging dir there
 	// for a link, and have root write the files elsewhere.
@@ -235,30 +236,8 @@ func WriteSeed(ctx context.Context, path string, s Seed) error {
 	}
 	// Into the seed's dir through a new file of root's (O_EXCL), then
 	// renamed over the seed: no link there is followed.
-	f, err := os.CreateTemp(dir, ".seed-*.iso")
-	if err != nil {
-		return fmt.Errorf("cloudinit: %w", err)
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(iso)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("cloudinit: write seed: %w", err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
+	if err := atomicfile.Write(path, iso, 0o644); err != nil {
 		return fmt.Errorf("cloudinit: install seed: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

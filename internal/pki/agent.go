@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoalvm/shoal/internal/atomicfile"
 )
 
 // Organizational units that say what a certificate's holder is.
@@ -320,7 +322,7 @@ func (h *AgentCertHolder) Install(certPEM []byte) error {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return fmt.Errorf("the renewed certificate is not the cluster CA's: %w", err)
 	}
-	if err := writeSynced(filepath.Join(h.dir, AgentCert), certPEM); err != nil {
+	if err := atomicfile.Write(filepath.Join(h.dir, AgentCert), certPEM, 0o644); err != nil {
 		return fmt.Errorf("write agent certificate: %w", err)
 	}
 	cert.Leaf = leaf

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/shoalvm/shoal/internal/atomicfile"
 )
 
 // OUMigration is the role of a host's migration certificate, the one its
@@ -83,40 +85,10 @@ func InstallMigration(dir string, certPEM []byte) error {
 	if len(leaf.Subject.OrganizationalUnit) == 0 || leaf.Subject.OrganizationalUnit[0] != OUMigration {
 		return fmt.Errorf("the migration certificate has the role %v, not %s", leaf.Subject.OrganizationalUnit, OUMigration)
 	}
-	if err := writeSynced(filepath.Join(dir, MigrationCert), certPEM); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, MigrationCert), certPEM, 0o644); err != nil {
 		return fmt.Errorf("write the migration certificate: %w", err)
 	}
 	return nil
-}
-
-// writeSynced replaces the file at p with b (mode 0644), so that a crash
-// leaves the old file or the new one, whole.
-func writeSynced(p string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err == nil {
-		if d, derr := os.Open(filepath.Dir(p)); derr == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
-	return err
 }
 
 // mustRead returns a file's bytes, or nil (which then fails to parse).
