@@ -17,6 +17,10 @@ import (
 const (
 	defaultEventLimit = 100
 	maxEventLimit     = 1000
+	// scopedEventScan is how many events are read for a caller confined
+	// to a project, whose page is what is left of them once others'
+	// projects' events are left out.
+	scopedEventScan   = 10 * maxEventLimit
 	eventWriteTimeout = 3 * time.Second
 	trimEvery         = 64 // appends between two trims of the log to store.EventsKept
 )
@@ -66,6 +70,12 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	limit := f.Limit
+	if caller(r.Context()).Project != "" {
+		// Others' events are left out after reading: read more, so that
+		// the page is filled with the caller's project's.
+		f.Limit = scopedEventScan
+	}
 	evs, err := s.st.ListEvents(r.Context(), f)
 	if err != nil {
 		return err
@@ -78,6 +88,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 	if out, err = s.visibleEvents(r.Context(), out); err != nil {
 		return err
 	}
+	out = mergeEvents(out, nil, f.After != "", limit)
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -73,6 +73,16 @@ func TestProjectScopedUser(t *testing.T) {
 	if seen := eventVMs(dan); seen["prodvm"] || !seen["devvm"] {
 		t.Errorf("dan's events are of %v, want devvm's only", seen)
 	}
+	// A page of dan's events is filled with his project's, however many
+	// newer ones of other projects there are.
+	for _, act := range []string{"stop", "start", "stop", "start"} {
+		h.callToken(admin, "POST", "/v1/vms/prodvm/"+act+"?wait=false", nil)
+	}
+	var page []api.Event
+	h.callToken(dan, "GET", "/v1/events?limit=1", nil).decodeOK(t, http.StatusOK, &page)
+	if len(page) != 1 || page[0].VM != "devvm" {
+		t.Errorf("dan's page of one event: %+v, want devvm's newest", page)
+	}
 
 	var ps []api.Project
 	h.callToken(dan, "GET", "/v1/projects", nil).decodeOK(t, http.StatusOK, &ps)
