@@ -54,14 +54,14 @@ func (h *Handler) renew(ctx context.Context, host string, w http.ResponseWriter,
 		return api.Errorf(api.ErrInvalid, "send csr, migration_csr or both")
 	}
 	if req.CSR != "" {
-		cert, err := h.Certs.Renew(host, []byte(req.CSR), remoteIP(r))
+		cert, err := h.Certs.Renew(host, []byte(req.CSR), RemoteIP(r))
 		if err != nil {
 			return err
 		}
 		out.Cert = string(cert)
 	}
 	if req.MigrationCSR != "" {
-		cert, err := h.Certs.SignMigration(host, []byte(req.MigrationCSR), remoteIP(r))
+		cert, err := h.Certs.SignMigration(host, []byte(req.MigrationCSR), RemoteIP(r))
 		if err != nil {
 			return err
 		}
@@ -88,8 +88,8 @@ func (h *Handler) revoked(ctx context.Context, host string, r *http.Request) err
 	return h.Certs.Revoked(ctx, host, c)
 }
 
-// remoteIP returns the address a request came from, if over IP.
-func remoteIP(r *http.Request) net.IP {
+// RemoteIP returns the address a request came from, if over IP.
+func RemoteIP(r *http.Request) net.IP {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return nil

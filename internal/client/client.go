@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -341,21 +342,27 @@ type EventQuery struct {
 
 // Events returns the cluster's events that match q, oldest first.
 func (c *Client) Events(ctx context.Context, q EventQuery) ([]api.Event, error) {
+	path := listPath("/v1/events", map[string]string{"vm": q.VM, "host": q.Host, "since": q.Since, "after": q.After}, q.Limit)
+	var out []api.Event
+	return out, c.do(ctx, "GET", path, nil, &out)
+}
+
+// listPath is a listing's path with its filters (those set) and limit
+// (if positive) as its query.
+func listPath(base string, filters map[string]string, limit int) string {
 	v := url.Values{}
-	for k, s := range map[string]string{"vm": q.VM, "host": q.Host, "since": q.Since, "after": q.After} {
+	for k, s := range filters {
 		if s != "" {
 			v.Set(k, s)
 		}
 	}
-	if q.Limit > 0 {
-		v.Set("limit", fmt.Sprint(q.Limit))
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
 	}
-	path := "/v1/events"
-	if len(v) > 0 {
-		path += "?" + v.Encode()
+	if len(v) == 0 {
+		return base
 	}
-	var out []api.Event
-	return out, c.do(ctx, "GET", path, nil, &out)
+	return base + "?" + v.Encode()
 }
 
 // DrainHost puts a host in maintenance and starts moving its VMs off; it

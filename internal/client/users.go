@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"net/url"
-	"strconv"
 
 	"github.com/shoalvm/shoal/internal/api"
 )
@@ -68,19 +67,7 @@ type AuditQuery struct {
 // Audit returns the audit records that match q, oldest first (admins
 // only).
 func (c *Client) Audit(ctx context.Context, q AuditQuery) ([]api.AuditRecord, error) {
-	v := url.Values{}
-	for k, s := range map[string]string{"since": q.Since, "user": q.User, "vm": q.VM} {
-		if s != "" {
-			v.Set(k, s)
-		}
-	}
-	if q.Limit > 0 {
-		v.Set("limit", strconv.Itoa(q.Limit))
-	}
-	path := "/v1/audit"
-	if len(v) > 0 {
-		path += "?" + v.Encode()
-	}
+	path := listPath("/v1/audit", map[string]string{"since": q.Since, "user": q.User, "vm": q.VM}, q.Limit)
 	var out []api.AuditRecord
 	return out, c.do(ctx, "GET", path, nil, &out)
 }

@@ -4,13 +4,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/shoalvm/shoal/internal/agentapi"
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/audit"
 	"github.com/shoalvm/shoal/internal/pki"
@@ -114,9 +114,9 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	}
 	// The certificate holds the address the host joined from, not the
 	// ones it asks for: it must not be valid for another machine's.
-	cert, err := pki.SignAgent(s.cfg.PKIDir, []byte(req.CSR), req.Host, remoteIPs(r))
+	cert, err := s.HostCerts().Renew(req.Host, []byte(req.CSR), agentapi.RemoteIP(r))
 	if err != nil {
-		return api.Errorf(api.ErrInvalid, "cannot sign the certificate request: %v", err)
+		return err
 	}
 	caPEM, err := os.ReadFile(filepath.Join(s.cfg.PKIDir, pki.CACert))
 	if err != nil {
@@ -124,17 +124,5 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("host joined", "host", req.Host, "from", r.RemoteAddr)
 	writeJSON(w, http.StatusOK, JoinResponse{Cert: string(cert), CA: string(caPEM)})
-	return nil
-}
-
-// remoteIPs returns the address a request came from, if it came over IP.
-func remoteIPs(r *http.Request) []net.IP {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return nil
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		return []net.IP{ip}
-	}
 	return nil
 }
