@@ -122,6 +122,21 @@ func Place(hosts []Host, req Request, pol Policy) (Decision, error) {
 	return d, err
 }
 
+// PlaceSorted is Place for hosts already in name order, as a driver's
+// snapshot keeps them: a full tie goes to the first of the tied hosts,
+// found without comparing names (at thousands of equal hosts, comparing
+// their names was a tenth of a placement's CPU). Hosts out of order get
+// a valid host, but not necessarily the lower name of a tie.
+func PlaceSorted(hosts []Host, req Request, pol Policy) (Decision, error) {
+	p, err := newPlacer(req, pol)
+	if err != nil {
+		return Decision{}, err
+	}
+	p.sorted = true
+	_, d, err := p.place(hosts)
+	return d, err
+}
+
 // Plan places reqs in order, each decision seeing the allocations (memory,
 // vCPUs, anti-affinity groups) of the earlier ones, as drains, failovers and
 // batch creates need. It returns one Result per request; a request that fails
@@ -221,6 +236,7 @@ type placer struct {
 	memOC    float64
 	cpuOC    float64
 	pack     bool
+	sorted   bool // the hosts are in name order (see PlaceSorted)
 
 	featMemo [4]featVerdict // see hasFeatures
 	featNext int
@@ -461,7 +477,7 @@ func (p *placer) better(a *room, an string, b *room, bn string) bool {
 	if x == y {
 		x, y = a.cpuFree*b.cpuCap, b.cpuFree*a.cpuCap
 		if x == y {
-			return an < bn
+			return !p.sorted && an < bn // sorted, b came first (see evaluate)
 		}
 	}
 	return x > y != p.pack
@@ -473,7 +489,7 @@ func (p *placer) betterWide(a *room, an string, b *room, bn string) bool {
 	if c == 0 {
 		c = cmpFraction(a.cpuFree, a.cpuCap, b.cpuFree, b.cpuCap)
 		if c == 0 {
-			return an < bn
+			return !p.sorted && an < bn
 		}
 	}
 	return c > 0 != p.pack

@@ -588,3 +588,34 @@ func TestVMWiderThanHost(t *testing.T) {
 		t.Fatalf("a VM as wide as its host: %v %+v", err, d)
 	}
 }
+
+// TestPlaceSortedAgreesWithPlace: on hosts in name order, PlaceSorted
+// chooses what Place chooses, ties included (many equal hosts, with
+// both strategies, wide amounts too), and says the same.
+func TestPlaceSortedAgreesWithPlace(t *testing.T) {
+	equal := make([]Host, 50)
+	for i := range equal {
+		equal[i] = host(fmt.Sprintf("h%02d", i))
+	}
+	wide := make([]Host, 20)
+	for i := range wide {
+		wide[i] = host(fmt.Sprintf("w%02d", i), func(h *Host) { h.MemoryMiB = 1 << 40; h.AllocatedMiB = int64(i%3) << 38 })
+	}
+	for _, hosts := range [][]Host{equal, wide, cluster(500)} {
+		for _, pol := range []Policy{{}, {Strategy: StrategyPack}} {
+			for _, req := range []Request{vm("v", 256, 1), vm("g", 512, 2), {Name: "x", MemoryMiB: 1 << 30}} {
+				if hosts[0].Name == "w00" {
+					req.MemoryMiB <<= 20
+				}
+				want, werr := Place(hosts, req, pol)
+				got, gerr := PlaceSorted(hosts, req, pol)
+				if fmt.Sprint(werr) != fmt.Sprint(gerr) || !reflect.DeepEqual(got, want) {
+					t.Errorf("%s on %s.. (%q): PlaceSorted %+v, %v; Place %+v, %v", req.Name, hosts[0].Name, pol.Strategy, got.Host, gerr, want.Host, werr)
+				}
+			}
+		}
+	}
+	if d, err := PlaceSorted(equal, vm("v", 256, 1), Policy{}); err != nil || d.Host != "h00" {
+		t.Errorf("a full tie: %q, %v; want h00", d.Host, err)
+	}
+}

@@ -201,7 +201,7 @@ func (c *placeCache) reserve(ctx context.Context, rev int64, sp *api.VMSpec, pol
 	if s.pools[pool] == len(hosts) {
 		pool = "" // every host offers it: the filter would reject none, and costs a search per host
 	}
-	d, err := scheduler.Place(hosts, scheduler.Request{
+	d, err := scheduler.PlaceSorted(hosts, scheduler.Request{
 		// Networks are cluster-wide (checked in planVM), so no host lacks one.
 		Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
 		Pool: pool, Host: sp.Host, AntiAffinity: sp.AntiAffinity,
@@ -337,7 +337,7 @@ func (c *placeCache) admitStart(ctx context.Context, rev int64, name string, pol
 		return nil, api.Errorf(api.ErrConflict, "vm %q belongs to host %s, which is in maintenance: put the host back in service ('shoal host resume %s') to start it there",
 			name, v.host, v.host)
 	}
-	if _, err := scheduler.Place(s.hostSnapshot(), scheduler.Request{Name: name, CPUs: v.cpus, MemoryMiB: v.mem,
+	if _, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: name, CPUs: v.cpus, MemoryMiB: v.mem,
 		Host: v.host, AntiAffinity: v.group}, pol); err != nil {
 		return nil, err
 	}
@@ -369,7 +369,7 @@ func (c *placeCache) reserveMigration(ctx context.Context, rev int64, sp api.VMS
 	if v == nil || v.id != sp.ID {
 		return "", nil, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", sp.Name)
 	}
-	d, err := scheduler.Place(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
+	d, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
 		Pool: sp.Pool, Host: to, AntiAffinity: sp.AntiAffinity, Exclude: []string{sp.Host}}, pol)
 	if err != nil {
 		return "", nil, err

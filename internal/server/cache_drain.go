@@ -16,7 +16,7 @@ func (c *placeCache) placeStopped(ctx context.Context, rev int64, sp api.VMSpec,
 		return "", err
 	}
 	defer c.mu.Unlock()
-	d, err := scheduler.Place(c.state.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
+	d, err := scheduler.PlaceSorted(c.state.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
 		Pool: sp.Pool, AntiAffinity: sp.AntiAffinity, Exclude: []string{sp.Host}}, pol)
 	if err != nil {
 		return "", err

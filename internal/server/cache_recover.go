@@ -22,7 +22,7 @@ func (c *placeCache) reserveRecovery(ctx context.Context, rev int64, sp api.VMSp
 	if v == nil || v.id != sp.ID || v.host != sp.Host {
 		return "", nil, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", sp.Name)
 	}
-	d, err := scheduler.Place(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
+	d, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
 		Pool: sp.Pool, Host: to, AntiAffinity: sp.AntiAffinity, Exclude: []string{sp.Host}}, pol)
 	if err != nil {
 		return "", nil, err
