@@ -6,10 +6,7 @@
 // use only this interface, so that a new pool type touches none of them.
 package pool
 
-import (
-	"context"
-	"fmt"
-)
+import "context"
 
 // Volume is what a driver needs to know of a volume. Drivers name files,
 // LUNs and images from the id, never from the user's name for it.
@@ -31,7 +28,8 @@ type Capacity struct {
 // Driver manages a pool's volumes. Every method is idempotent, so that a
 // controller that crashed mid-way simply calls it again.
 type Driver interface {
-	// Create makes v, or finds it made with the same size.
+	// Create makes v, or finds it made with the same size. Without the
+	// space it fails with api.ErrCapacity, naming the free space.
 	Create(ctx context.Context, v Volume) error
 	// Delete removes the volume of id; an absent volume is no error.
 	Delete(ctx context.Context, id string) error
@@ -50,7 +48,3 @@ type Fencer interface {
 	Fence(ctx context.Context, host string, ids []string) error
 	Unfence(ctx context.Context, host string, ids []string) error
 }
-
-// ErrTooSmall is wrapped by Create and Resize when the pool has not the
-// space; the message names the free space.
-var ErrTooSmall = fmt.Errorf("not enough free space in the pool")
