@@ -88,21 +88,22 @@ type StopRequest struct {
 
 // Host is a virtualization host as the API shows it.
 type Host struct {
-	Name          string    `json:"name"`
-	ID            string    `json:"id,omitempty"` // identity of the machine that claimed the name
-	State         string    `json:"state"`        // up, down, maintenance
-	Address       string    `json:"address,omitempty"`
-	CPUModel      string    `json:"cpu_model,omitempty"`
-	CPUFlags      []string  `json:"cpu_flags,omitempty"` // CPU features the host offers guests
-	CPUs          int       `json:"cpus"`
-	MemoryMiB     int64     `json:"memory_mib"`
-	AllocatedMiB  int64     `json:"allocated_mib"`
-	Accel         string    `json:"accel"` // kvm or tcg
-	AccelReason   string    `json:"accel_reason,omitempty"`
-	QEMUVersion   string    `json:"qemu_version,omitempty"`
-	Pools         []string  `json:"pools,omitempty"` // storage pools the host has
-	VMs           int       `json:"vms"`
-	LastHeartbeat time.Time `json:"last_heartbeat,omitzero"`
+	Name          string      `json:"name"`
+	ID            string      `json:"id,omitempty"` // identity of the machine that claimed the name
+	State         string      `json:"state"`        // up, down, maintenance
+	Address       string      `json:"address,omitempty"`
+	CPUModel      string      `json:"cpu_model,omitempty"`
+	CPUFlags      []string    `json:"cpu_flags,omitempty"` // CPU features the host offers guests
+	CPUs          int         `json:"cpus"`
+	MemoryMiB     int64       `json:"memory_mib"`
+	AllocatedMiB  int64       `json:"allocated_mib"`
+	Accel         string      `json:"accel"` // kvm or tcg
+	AccelReason   string      `json:"accel_reason,omitempty"`
+	QEMUVersion   string      `json:"qemu_version,omitempty"`
+	Pools         []string    `json:"pools,omitempty"`   // storage pools the host has
+	Storage       []PoolSpace `json:"storage,omitempty"` // their space, as of the last heartbeat
+	VMs           int         `json:"vms"`
+	LastHeartbeat time.Time   `json:"last_heartbeat,omitzero"`
 }
 
 // Host states.

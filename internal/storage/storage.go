@@ -80,13 +80,19 @@ func DiskOwner(file string) (string, bool) {
 // CreateOverlay makes dst a qcow2 overlay of base with the given virtual
 // size. It is atomic: dst appears complete or not at all.
 func CreateOverlay(ctx context.Context, base, dst string, size int64) error {
+	return createQcow2(ctx, dst, size, "-F", "qcow2", "-b", base)
+}
+
+// createQcow2 runs qemu-img create for dst with the extra options, into a
+// temporary name first.
+func createQcow2(ctx context.Context, dst string, size int64, opts ...string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
 		return fmt.Errorf("create pool dir: %w", err)
 	}
 	tmp := dst + ".tmp"
 	_ = os.Remove(tmp)
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-F", "qcow2", "-b", base, tmp, fmt.Sprint(size)).CombinedOutput()
+	args := append(append([]string{"create", "-q", "-f", "qcow2"}, opts...), tmp, fmt.Sprint(size))
+	out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput()
 	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("qemu-img create %s: %w: %s", dst, err, strings.TrimSpace(string(out)))
@@ -98,6 +104,12 @@ func CreateOverlay(ctx context.Context, base, dst string, size int64) error {
 		return fmt.Errorf("place disk %s: %w", dst, err)
 	}
 	return nil
+}
+
+// CreateBlank makes dst an empty qcow2 disk of the given virtual size,
+// atomically as CreateOverlay.
+func CreateBlank(ctx context.Context, dst string, size int64) error {
+	return createQcow2(ctx, dst, size)
 }
 
 // VirtualSize returns a disk image's virtual size in bytes.

@@ -1,0 +1,76 @@
+package api
+
+import "time"
+
+// Volume is a disk that lives apart from any VM, in a storage pool, and
+// can be attached to one VM at a time (GET /v1/volumes/{name}).
+type Volume struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"` // names its file, LUN or image
+	Project   string `json:"project"`
+	Pool      string `json:"pool"`
+	SizeBytes int64  `json:"size"`
+	Image     string `json:"image,omitempty"` // what it was made from; "" = blank
+	// Host is where its storage is worked on: the host of a local
+	// pool's volume, or the one chosen to make or remove it.
+	Host  string `json:"host,omitempty"`
+	VM    string `json:"vm,omitempty"` // the VM it is attached to
+	State string `json:"state"`        // see VolumeCreating...
+	// Done is the size the storage has reached; below SizeBytes while a
+	// creation or a resize is under way.
+	DoneBytes int64     `json:"done_size,omitempty"`
+	Error     string    `json:"error,omitempty"` // why the last operation failed
+	CreatedAt time.Time `json:"created_at,omitzero"`
+
+	Rev int64 `json:"-"` // etcd mod revision when read
+}
+
+// Volume states.
+const (
+	VolumeCreating = "creating" // its storage is being made
+	VolumeReady    = "ready"
+	VolumeResizing = "resizing"
+	VolumeDeleting = "deleting" // its storage is being removed; the record goes last
+	VolumeFailed   = "failed"   // its creation failed (Error says why); delete it
+)
+
+// UsageOfVolume is what a volume takes of its project's quota.
+func UsageOfVolume(v Volume) Usage { return Usage{DiskBytes: v.SizeBytes} }
+
+// CreateVolumeRequest is the body of POST /v1/volumes.
+type CreateVolumeRequest struct {
+	Name    string `json:"name"`
+	Size    string `json:"size"`              // e.g. "10G"; with Image, default its size
+	Pool    string `json:"pool,omitempty"`    // default "shared" if the cluster has it, else "local"
+	Host    string `json:"host,omitempty"`    // the host of a local pool's volume
+	Image   string `json:"image,omitempty"`   // start with this image's contents
+	Project string `json:"project,omitempty"` // "" = the caller's, or DefaultProject
+}
+
+// ResizeVolumeRequest is the body of POST /v1/volumes/{name}/resize.
+type ResizeVolumeRequest struct {
+	Size string `json:"size"` // the new size, at least the current one
+}
+
+// PoolSpace is what a host sees of one of its pools (in its host record).
+type PoolSpace struct {
+	Name      string `json:"name"`
+	Type      string `json:"type"` // dir, iscsi, rbd
+	Shared    bool   `json:"shared,omitempty"`
+	SizeBytes int64  `json:"size"`
+	UsedBytes int64  `json:"used"`
+	FreeBytes int64  `json:"free"`
+}
+
+// Pool is a storage pool as the API shows it (GET /v1/pools): its space
+// as the hosts that reach it last reported it, and those hosts.
+type Pool struct {
+	Name      string   `json:"name"`
+	Type      string   `json:"type"`
+	Shared    bool     `json:"shared"` // every host reaching it sees the same volumes
+	SizeBytes int64    `json:"size"`
+	UsedBytes int64    `json:"used"`
+	FreeBytes int64    `json:"free"`
+	Hosts     []string `json:"hosts"`
+	Volumes   int      `json:"volumes"`
+}
