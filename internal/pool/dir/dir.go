@@ -102,4 +102,3 @@ func IsVolume(name string) (id string, ok bool) {
 	id, ok = strings.CutSuffix(id, ".qcow2")
 	return id, ok && id != ""
 }
-
