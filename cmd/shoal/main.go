@@ -45,7 +45,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(labCmd(g))
 	root.AddCommand(benchCmd(g))
 	root.AddCommand(eventsCmd(g))
-	root.AddCommand(userCmd(g), tokenCmd(g), auditCmd(g), projectCmd(g))
+	root.AddCommand(userCmd(g), tokenCmd(g), auditCmd(g), projectCmd(g), volumeCmd(g), poolCmd(g))
 	root.AddCommand(fenceWatchdogCmd())
 	return root
 }

@@ -66,6 +66,8 @@ type Agent struct {
 
 	fence fence // the watchdog's state
 
+	volumes volumeJobs // see volumes.go
+
 	id       string // this machine's identity (identity.json)
 	infoOnce sync.Once
 	info     api.Host // static facts about this machine
@@ -140,6 +142,11 @@ func (a *Agent) Run(ctx context.Context) error {
 					a.log.Info("lease renewed and VMs read again: the fence is lifted", "fenced_for", after.Round(time.Millisecond))
 				}
 				a.resync(ctx, ev.Specs)
+				for _, v := range ev.Volumes {
+					a.volumeEvent(ctx, v)
+				}
+			case ev.Volume != nil:
+				a.volumeEvent(ctx, *ev.Volume)
 			case ev.Spec != nil:
 				a.deliver(ctx, ev.Spec.ID, ev.Spec)
 			case ev.Gone != "":

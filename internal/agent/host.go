@@ -43,6 +43,7 @@ func (a *Agent) HostInfo(ctx context.Context) api.Host {
 	})
 	h := a.info
 	h.Accel, h.AccelReason = a.cfg.Accel, a.cfg.AccelReason
+	h.Storage = a.poolSpaces(ctx)
 	if h.Accel != "kvm" {
 		h.CPUFlags = cpumodel.TCGFlags() // what software emulation offers
 	}

@@ -68,7 +68,7 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	}
 	// The image (kernel too) must be on this host even when the disk
 	// exists already, as after a move to this host on a shared pool.
-	base, err := w.ensureImage(ctx, s.Image, im)
+	base, err := w.a.ensureImage(ctx, s.Image, im)
 	if err != nil {
 		return err
 	}
@@ -202,13 +202,13 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 // new disk), a copy here of a deleted image of the same name, which no
 // VM can use, is first dropped (see image.Stale). One worker at a time
 // per image, so that none drops a copy another has just fetched.
-func (w *worker) ensureImage(ctx context.Context, name string, im *api.Image) (string, error) {
-	mu := w.a.imageLock(name)
+func (a *Agent) ensureImage(ctx context.Context, name string, im *api.Image) (string, error) {
+	mu := a.imageLock(name)
 	mu.Lock()
 	defer mu.Unlock()
-	dir := filepath.Join(w.a.cfg.ImageDir, name)
+	dir := filepath.Join(a.cfg.ImageDir, name)
 	if im != nil && image.Stale(dir, *im) {
-		w.log.Info("dropping the copy of a deleted image of the same name", "image", name, "dir", dir)
+		a.log.Info("dropping the copy of a deleted image of the same name", "image", name, "dir", dir)
 		if err := os.RemoveAll(dir); err != nil {
 			return "", fmt.Errorf("image %q: drop the old copy: %w", name, err)
 		}
@@ -217,8 +217,8 @@ func (w *worker) ensureImage(ctx context.Context, name string, im *api.Image) (s
 	if missing, err := absent(base); err != nil {
 		return "", err
 	} else if missing {
-		if err := w.a.cp.FetchImage(ctx, name, dir); err != nil {
-			return "", fmt.Errorf("bring image %q to host %s: %w", name, w.a.cfg.Host, err)
+		if err := a.cp.FetchImage(ctx, name, dir); err != nil {
+			return "", fmt.Errorf("bring image %q to host %s: %w", name, a.cfg.Host, err)
 		}
 	}
 	return base, nil

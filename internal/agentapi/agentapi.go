@@ -12,13 +12,15 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 )
 
-// Event is one step of the stream of VMs assigned to a host: first a
-// snapshot of all of them, then each change.
+// Event is one step of the stream of VMs (and volumes) assigned to a
+// host: first a snapshot of all of them, then each change.
 type Event struct {
 	Snapshot  bool          `json:"snapshot,omitempty"`
 	Specs     []api.VMSpec  `json:"specs,omitempty"`     // with Snapshot
 	Spec      *api.VMSpec   `json:"spec,omitempty"`      // created or changed, with Rev set
 	Gone      string        `json:"gone,omitempty"`      // id of a VM no longer assigned here
+	Volumes   []api.Volume  `json:"volumes,omitempty"`   // with Snapshot: those the host works on
+	Volume    *api.Volume   `json:"volume,omitempty"`    // one it works on, created or changed, with Rev set
 	Heartbeat time.Duration `json:"heartbeat,omitempty"` // keep-alive of the stream; ignore
 }
 
@@ -61,6 +63,12 @@ type Reporter interface {
 	// host (its QEMU died, or its guest panicked), and what host does
 	// about it (what, e.g. "restarting it in 1s").
 	Crashed(ctx context.Context, host string, s api.VMSpec, reason, what string, gaveUp bool) error
+	// VolumeDone records what host made of the volume it was asked to
+	// work on: v is the record as host read it (v.Rev) with the outcome
+	// (state ready or failed, Error, DoneBytes); a finished deletion
+	// removes the record. api.ErrConflict if the record changed
+	// meanwhile (the host then gets the new one).
+	VolumeDone(ctx context.Context, host string, v api.Volume) error
 }
 
 // Catalog answers what a host needs to build a VM.

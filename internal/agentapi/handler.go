@@ -95,6 +95,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("GET /v1/agent/servers", h.servers)
 	route("POST /v1/agent/claim-start", h.claimStart)
 	route("POST /v1/agent/crashed", h.crashed)
+	route("POST /v1/agent/volume-done", h.volumeDone)
 	route("POST /v1/agent/renew", h.renew)
 	return h
 }
@@ -424,6 +425,18 @@ func (h *Handler) crashed(ctx context.Context, host string, w http.ResponseWrite
 		return err
 	}
 	if err := h.Local.Crashed(ctx, host, c.Spec, c.Reason, c.What, c.GaveUp); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (h *Handler) volumeDone(ctx context.Context, host string, w http.ResponseWriter, r *http.Request) error {
+	var v api.Volume
+	if err := readJSON(r, &v); err != nil {
+		return err
+	}
+	if err := h.Local.VolumeDone(ctx, host, v); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

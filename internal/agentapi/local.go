@@ -141,7 +141,8 @@ func (l *Local) Image(ctx context.Context, name string) (api.Image, error) {
 // FetchImage implements Catalog: a local agent shares the library.
 func (l *Local) FetchImage(context.Context, string, string) error { return nil }
 
-// WatchVMs implements Source with an etcd watch on the VM specs.
+// WatchVMs implements Source with etcd watches on the VM specs and on
+// the volumes, from one revision.
 func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error) error {
 	specs, rev, err := l.st.ListVMsStrict(ctx)
 	if err != nil {
@@ -153,35 +154,43 @@ func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error)
 			mine = append(mine, s)
 		}
 	}
-	if err := fn(Event{Snapshot: true, Specs: mine}); err != nil {
+	vols, err := l.st.ListVolumesAt(ctx, rev)
+	if err != nil {
+		return err
+	}
+	var myVols []api.Volume
+	for _, v := range vols {
+		if v.Host == host {
+			myVols = append(myVols, v)
+		}
+	}
+	if err := fn(Event{Snapshot: true, Specs: mine, Volumes: myVols}); err != nil {
 		return err
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := l.st.Client().Watch(wctx, store.VMPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
-	for resp := range wch {
+	vch := l.st.Client().Watch(wctx, store.VolumePrefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for {
+		var resp clientv3.WatchResponse
+		var ok, vms bool
+		select {
+		case resp, ok = <-wch:
+			vms = true
+		case resp, ok = <-vch:
+		}
+		if !ok {
+			return ctx.Err()
+		}
 		if err := resp.Err(); err != nil {
 			return fmt.Errorf("watch vms: %w", err)
 		}
 		for _, ev := range resp.Events {
-			var prev, cur api.VMSpec
-			if ev.PrevKv != nil {
-				_ = json.Unmarshal(ev.PrevKv.Value, &prev)
+			out, ok := l.vmEvent(ev, host)
+			if !vms {
+				out, ok = l.volumeEvent(ev, host)
 			}
-			if ev.Type == clientv3.EventTypePut {
-				if err := json.Unmarshal(ev.Kv.Value, &cur); err != nil {
-					l.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
-					continue
-				}
-				cur.Rev = ev.Kv.ModRevision
-			}
-			var out Event
-			switch {
-			case cur.ID != "" && cur.OnHost(host):
-				out.Spec = &cur
-			case prev.ID != "" && prev.OnHost(host):
-				out.Gone = prev.ID // deleted, or moved to another host
-			default:
+			if !ok {
 				continue
 			}
 			if err := fn(out); err != nil {
@@ -189,7 +198,66 @@ func (l *Local) WatchVMs(ctx context.Context, host string, fn func(Event) error)
 			}
 		}
 	}
-	return ctx.Err()
+}
+
+// vmEvent is the Event for host of a change of a VM spec, if it has one.
+func (l *Local) vmEvent(ev *clientv3.Event, host string) (Event, bool) {
+	var prev, cur api.VMSpec
+	if ev.PrevKv != nil {
+		_ = json.Unmarshal(ev.PrevKv.Value, &prev)
+	}
+	if ev.Type == clientv3.EventTypePut {
+		if err := json.Unmarshal(ev.Kv.Value, &cur); err != nil {
+			l.log.Warn("bad vm record", "key", string(ev.Kv.Key), "err", err)
+			return Event{}, false
+		}
+		cur.Rev = ev.Kv.ModRevision
+	}
+	switch {
+	case cur.ID != "" && cur.OnHost(host):
+		return Event{Spec: &cur}, true
+	case prev.ID != "" && prev.OnHost(host):
+		return Event{Gone: prev.ID}, true // deleted, or moved to another host
+	}
+	return Event{}, false
+}
+
+// volumeEvent is the Event for host of a change of a volume, if host
+// works on it.
+func (l *Local) volumeEvent(ev *clientv3.Event, host string) (Event, bool) {
+	if ev.Type != clientv3.EventTypePut {
+		return Event{}, false
+	}
+	v, err := store.DecodeVolume(ev.Kv)
+	if err != nil {
+		l.log.Warn("bad volume record", "key", string(ev.Kv.Key), "err", err)
+		return Event{}, false
+	}
+	if v.Host != host {
+		return Event{}, false
+	}
+	return Event{Volume: &v}, true
+}
+
+// VolumeDone implements Reporter.
+func (l *Local) VolumeDone(ctx context.Context, host string, v api.Volume) error {
+	cur, err := l.st.GetVolume(ctx, v.Name)
+	if err != nil {
+		return err
+	}
+	if cur.ID != v.ID || cur.Host != host || cur.Rev != v.Rev {
+		return api.Errorf(api.ErrConflict, "volume %q changed meanwhile", v.Name)
+	}
+	if cur.State == api.VolumeDeleting && v.Error == "" {
+		return l.st.RemoveVolume(ctx, cur)
+	}
+	done := cur
+	done.State, done.Error, done.ErrorKind, done.DoneBytes = v.State, v.Error, v.ErrorKind, v.DoneBytes
+	if cur.State == api.VolumeResizing && v.Error != "" {
+		done.SizeBytes = v.DoneBytes // not grown: its quota back
+	}
+	_, err = l.st.UpdateVolume(ctx, cur, done)
+	return err
 }
 
 // migrationOf checks that v is the VM of s and that host is the target of

@@ -228,6 +228,11 @@ func (c *Remote) Crashed(ctx context.Context, _ string, s api.VMSpec, reason, wh
 	return c.do(ctx, "POST", "/v1/agent/crashed", crashReport{Spec: s, Reason: reason, What: what, GaveUp: gaveUp}, nil)
 }
 
+// VolumeDone implements Reporter.
+func (c *Remote) VolumeDone(ctx context.Context, _ string, v api.Volume) error {
+	return c.do(ctx, "POST", "/v1/agent/volume-done", v, nil)
+}
+
 // crashReport is the body of POST /v1/agent/crashed.
 type crashReport struct {
 	Spec   api.VMSpec `json:"spec"`

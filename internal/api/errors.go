@@ -77,3 +77,13 @@ func FromHTTP(status int, msg string) error {
 
 // IsNotFound reports whether err is of kind ErrNotFound.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// KindByName is the kind HTTPStatus names name; ErrInternal if none.
+func KindByName(name string) error {
+	for _, k := range kinds {
+		if k.name == name {
+			return k.err
+		}
+	}
+	return ErrInternal
+}

@@ -19,10 +19,11 @@ type Volume struct {
 	// Done is the size the storage has reached; below SizeBytes while a
 	// creation or a resize is under way.
 	DoneBytes int64     `json:"done_size,omitempty"`
-	Error     string    `json:"error,omitempty"` // why the last operation failed
+	Error     string    `json:"error,omitempty"`      // why the last operation failed
+	ErrorKind string    `json:"error_kind,omitempty"` // of what kind (as the API names kinds)
 	CreatedAt time.Time `json:"created_at,omitzero"`
 
-	Rev int64 `json:"-"` // etcd mod revision when read
+	Rev int64 `json:"rev,omitempty"` // etcd mod revision when read; ignored when written
 }
 
 // Volume states.

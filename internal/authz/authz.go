@@ -113,6 +113,8 @@ const (
 	ReadAudit      Permission = "audit.read"    // the audit trail
 	ReadProjects   Permission = "project.read"  // projects, their limits and usage
 	ManageProjects Permission = "project.admin" // create and delete projects
+	ReadVolumes    Permission = "volume.read"   // list and show volumes
+	ManageVolumes  Permission = "volume.write"  // create, resize and delete volumes
 )
 
 // rule is what a permission needs: the role min on any object, or the
@@ -142,6 +144,8 @@ var rules = map[Permission]rule{
 	ReadAudit:      {min: Admin, what: "read the audit trail"},
 	ReadProjects:   {min: Viewer, what: "see projects"},
 	ManageProjects: {min: Admin, what: "manage projects"},
+	ReadVolumes:    {min: Viewer, what: "see volumes"},
+	ManageVolumes:  {min: Operator, what: "change volumes"},
 }
 
 // Known reports whether p is a permission with a rule.

@@ -103,6 +103,13 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"POST /v1/projects":                 authz.Admin,
 		"GET /v1/projects/{name}":           authz.Viewer,
 		"DELETE /v1/projects/{name}":        authz.Admin,
+		"GET /v1/volumes":                   authz.Viewer,
+		"POST /v1/volumes":                  authz.Operator,
+		"GET /v1/volumes/{name}":            authz.Viewer,
+		"DELETE /v1/volumes/{name}":         authz.Operator,
+		"POST /v1/volumes/{name}/resize":    authz.Operator,
+		"GET /v1/pools":                     authz.Viewer,
+		"GET /v1/pools/{name}":              authz.Viewer,
 	}
 	// Paths that exercise a route without changing what matters: unknown
 	// objects, or (an image import) a conflict before any work.

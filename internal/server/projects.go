@@ -13,23 +13,33 @@ import (
 
 // vmObject is the object of a route on VM {name}: its project, for a
 // caller confined to one (to whom another project's VM does not exist).
-// A caller of no project costs no read; a VM that does not exist, or
-// cannot be read, is left to the handler to report.
 func (s *Server) vmObject(r *http.Request) authz.Object {
+	return inProject(r, "vm", func(ctx context.Context, name string) (string, error) {
+		sp, err := s.st.GetVM(ctx, name)
+		return sp.Project, err
+	})
+}
+
+// inProject is the object of a route on the thing of kind {name} whose
+// project project reads. A caller of no project costs no read; a thing
+// that does not exist, or cannot be read, is left to the handler to
+// report.
+func inProject(r *http.Request, kind string, project func(ctx context.Context, name string) (string, error)) authz.Object {
 	id, _ := authz.FromContext(r.Context())
 	if id.Project == "" {
 		return authz.Object{}
 	}
 	name := r.PathValue("name")
-	sp, err := s.st.GetVM(r.Context(), name)
+	p, err := project(r.Context(), name)
 	if api.IsNotFound(err) {
 		return authz.Object{} // the handler says so
 	}
+	what := kind + " " + strconv.Quote(name)
 	if err != nil {
-		// Its project unknown, the VM is not the caller's to act on.
-		return authz.Object{Project: "\x00unknown", Name: "vm " + strconv.Quote(name), Hint: "the cluster's state could not be read; try again"}
+		// Its project unknown, it is not the caller's to act on.
+		return authz.Object{Project: "\x00unknown", Name: what, Hint: "the cluster's state could not be read; try again"}
 	}
-	return authz.Object{Project: api.ProjectOf(sp.Project), Name: "vm " + strconv.Quote(name), Hint: "see 'shoal vm list'"}
+	return authz.Object{Project: api.ProjectOf(p), Name: what, Hint: "see 'shoal " + kind + " list'"}
 }
 
 // projectObject is the object of a route on project {name}.

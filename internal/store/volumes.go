@@ -37,10 +37,11 @@ func (s *Store) GetVolume(ctx context.Context, name string) (api.Volume, error) 
 	if len(resp.Kvs) == 0 {
 		return api.Volume{}, volumeNotFound(name)
 	}
-	return decodeVolume(resp.Kvs[0])
+	return DecodeVolume(resp.Kvs[0])
 }
 
-func decodeVolume(kv *mvccpb.KeyValue) (api.Volume, error) {
+// DecodeVolume reads a volume record as etcd gives it.
+func DecodeVolume(kv *mvccpb.KeyValue) (api.Volume, error) {
 	var v api.Volume
 	if err := json.Unmarshal(kv.Value, &v); err != nil {
 		return v, fmt.Errorf("decode volume: %w", err)
@@ -51,13 +52,23 @@ func decodeVolume(kv *mvccpb.KeyValue) (api.Volume, error) {
 
 // ListVolumes returns every volume, by name, and the revision read at.
 func (s *Store) ListVolumes(ctx context.Context) ([]api.Volume, int64, error) {
-	resp, err := s.c.Get(ctx, VolumePrefix, clientv3.WithPrefix())
+	return s.listVolumes(ctx)
+}
+
+// ListVolumesAt returns every volume as of revision rev.
+func (s *Store) ListVolumesAt(ctx context.Context, rev int64) ([]api.Volume, error) {
+	vs, _, err := s.listVolumes(ctx, clientv3.WithRev(rev))
+	return vs, err
+}
+
+func (s *Store) listVolumes(ctx context.Context, opts ...clientv3.OpOption) ([]api.Volume, int64, error) {
+	resp, err := s.c.Get(ctx, VolumePrefix, append(opts, clientv3.WithPrefix())...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("list volumes: %w: %w", api.ErrUnavailable, err)
 	}
 	out := make([]api.Volume, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		v, err := decodeVolume(kv)
+		v, err := DecodeVolume(kv)
 		if err != nil {
 			continue // unreadable: not listed, as other records
 		}
@@ -69,6 +80,7 @@ func (s *Store) ListVolumes(ctx context.Context) ([]api.Volume, int64, error) {
 // CreateVolume records a new volume: api.ErrConflict if the name is
 // taken or its project's limits would be passed.
 func (s *Store) CreateVolume(ctx context.Context, v api.Volume) (int64, error) {
+	v.Rev = 0
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("encode volume: %w", err)
@@ -89,6 +101,7 @@ func (s *Store) CreateVolume(ctx context.Context, v api.Volume) (int64, error) {
 // the change of its size into its project's usage (a growth is checked
 // against the limits); api.ErrConflict if it changed meanwhile.
 func (s *Store) UpdateVolume(ctx context.Context, old, v api.Volume) (int64, error) {
+	v.Rev = 0
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("encode volume: %w", err)

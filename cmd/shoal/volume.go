@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+func volumeCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "volume", Short: "Manage volumes: disks in storage pools that VMs attach"}
+	var req api.CreateVolumeRequest
+	create := &cobra.Command{
+		Use:   "create NAME --size SIZE [--pool P] [--host H] [--from-image I] [--project P]",
+		Short: "Make a volume",
+		Long: `Make a volume in a storage pool: blank, or starting with an image's
+contents (--from-image; its size is the default). A volume of a shared
+pool can be attached to a VM on any host that reaches the pool; one of
+pool local lives on one host (--host). A volume that does not fit in
+the pool's free space is refused, and nothing is made. Its size counts
+in its project's max-disk.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.CreateVolume(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s created: %s in pool %s\n", v.Name, api.FormatSize(v.SizeBytes), v.Pool)
+			})
+		},
+	}
+	create.Flags().StringVar(&req.Size, "size", "", "its size, e.g. 10G (with --from-image: default the image's)")
+	create.Flags().StringVar(&req.Pool, "pool", "", "the storage pool (default shared)")
+	create.Flags().StringVar(&req.Host, "host", "", "the host of a volume of a host's own pool (local)")
+	create.Flags().StringVar(&req.Image, "from-image", "", "start with this image's contents")
+	create.Flags().StringVar(&req.Project, "project", "", "its project (default: yours, or default)")
+	var pool string
+	list := &cobra.Command{
+		Use: "list [--pool P]", Short: "List volumes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			vs, err := c.ListVolumes(cmd.Context(), pool)
+			if err != nil {
+				return err
+			}
+			return g.print(vs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tPOOL\tSIZE\tSTATE\tVM\tHOST\tPROJECT")
+				for _, v := range vs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Pool, api.FormatSize(v.SizeBytes), v.State,
+						dash(v.VM), dash(v.Host), api.ProjectOf(v.Project))
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&pool, "pool", "", "only this pool's volumes")
+	var size string
+	resize := &cobra.Command{
+		Use: "resize NAME --size SIZE", Short: "Grow a volume (a volume never shrinks)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.ResizeVolume(cmd.Context(), args[0], size)
+			if err != nil {
+				return err
+			}
+			return g.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s is %s\n", v.Name, api.FormatSize(v.SizeBytes))
+			})
+		},
+	}
+	resize.Flags().StringVar(&size, "size", "", "the new size, e.g. 20G")
+	_ = resize.MarkFlagRequired("size")
+	cmd.AddCommand(create, list, resize, &cobra.Command{
+		Use: "show NAME", Short: "Show one volume", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.GetVolume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Name:\t%s\nID:\t%s\nPool:\t%s\nSize:\t%s\nState:\t%s\nVM:\t%s\nHost:\t%s\nProject:\t%s\nImage:\t%s\nCreated:\t%s\n",
+					v.Name, v.ID, v.Pool, api.FormatSize(v.SizeBytes), v.State, dash(v.VM), dash(v.Host),
+					api.ProjectOf(v.Project), dash(v.Image), v.CreatedAt.Local().Format("2006-01-02 15:04:05"))
+				if v.Error != "" {
+					fmt.Fprintf(w, "Error:\t%s\n", v.Error)
+				}
+			})
+		},
+	}, &cobra.Command{
+		Use: "delete NAME", Short: "Delete a volume and its data (refused while a VM uses it)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return g.print(map[string]string{"deleted": args[0]}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s deleted\n", args[0])
+			})
+		},
+	})
+	return cmd
+}
+
+func poolCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "pool", Short: "Show storage pools"}
+	row := func(w *tabwriter.Writer, p api.Pool) {
+		kind := p.Type
+		if p.Shared {
+			kind += ", shared"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Name, kind, api.FormatSize(p.SizeBytes), api.FormatSize(p.UsedBytes),
+			api.FormatSize(p.FreeBytes), p.Volumes, strings.Join(p.Hosts, ","))
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List the storage pools, their space and the hosts that reach them", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ps, err := c.ListPools(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(ps, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tTYPE\tSIZE\tUSED\tFREE\tVOLUMES\tHOSTS")
+				for _, p := range ps {
+					row(w, p)
+				}
+			})
+		},
+	}, &cobra.Command{
+		Use: "show NAME", Short: "Show one storage pool", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			p, err := c.GetPool(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return g.print(p, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tTYPE\tSIZE\tUSED\tFREE\tVOLUMES\tHOSTS")
+				row(w, p)
+			})
+		},
+	})
+	return cmd
+}

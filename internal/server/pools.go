@@ -1,0 +1,141 @@
+package server
+
+import (
+	"net/http"
+	"slices"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// poolViews is every pool that an up host reports, with its space and
+// volumes: a shared pool's space as one host sees it, a local pool's
+// summed over its hosts. Pure.
+func poolViews(hosts []api.Host, vols []api.Volume) []api.Pool {
+	byName := map[string]*api.Pool{}
+	var names []string
+	for _, h := range hosts {
+		if h.State == api.HostDown {
+			continue
+		}
+		for _, ps := range h.Storage {
+			p := byName[ps.Name]
+			if p == nil {
+				p = &api.Pool{Name: ps.Name, Type: ps.Type, Shared: ps.Shared, Hosts: []string{}}
+				byName[ps.Name] = p
+				names = append(names, ps.Name)
+			}
+			p.Hosts = append(p.Hosts, h.Name)
+			if ps.Shared && len(p.Hosts) > 1 {
+				continue // the same space, seen again
+			}
+			p.SizeBytes += ps.SizeBytes
+			p.UsedBytes += ps.UsedBytes
+			p.FreeBytes += ps.FreeBytes
+		}
+	}
+	for _, v := range vols {
+		if p := byName[v.Pool]; p != nil {
+			p.Volumes++
+		}
+	}
+	slices.Sort(names)
+	out := make([]api.Pool, 0, len(names))
+	for _, n := range names {
+		slices.Sort(byName[n].Hosts)
+		out = append(out, *byName[n])
+	}
+	return out
+}
+
+// volumeHost chooses the host that makes a volume of size bytes in pool:
+// want if given (it must be up and reach the pool), else for a shared
+// pool the first up host by name that reaches it, while a local pool's
+// volume needs want unless one host alone has the pool. It refuses a volume larger than the pool's free
+// space as the host last reported it. Pure.
+func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error) {
+	var best string
+	for _, h := range hosts {
+		ps, ok := poolOf(h, pool)
+		if !ok || (want != "" && h.Name != want) {
+			continue
+		}
+		if h.State != api.HostUp {
+			if want != "" {
+				return "", api.Errorf(api.ErrUnavailable, "host %s is %s: it cannot make a volume now", want, h.State)
+			}
+			continue
+		}
+		if !ps.Shared && want == "" && best != "" {
+			return "", api.Errorf(api.ErrInvalid, "pool %q is each host's own: say on which host the volume lives (--host)", pool)
+		}
+		if size > ps.FreeBytes {
+			return "", api.Errorf(api.ErrCapacity, "pool %q has %s free (on %s): a volume of %s does not fit", pool, api.FormatSize(ps.FreeBytes), h.Name, api.FormatSize(size))
+		}
+		if best == "" || h.Name < best {
+			best = h.Name
+		}
+	}
+	if best == "" {
+		if want != "" {
+			return "", api.Errorf(api.ErrNotFound, "host %q not found or has no pool %q: see 'shoal pool list'", want, pool)
+		}
+		return "", api.Errorf(api.ErrNotFound, "pool %q not found on any host that is up: see 'shoal pool list'", pool)
+	}
+	return best, nil
+}
+
+// defaultVolumePool is where a volume goes when its request names no
+// pool: shared if a host has it, else local. Pure.
+func defaultVolumePool(hosts []api.Host) string {
+	for _, h := range hosts {
+		if ps, ok := poolOf(h, "shared"); ok && ps.Shared {
+			return "shared"
+		}
+	}
+	return "local"
+}
+
+func poolOf(h api.Host, name string) (api.PoolSpace, bool) {
+	for _, ps := range h.Storage {
+		if ps.Name == name {
+			return ps, true
+		}
+	}
+	return api.PoolSpace{}, false
+}
+
+func (s *Server) pools(r *http.Request) ([]api.Pool, error) {
+	hosts, err := s.hostViews(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	vols, _, err := s.st.ListVolumes(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	return poolViews(hosts, vols), nil
+}
+
+func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {
+	ps, err := s.pools(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ps)
+	return nil
+}
+
+func (s *Server) getPool(w http.ResponseWriter, r *http.Request) error {
+	ps, err := s.pools(r)
+	if err != nil {
+		return err
+	}
+	name := r.PathValue("name")
+	for _, p := range ps {
+		if p.Name == name {
+			writeJSON(w, http.StatusOK, p)
+			return nil
+		}
+	}
+	return api.Errorf(api.ErrNotFound, "pool %q not found on any host that is up: see 'shoal pool list'", name)
+}
