@@ -15,7 +15,9 @@ import (
 func vmCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage virtual machines"}
 	cmd.AddCommand(vmCreateCmd(g), vmListCmd(g), vmShowCmd(g), vmDeleteCmd(g),
-		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g), vmRecoverCmd(g), vmSetCmd(g))
+		vmConsoleCmd(g), vmLogsCmd(g), vmStopCmd(g), vmMigrateCmd(g), vmRecoverCmd(g), vmSetCmd(g),
+		vmAttachCmd(g, "attach", "Attach a volume to a VM (hot, while it runs: the guest sees a new disk)"),
+		vmAttachCmd(g, "detach", "Detach a volume from a VM (hot, while it runs: the guest sees the disk go)"))
 	for _, a := range []struct{ verb, short string }{
 		{"start", "Start a stopped VM"},
 		{"restart", "Restart a running VM (ACPI shutdown, then start)"},
@@ -125,7 +127,13 @@ func vmShowCmd(g *globals) *cobra.Command {
 				row("Image", v.Image)
 				row("CPUs", fmt.Sprintf("%d x %s", v.CPUs, dash(v.CPUModel)))
 				row("Memory", api.FormatSize(v.MemoryMiB<<20))
-				row("Disk", api.FormatSize(v.DiskBytes)+" on pool "+v.Pool)
+				for i, d := range v.Disks {
+					k := ""
+					if i == 0 {
+						k = "Disks"
+					}
+					fmt.Fprintf(w, "%s\t%s\n", colon(k), diskLine(d))
+				}
 				row("Network", v.Network)
 				row("HA", haSummary(v))
 				if v.AntiAffinity != "" {
@@ -152,6 +160,23 @@ func vmShowCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
+}
+
+// colon is k with a colon, or nothing for a continued row.
+func colon(k string) string {
+	if k == "" {
+		return ""
+	}
+	return k + ":"
+}
+
+// diskLine is one disk of v in 'vm show'.
+func diskLine(d api.Disk) string {
+	line := fmt.Sprintf("%s  %s on pool %s", d.Name, api.FormatSize(d.SizeBytes), d.Pool)
+	if d.Volume {
+		line += " (volume)"
+	}
+	return line
 }
 
 func vmActionCmd(g *globals, verb, short string) *cobra.Command {

@@ -169,3 +169,31 @@ func poolCmd(g *globals) *cobra.Command {
 	})
 	return cmd
 }
+
+// vmAttachCmd is 'vm attach' or 'vm detach'.
+func vmAttachCmd(g *globals, verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use: verb + " VM VOLUME", Short: short, Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			call, done := c.AttachVolume, "attached to"
+			if verb == "detach" {
+				call, done = c.DetachVolume, "detached from"
+			}
+			v, err := call(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return g.print(v, func(w *tabwriter.Writer) {
+				when := ""
+				if verb == "attach" && v.State != api.StateRunning && v.State != api.StatePaused {
+					when = " (it opens it at its next start)"
+				}
+				fmt.Fprintf(w, "volume %s %s vm %s%s\n", args[1], done, v.Name, when)
+			})
+		},
+	}
+}

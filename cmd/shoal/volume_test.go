@@ -70,8 +70,32 @@ func TestIntegrationVolumes(t *testing.T) {
 		t.Fatalf("pool list: %+v", pools)
 	}
 
-	l.mustShoal("volume", "delete", "data")
+	// Attached to a stopped VM: in its spec, opened at its next start.
+	l.mustShoal("vm", "create", "idle", "--image", "tiny")
+	l.mustShoal("vm", "create", "other", "--image", "tiny")
+	if out := l.mustShoal("vm", "attach", "idle", "data"); !strings.Contains(out, "volume data attached to vm idle (it opens it at its next start)") {
+		t.Errorf("attach: %q", out)
+	}
+	if show := l.mustShoal("vm", "show", "idle"); !strings.Contains(show, "data  128M on pool local (volume)") || !strings.Contains(show, "disk0  ") {
+		t.Errorf("vm show: %q", show)
+	}
+	fail("volume \"data\" is attached to vm idle: detach it first", "vm", "attach", "other", "data")
+	fail("volume \"data\" is attached to vm idle: detach it first ('shoal vm detach idle data')", "volume", "delete", "data")
+	fail(`volume "fromimg" is not attached to vm "idle"`, "vm", "detach", "idle", "fromimg")
+	fail("may not attach volumes: it needs the operator role", "--token", bob, "vm", "attach", "other", "fromimg")
+	l.mustShoal("volume", "create", "dev1", "--size", "1M", "--project", "small")
+	fail("a volume is attached within its project", "vm", "attach", "other", "dev1")
+	if out := l.mustShoal("vm", "detach", "idle", "data"); !strings.Contains(out, "volume data detached from vm idle") {
+		t.Errorf("detach: %q", out)
+	}
+	if v := l.vm("idle"); len(v.Disks) != 1 {
+		t.Errorf("disks after detach: %+v", v.Disks)
+	}
+	l.mustShoal("vm", "attach", "other", "data") // free again
+	l.mustShoal("vm", "delete", "other")
+	l.mustShoal("volume", "delete", "data") // a deleted VM's volumes are free
 	l.mustShoal("volume", "delete", "fromimg")
+	l.mustShoal("volume", "delete", "dev1")
 	if out := l.mustShoal("volume", "list"); strings.Contains(out, "data") {
 		t.Errorf("after delete: %q", out)
 	}

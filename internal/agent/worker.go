@@ -474,7 +474,7 @@ func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) e
 			st.StartedAt = time.Now().UTC()
 		}
 	}
-	if st == w.status && !w.dirty {
+	if st.Equal(w.status) && !w.dirty {
 		return nil
 	}
 	if err := w.a.cp.Report(ctx, st); err != nil {

@@ -125,6 +125,14 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	if err := l.st.RemoveVM(ctx, s); err != nil && !api.IsNotFound(err) {
 		return err
 	}
+	// Its volumes are free: their data stays (delete them apart). One
+	// left taken after a crash here is freed when next used (see
+	// server.releaseStale).
+	for _, r := range s.Volumes {
+		if _, err := l.st.FreeVolume(ctx, s.Name, r.Name, func(api.VMSpec) bool { return false }); err != nil && !api.IsNotFound(err) {
+			l.log.Warn("could not free a deleted VM's volume", "vm", s.Name, "volume", r.Name, "err", err)
+		}
+	}
 	return nil
 }
 

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"reflect"
+	"time"
+)
 
 // VMSpec is the desired state of a VM as kept in the store. The API writes
 // it; the VM's host reads it and converges on it.
@@ -32,6 +35,8 @@ type VMSpec struct {
 	// unique in the cluster (see VMUIDMin); 0 for a VM made before QEMU
 	// was confined, until its next start gives it one.
 	UID int `json:"uid,omitempty"`
+	// Volumes are the volumes attached to the VM, in the order attached.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 
 	// Rev is the store revision this spec was read at. The store never
 	// keeps it (it is the record's own revision); it travels to hosts.
@@ -63,7 +68,13 @@ type VMStatus struct {
 	ObservedRev int64     `json:"observed_rev,omitempty"`
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	// Volumes are the ids of the volumes the VM's QEMU has attached now
+	// (while it runs).
+	Volumes []string `json:"volumes,omitempty"`
 }
+
+// Equal reports whether s and o say the same.
+func (s VMStatus) Equal(o VMStatus) bool { return reflect.DeepEqual(s, o) }
 
 // MergeVM builds the API view of a VM from its spec and its host's status
 // (status may be nil or stale, i.e. of an earlier VM with the same name).
@@ -75,10 +86,14 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 		AntiAffinity: s.AntiAffinity, Power: s.Power,
 		CreatedAt: s.CreatedAt, State: StateCreating,
 	}
+	vm.Disks = append(vm.Disks, Disk{Name: "disk0", Pool: s.Pool, SizeBytes: s.DiskBytes})
+	for _, r := range s.Volumes {
+		vm.Disks = append(vm.Disks, Disk{Name: r.Name, Pool: r.Pool, SizeBytes: r.SizeBytes, Volume: true})
+	}
 	if st != nil && st.ID == s.ID {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
-		vm.ObservedRev = st.ObservedRev
+		vm.ObservedRev, vm.OpenVolumes = st.ObservedRev, st.Volumes
 	}
 	if m := s.Migration; m != nil {
 		vm.State = StateMigrating

@@ -26,6 +26,7 @@ func TestMergeVMCopiesSpec(t *testing.T) {
 		MAC: "52:54:00:01:02:03", Image: "tiny", CPUs: 2, MemoryMiB: 512, DiskBytes: 1 << 30,
 		Network: "default", Pool: "local", HA: true, Priority: api.PriorityMedium, // an HA VM's default
 		Power: api.PowerRunning, CreatedAt: s.CreatedAt,
+		Disks: []api.Disk{{Name: "disk0", Pool: "local", SizeBytes: 1 << 30}},
 	}
 	if !reflect.DeepEqual(vm, want) {
 		t.Fatalf("MergeVM(spec, nil) =\n%+v\nwant\n%+v", vm, want)

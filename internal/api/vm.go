@@ -39,6 +39,8 @@ type VM struct {
 	DiskBytes    int64     `json:"disk_bytes"`
 	Network      string    `json:"network"`
 	Pool         string    `json:"pool"`
+	Disks        []Disk    `json:"disks"`
+	OpenVolumes  []string  `json:"open_volumes,omitempty"` // ids of the volumes its running QEMU has open
 	HA           bool      `json:"ha"`
 	Priority     string    `json:"priority,omitempty"` // failover priority of an HA VM (high, medium, low)
 	AntiAffinity string    `json:"anti_affinity,omitempty"`

@@ -75,3 +75,52 @@ type Pool struct {
 	Hosts     []string `json:"hosts"`
 	Volumes   int      `json:"volumes"`
 }
+
+// VolumeRef is a volume as the spec of the VM it is attached to keeps
+// it: what the VM's host needs to open it.
+type VolumeRef struct {
+	Name      string `json:"name"`
+	ID        string `json:"id"`
+	Pool      string `json:"pool"`
+	SizeBytes int64  `json:"size"`
+	// Slot is the PCI slot of its disk, chosen at attach and kept, so
+	// that a migration's target has the disk where the source has it.
+	Slot int `json:"slot"`
+}
+
+// Disk is one disk of a VM as the API shows it (VM.Disks): the boot
+// disk, "disk0", then each attached volume.
+type Disk struct {
+	Name      string `json:"name"`
+	Pool      string `json:"pool"`
+	SizeBytes int64  `json:"size"`
+	Volume    bool   `json:"volume,omitempty"` // an attached volume (else the boot disk)
+}
+
+// AttachRequest is the body of POST /v1/vms/{name}/attach and /detach.
+type AttachRequest struct {
+	Volume string `json:"volume"`
+}
+
+// VolumeSlots are the PCI slots volumes' disks take, in order: above
+// those QEMU gives the VM's own devices, so that hot-plugged and
+// command-line disks agree.
+const (
+	VolumeSlotFirst = 0x10
+	VolumeSlotLast  = 0x1f
+)
+
+// FreeSlot is the lowest volume slot that none of refs takes; 0 if none
+// is left.
+func FreeSlot(refs []VolumeRef) int {
+	for slot := VolumeSlotFirst; slot <= VolumeSlotLast; slot++ {
+		taken := false
+		for _, r := range refs {
+			taken = taken || r.Slot == slot
+		}
+		if !taken {
+			return slot
+		}
+	}
+	return 0
+}

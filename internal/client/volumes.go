@@ -51,3 +51,17 @@ func (c *Client) GetPool(ctx context.Context, name string) (api.Pool, error) {
 	var out api.Pool
 	return out, c.do(ctx, "GET", "/v1/pools/"+esc(name), nil, &out)
 }
+
+// AttachVolume attaches a volume to a VM (hot, if it runs) and waits
+// until the VM's QEMU has it.
+func (c *Client) AttachVolume(ctx context.Context, vm, volume string) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, "POST", "/v1/vms/"+esc(vm)+"/attach", api.AttachRequest{Volume: volume}, &out)
+}
+
+// DetachVolume detaches a volume from a VM (hot, if it runs) and waits
+// until the VM's QEMU has let it go and the volume is free.
+func (c *Client) DetachVolume(ctx context.Context, vm, volume string) (api.VM, error) {
+	var out api.VM
+	return out, c.do(ctx, "POST", "/v1/vms/"+esc(vm)+"/detach", api.AttachRequest{Volume: volume}, &out)
+}

@@ -104,6 +104,8 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"GET /v1/projects/{name}":           authz.Viewer,
 		"DELETE /v1/projects/{name}":        authz.Admin,
 		"GET /v1/volumes":                   authz.Viewer,
+		"POST /v1/vms/{name}/attach":        authz.Operator,
+		"POST /v1/vms/{name}/detach":        authz.Operator,
 		"POST /v1/volumes":                  authz.Operator,
 		"GET /v1/volumes/{name}":            authz.Viewer,
 		"DELETE /v1/volumes/{name}":         authz.Operator,

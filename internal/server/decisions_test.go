@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -115,7 +116,7 @@ func TestApplyAction(t *testing.T) {
 				if target != nil {
 					t.Errorf("a refused action returned a condition")
 				}
-				if sp != before {
+				if !reflect.DeepEqual(sp, before) {
 					t.Errorf("a refused action changed the spec:\n%+v\nwas\n%+v", sp, before)
 				}
 				return

@@ -55,6 +55,8 @@ func (s *Server) routeTable() []route {
 		{method: "DELETE", pattern: "/v1/vms/{name}", perm: authz.DeleteVMs, act: "vm.delete", object: s.vmObject, handle: s.deleteVM},
 		{method: "PATCH", pattern: "/v1/vms/{name}", perm: authz.ChangeVMs, act: "vm.set", object: s.vmObject, handle: s.updateVM},
 		{method: "POST", pattern: "/v1/vms/{name}/{action}", perm: authz.PowerVMs, what: powerWords, act: "vm.{action}", object: s.vmObject, handle: s.vmAction},
+		{method: "POST", pattern: "/v1/vms/{name}/attach", perm: authz.ChangeVMs, what: words("attach volumes"), act: "vm.attach", object: s.vmObject, handle: s.attachVolume},
+		{method: "POST", pattern: "/v1/vms/{name}/detach", perm: authz.ChangeVMs, what: words("detach volumes"), act: "vm.detach", object: s.vmObject, handle: s.detachVolume},
 		{method: "GET", pattern: "/v1/vms/{name}/logs", perm: authz.ReadVMLogs, object: s.vmObject, handle: s.vmLogs},
 		{method: "GET", pattern: "/v1/vms/{name}/console", perm: authz.ConsoleVMs, act: "vm.console", object: s.vmObject, handle: s.vmConsole},
 		{method: "POST", pattern: "/v1/vms/{name}/migrate", perm: authz.MoveVMs, act: "vm.migrate", object: s.vmObject, handle: s.migrateVM},

@@ -181,6 +181,9 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if v, err = s.releaseStale(ctx, v); err != nil {
+		return err
+	}
 	if v.VM != "" {
 		return api.Errorf(api.ErrConflict, "volume %q is attached to vm %s: detach it first ('shoal vm detach %s %s')", v.Name, v.VM, v.VM, v.Name)
 	}

@@ -75,3 +75,56 @@ func TestVolumeRecordsCountInTheirProject(t *testing.T) {
 		t.Errorf("list: %+v, %v", vs, err)
 	}
 }
+
+// TestAttachOneVolumeTwice: two VMs attaching one volume at once: exactly
+// one gets it, in its spec with a volume slot, and the volume names it;
+// a detach takes it out of the spec but keeps it the VM's until freed.
+func TestAttachOneVolumeTwice(t *testing.T) {
+	ctx := context.Background()
+	s := storetest.New(t)
+	for i, name := range []string{"a", "b"} {
+		v := projectVM(i, "")
+		v.Name = name
+		if _, err := s.CreateVM(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CreateVolume(ctx, api.Volume{Name: "data", ID: "d1", Pool: "shared", SizeBytes: 1 << 30, State: api.VolumeReady}); err != nil {
+		t.Fatal(err)
+	}
+	free := func(sp api.VMSpec, v api.Volume) error {
+		if v.VM != "" {
+			return api.Errorf(api.ErrConflict, "taken by %s", v.VM)
+		}
+		return nil
+	}
+	errs := make(chan error, 2)
+	for _, name := range []string{"a", "b"} {
+		go func() { _, err := s.AttachVolume(ctx, name, "data", free); errs <- err }()
+	}
+	won := 0
+	for range 2 {
+		if err := <-errs; err == nil {
+			won++
+		} else if !errors.Is(err, api.ErrConflict) {
+			t.Errorf("the loser: %v", err)
+		}
+	}
+	v, _ := s.GetVolume(ctx, "data")
+	sp, _ := s.GetVM(ctx, v.VM)
+	if won != 1 || len(sp.Volumes) != 1 || sp.Volumes[0].Slot != api.VolumeSlotFirst || sp.Volumes[0].ID != "d1" {
+		t.Fatalf("%d won; volume %+v; spec volumes %+v", won, v, sp.Volumes)
+	}
+	if _, _, err := s.DetachVolume(ctx, sp.Name, "data"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.GetVolume(ctx, "data"); v.VM != sp.Name {
+		t.Errorf("detached but not freed: the volume names %q", v.VM)
+	}
+	if _, err := s.FreeVolume(ctx, sp.Name, "data", func(api.VMSpec) bool { return true }); !errors.Is(err, api.ErrConflict) {
+		t.Errorf("freed while in use: %v", err)
+	}
+	if v, err := s.FreeVolume(ctx, sp.Name, "data", func(api.VMSpec) bool { return false }); err != nil || v.VM != "" {
+		t.Errorf("free: %+v, %v", v, err)
+	}
+}

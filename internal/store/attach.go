@@ -1,0 +1,153 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/shoalvm/shoal/internal/api"
+)
+
+// A volume attached to a VM is named in both records: the VM's spec
+// lists it (api.VolumeRef, what its host needs to open it) and the
+// volume names the VM. Attaching writes both in one transaction. A
+// detach first takes it out of the spec (the host then unplugs it) and
+// frees the volume once the VM no longer uses it (FreeVolume), so that
+// no two VMs ever have one volume open.
+
+// AttachVolume attaches volume vol to VM name if check, given both
+// records as they are, allows it; it returns the VM's new spec.
+func (s *Store) AttachVolume(ctx context.Context, name, vol string, check func(api.VMSpec, api.Volume) error) (api.VMSpec, error) {
+	for {
+		sp, vmRev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+		if err != nil {
+			return sp, err
+		}
+		v, err := s.GetVolume(ctx, vol)
+		if err != nil {
+			return sp, err
+		}
+		if err := check(sp, v); err != nil {
+			return sp, err
+		}
+		slot := api.FreeSlot(sp.Volumes)
+		if slot == 0 {
+			return sp, api.Errorf(api.ErrConflict, "vm %q has %d volumes, the most it can have", name, len(sp.Volumes))
+		}
+		sp.Volumes = append(slices.Clone(sp.Volumes), api.VolumeRef{Name: v.Name, ID: v.ID, Pool: v.Pool, SizeBytes: v.SizeBytes, Slot: slot})
+		v.VM = name
+		ok, rev, err := s.putBoth(ctx, sp, vmRev, v)
+		if err != nil {
+			return sp, fmt.Errorf("attach volume %q to vm %q: %w", vol, name, err)
+		}
+		if ok {
+			sp.Rev = rev
+			return sp, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return sp, err
+		}
+	}
+}
+
+// DetachVolume takes volume vol out of VM name's spec (the volume stays
+// the VM's until FreeVolume); api.ErrConflict if it is not attached to
+// it. It returns the VM's new spec and the volume.
+func (s *Store) DetachVolume(ctx context.Context, name, vol string) (api.VMSpec, api.Volume, error) {
+	for {
+		sp, vmRev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+		if err != nil {
+			return sp, api.Volume{}, err
+		}
+		v, err := s.GetVolume(ctx, vol)
+		if err != nil {
+			return sp, v, err
+		}
+		i := slices.IndexFunc(sp.Volumes, func(r api.VolumeRef) bool { return r.ID == v.ID })
+		if i < 0 {
+			if v.VM == name {
+				return sp, v, nil // out of the spec already: FreeVolume's turn
+			}
+			return sp, v, api.Errorf(api.ErrConflict, "volume %q is not attached to vm %q", vol, name)
+		}
+		if sp.Migration != nil {
+			return sp, v, api.Errorf(api.ErrConflict, "vm %q is migrating: detach the volume once the migration is over", name)
+		}
+		sp.Volumes = slices.Delete(slices.Clone(sp.Volumes), i, i+1)
+		ok, rev, err := s.putBoth(ctx, sp, vmRev, v)
+		if err != nil {
+			return sp, v, fmt.Errorf("detach volume %q from vm %q: %w", vol, name, err)
+		}
+		if ok {
+			sp.Rev = rev
+			return sp, v, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return sp, v, err
+		}
+	}
+}
+
+// FreeVolume makes volume vol, detached from VM name's spec, free for
+// another VM; inUse, given the VM's spec as it is, says whether the VM
+// may still have it open (then api.ErrConflict). A VM that is gone
+// frees it.
+func (s *Store) FreeVolume(ctx context.Context, name, vol string, inUse func(api.VMSpec) bool) (api.Volume, error) {
+	for {
+		v, err := s.GetVolume(ctx, vol)
+		if err != nil {
+			return v, err
+		}
+		if v.VM != name {
+			return v, nil
+		}
+		sp, vmRev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+		if err != nil && !api.IsNotFound(err) {
+			return v, err
+		}
+		if err == nil && (slices.ContainsFunc(sp.Volumes, func(r api.VolumeRef) bool { return r.ID == v.ID }) || inUse(sp)) {
+			return v, api.Errorf(api.ErrConflict, "vm %q still uses volume %q", name, vol)
+		}
+		v.VM = ""
+		b, _ := json.Marshal(v)
+		vk := volumeKey(vol)
+		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vk), "=", v.Rev),
+			clientv3.Compare(clientv3.ModRevision(vmKey(name)), "=", vmRev)).Then(clientv3.OpPut(vk, string(b))).Commit()
+		if err != nil {
+			return v, fmt.Errorf("free volume %q: %w: %w", vol, api.ErrUnavailable, err)
+		}
+		if resp.Succeeded {
+			v.Rev = resp.Header.Revision
+			return v, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return v, err
+		}
+	}
+}
+
+// putBoth writes sp over revision vmRev and v over v.Rev in one
+// transaction; false if either changed meanwhile.
+func (s *Store) putBoth(ctx context.Context, sp api.VMSpec, vmRev int64, v api.Volume) (bool, int64, error) {
+	sp.Rev = 0
+	b, err := json.Marshal(sp)
+	if err != nil {
+		return false, 0, err
+	}
+	vr := v.Rev
+	v.Rev = 0
+	vb, err := json.Marshal(v)
+	if err != nil {
+		return false, 0, err
+	}
+	vk, volk := vmKey(sp.Name), volumeKey(v.Name)
+	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vk), "=", vmRev), clientv3.Compare(clientv3.ModRevision(volk), "=", vr)).
+		Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(volk, string(vb))).Commit()
+	if err != nil {
+		return false, 0, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
+	}
+	return resp.Succeeded, resp.Header.Revision, nil
+}
