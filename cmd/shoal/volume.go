@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -123,7 +124,22 @@ in its project's max-disk.`,
 }
 
 func poolCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "pool", Short: "Show storage pools"}
+	cmd := &cobra.Command{Use: "pool", Short: "Define and show storage pools"}
+	cmd.AddCommand(poolCreateCmd(g), &cobra.Command{
+		Use: "delete NAME", Short: "Remove an iSCSI or RBD pool's definition (refused while it holds volumes)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeletePool(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return g.print(map[string]string{"deleted": args[0]}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "pool %s deleted\n", args[0])
+			})
+		},
+	})
 	row := func(w *tabwriter.Writer, p api.Pool) {
 		kind := p.Type
 		if p.Shared {
@@ -196,4 +212,81 @@ func vmAttachCmd(g *globals, verb, short string) *cobra.Command {
 			})
 		},
 	}
+}
+
+func poolCreateCmd(g *globals) *cobra.Command {
+	var cfg api.PoolConfig
+	var secretFile, keyring, monitors string
+	create := &cobra.Command{
+		Use:   "create NAME --type iscsi|rbd ...",
+		Short: "Define a storage pool on an iSCSI target or a Ceph cluster (admins)",
+		Long: `Define a pool that every host reaches over the network:
+
+  --type iscsi --server NAME      the SAN of Shoal's storage server NAME
+                                  (see 'shoal storage-server'); Shoal makes a
+                                  target per volume and the CHAP account
+  --type iscsi --portal IP:PORT --target IQN [--chap-user U --chap-secret-file F]
+                                  an existing target: its LUNs are volumes
+  --type rbd --monitors A,B --rbd-pool P --user U --keyring F
+                                  a Ceph RBD pool: each volume is an image
+
+Directory pools (local, shared) are given to hosts when they start.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Name = args[0]
+			if secretFile != "" {
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("--chap-secret-file: %w", err)
+				}
+				cfg.CHAPSecret = strings.TrimSpace(string(b))
+			}
+			if keyring != "" {
+				key, err := keyringKey(keyring)
+				if err != nil {
+					return err
+				}
+				cfg.Key = key
+			}
+			if monitors != "" {
+				cfg.Monitors = strings.Split(monitors, ",")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			p, err := c.CreatePool(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			return g.print(p, func(w *tabwriter.Writer) { fmt.Fprintf(w, "pool %s created (%s)\n", p.Name, p.Type) })
+		},
+	}
+	f := create.Flags()
+	f.StringVar(&cfg.Type, "type", "", "iscsi or rbd")
+	f.StringVar(&cfg.Server, "server", "", "iscsi: the storage server that serves the pool")
+	f.StringVar(&cfg.Portal, "portal", "", "iscsi: an existing target's portal, IP:PORT")
+	f.StringVar(&cfg.Target, "target", "", "iscsi: an existing target's IQN")
+	f.StringVar(&cfg.CHAPUser, "chap-user", "", "iscsi: the CHAP user")
+	f.StringVar(&secretFile, "chap-secret-file", "", "iscsi: a file holding the CHAP secret")
+	f.StringVar(&monitors, "monitors", "", "rbd: the Ceph monitors, IP:PORT,...")
+	f.StringVar(&cfg.RBDPool, "rbd-pool", "", "rbd: the Ceph pool of the images")
+	f.StringVar(&cfg.User, "user", "", "rbd: the Ceph user (without client.)")
+	f.StringVar(&keyring, "keyring", "", "rbd: the Ceph keyring file of the user")
+	return create
+}
+
+// keyringKey reads the key out of a Ceph keyring file ("key = ...").
+func keyringKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--keyring: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if ok && strings.TrimSpace(k) == "key" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("--keyring %s: no 'key = ...' line", path)
 }

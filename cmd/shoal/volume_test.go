@@ -94,6 +94,29 @@ func TestIntegrationVolumes(t *testing.T) {
 	l.mustShoal("vm", "attach", "other", "data") // free again
 	l.mustShoal("vm", "delete", "other")
 	l.mustShoal("volume", "delete", "data") // a deleted VM's volumes are free
+
+	// Pools the cluster defines: bad input, then an adopted target.
+	fail(`storage server "nas" not found`, "pool", "create", "san", "--type", "iscsi", "--server", "nas")
+	fail("either Shoal's storage server's (--server NAME) or an existing target", "pool", "create", "san", "--type", "iscsi")
+	fail(`portal "nowhere": want IP:PORT`, "pool", "create", "ext", "--type", "iscsi", "--portal", "nowhere", "--target", "iqn.2003-01.org.example:d")
+	fail("CHAP needs both a user and a secret", "pool", "create", "ext", "--type", "iscsi", "--portal", "127.0.0.1:3260", "--target", "iqn.2003-01.org.example:d", "--chap-user", "u")
+	fail("an rbd pool needs the Ceph pool of its images", "pool", "create", "ceph", "--type", "rbd", "--monitors", "127.0.0.1:6789")
+	fail(`pool type "nfs": use iscsi or rbd`, "pool", "create", "n", "--type", "nfs")
+	fail(`pool "local" is a directory pool of host`, "pool", "create", "local", "--type", "iscsi", "--portal", "127.0.0.1:3260", "--target", "iqn.2003-01.org.example:d")
+	secret := filepath.Join(l.dir, "chap")
+	must(t, os.WriteFile(secret, []byte("s3cret-s3cret-42\n"), 0o600))
+	fail("may not manage storage pools: it needs the admin role", "--token", bob, "pool", "create", "ext", "--type", "iscsi",
+		"--portal", "127.0.0.1:3260", "--target", "iqn.2003-01.org.example:d")
+	var ext api.PoolConfig
+	must(t, json.Unmarshal([]byte(l.mustShoal("pool", "create", "ext", "--type", "iscsi", "--portal", "127.0.0.1:3260",
+		"--target", "iqn.2003-01.org.example:d", "--chap-user", "u", "--chap-secret-file", secret, "-o", "json")), &ext))
+	if ext.Name != "ext" || ext.CHAPUser != "u" || ext.CHAPSecret != "" {
+		t.Errorf("pool create answered %+v (never the secret)", ext)
+	}
+	if out := l.mustShoal("pool", "list"); !strings.Contains(out, "ext") || !strings.Contains(out, "iscsi") {
+		t.Errorf("pool list: %q", out)
+	}
+	l.mustShoal("pool", "delete", "ext")
 	l.mustShoal("volume", "delete", "fromimg")
 	l.mustShoal("volume", "delete", "dev1")
 	if out := l.mustShoal("volume", "list"); strings.Contains(out, "data") {

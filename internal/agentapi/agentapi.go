@@ -78,6 +78,9 @@ type Catalog interface {
 	// FetchImage makes the image's files present in dir (a no-op when
 	// the agent shares the server's image library).
 	FetchImage(ctx context.Context, name, dir string) error
+	// Pools returns the pools the cluster defines (iSCSI, RBD), with the
+	// secrets a host needs to open their volumes.
+	Pools(ctx context.Context) ([]api.PoolConfig, error)
 }
 
 // ControlPlane is everything an agent needs from the cluster.

@@ -90,6 +90,7 @@ func NewHandler(l *Local, imageDir string, log *slog.Logger) *Handler {
 	route("POST /v1/agent/migration/commit", h.migrationCommit)
 	route("POST /v1/agent/migration/progress/{id}", h.migrationProgress)
 	route("GET /v1/agent/networks/{name}", h.network)
+	route("GET /v1/agent/pools", h.pools)
 	serve([]string{pki.OUAgent, pki.OUServer}, "GET /v1/agent/images/{name}", h.image)
 	serve([]string{pki.OUAgent, pki.OUServer}, "GET /v1/agent/images/{name}/files/{file}", h.imageFile)
 	route("GET /v1/agent/servers", h.servers)
@@ -361,6 +362,15 @@ func (h *Handler) network(ctx context.Context, _ string, w http.ResponseWriter, 
 		return err
 	}
 	writeJSON(w, http.StatusOK, n)
+	return nil
+}
+
+func (h *Handler) pools(ctx context.Context, _ string, w http.ResponseWriter, _ *http.Request) error {
+	ps, err := h.Local.Pools(ctx)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ps)
 	return nil
 }
 

@@ -136,6 +136,11 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	return nil
 }
 
+// Pools implements Catalog.
+func (l *Local) Pools(ctx context.Context) ([]api.PoolConfig, error) {
+	return l.st.ListPoolConfigs(ctx)
+}
+
 // Network implements Catalog.
 func (l *Local) Network(ctx context.Context, name string) (api.Network, error) {
 	return l.st.GetNetwork(ctx, name)

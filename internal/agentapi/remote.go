@@ -275,6 +275,12 @@ func (c *Remote) Network(ctx context.Context, name string) (api.Network, error) 
 	return n, c.do(ctx, "GET", "/v1/agent/networks/"+url.PathEscape(name), nil, &n)
 }
 
+// Pools implements Catalog.
+func (c *Remote) Pools(ctx context.Context) ([]api.PoolConfig, error) {
+	var out []api.PoolConfig
+	return out, c.do(ctx, "GET", "/v1/agent/pools", nil, &out)
+}
+
 // Image implements Catalog.
 func (c *Remote) Image(ctx context.Context, name string) (api.Image, error) {
 	var im api.Image

@@ -91,8 +91,10 @@ type StopRequest struct {
 // Host is a virtualization host as the API shows it.
 type Host struct {
 	Name          string      `json:"name"`
-	ID            string      `json:"id,omitempty"` // identity of the machine that claimed the name
-	State         string      `json:"state"`        // up, down, maintenance
+	ID            string      `json:"id,omitempty"`     // identity of the machine that claimed the name
+	State         string      `json:"state"`            // up, down, maintenance
+	Role          string      `json:"role,omitempty"`   // "" for a VM host; HostRoleStorage for a storage server, which runs no VM
+	Portal        string      `json:"portal,omitempty"` // a storage server\'s iSCSI portal, IP:port
 	Address       string      `json:"address,omitempty"`
 	CPUModel      string      `json:"cpu_model,omitempty"`
 	CPUFlags      []string    `json:"cpu_flags,omitempty"` // CPU features the host offers guests
@@ -107,6 +109,9 @@ type Host struct {
 	VMs           int         `json:"vms"`
 	LastHeartbeat time.Time   `json:"last_heartbeat,omitzero"`
 }
+
+// HostRoleStorage is the role of a storage server's host record.
+const HostRoleStorage = "storage"
 
 // Host states.
 const (

@@ -1,6 +1,10 @@
 package api
 
-import "time"
+import (
+	"net"
+	"strings"
+	"time"
+)
 
 // Volume is a disk that lives apart from any VM, in a storage pool, and
 // can be attached to one VM at a time (GET /v1/volumes/{name}).
@@ -123,4 +127,84 @@ func FreeSlot(refs []VolumeRef) int {
 		}
 	}
 	return 0
+}
+
+// PoolConfig is a storage pool that the cluster defines (POST
+// /v1/pools), as opposed to a directory a host is started with: an iSCSI
+// target, on a storage server Shoal manages (Server) or one it adopts
+// (Portal and Target), or a Ceph RBD pool. Secrets are write-only: the
+// API never shows them; hosts get them to open volumes.
+type PoolConfig struct {
+	Name string `json:"name"`
+	Type string `json:"type"` // PoolISCSI or PoolRBD
+
+	Server     string `json:"server,omitempty"` // iSCSI: the storage server (a host of role storage) that serves it
+	Portal     string `json:"portal,omitempty"` // iSCSI: IP:port; a managed pool's is its server's
+	Target     string `json:"target,omitempty"` // iSCSI, adopted: the target's IQN
+	CHAPUser   string `json:"chap_user,omitempty"`
+	CHAPSecret string `json:"chap_secret,omitempty"`
+
+	Monitors []string `json:"monitors,omitempty"` // RBD: monitor addresses
+	RBDPool  string   `json:"rbd_pool,omitempty"` // RBD: the Ceph pool
+	User     string   `json:"user,omitempty"`     // RBD: the Ceph client (without "client.")
+	Key      string   `json:"key,omitempty"`      // RBD: its key
+
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// Pool types.
+const (
+	PoolDir   = "dir"
+	PoolISCSI = "iscsi"
+	PoolRBD   = "rbd"
+)
+
+// Public is c without its secrets, as the API shows it.
+func (c PoolConfig) Public() PoolConfig {
+	c.CHAPSecret, c.Key = "", ""
+	return c
+}
+
+// Check says whether c is a pool definition that can work, in one line
+// of what is wrong. It is pure.
+func (c PoolConfig) Check() error {
+	if err := ValidateName("pool", c.Name); err != nil {
+		return err
+	}
+	switch c.Type {
+	case PoolISCSI:
+		managed := c.Server != ""
+		if managed == (c.Portal != "" || c.Target != "") {
+			return Errorf(ErrInvalid, "an iscsi pool is either Shoal's storage server's (--server NAME) or an existing target (--portal IP:PORT --target IQN)")
+		}
+		if !managed {
+			if _, _, err := net.SplitHostPort(c.Portal); err != nil {
+				return Errorf(ErrInvalid, "portal %q: want IP:PORT, e.g. 192.0.2.10:3260", c.Portal)
+			}
+			if !strings.HasPrefix(c.Target, "iqn.") || strings.ContainsAny(c.Target, " \t\n/") {
+				return Errorf(ErrInvalid, "target %q: want an iSCSI name, e.g. iqn.2003-01.org.example:disks", c.Target)
+			}
+		}
+		if (c.CHAPUser == "") != (c.CHAPSecret == "") {
+			return Errorf(ErrInvalid, "CHAP needs both a user and a secret (--chap-user, --chap-secret-file)")
+		}
+		if len(c.CHAPSecret) > 0 && (len(c.CHAPSecret) < 12 || len(c.CHAPSecret) > 255) {
+			return Errorf(ErrInvalid, "a CHAP secret has 12 to 255 characters (RFC 3720 wants at least 12); this one has %d", len(c.CHAPSecret))
+		}
+		if strings.ContainsAny(c.CHAPUser, ",= \t\n") {
+			return Errorf(ErrInvalid, "CHAP user %q: no ',', '=' or spaces", c.CHAPUser)
+		}
+	case PoolRBD:
+		switch {
+		case len(c.Monitors) == 0:
+			return Errorf(ErrInvalid, "an rbd pool needs its Ceph monitors (--monitors IP:PORT,...)")
+		case c.RBDPool == "":
+			return Errorf(ErrInvalid, "an rbd pool needs the Ceph pool of its images (--rbd-pool NAME)")
+		case c.User == "" || c.Key == "":
+			return Errorf(ErrInvalid, "an rbd pool needs a Ceph user and its key (--user U --keyring FILE)")
+		}
+	default:
+		return Errorf(ErrInvalid, "pool type %q: use iscsi or rbd (directory pools are given to hosts when they start)", c.Type)
+	}
+	return nil
 }

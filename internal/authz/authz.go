@@ -115,6 +115,7 @@ const (
 	ManageProjects Permission = "project.admin" // create and delete projects
 	ReadVolumes    Permission = "volume.read"   // list and show volumes
 	ManageVolumes  Permission = "volume.write"  // create, resize and delete volumes
+	ManagePools    Permission = "pool.admin"    // define and remove storage pools
 )
 
 // rule is what a permission needs: the role min on any object, or the
@@ -146,6 +147,7 @@ var rules = map[Permission]rule{
 	ManageProjects: {min: Admin, what: "manage projects"},
 	ReadVolumes:    {min: Viewer, what: "see volumes"},
 	ManageVolumes:  {min: Operator, what: "change volumes"},
+	ManagePools:    {min: Admin, what: "manage storage pools"},
 }
 
 // Known reports whether p is a permission with a rule.

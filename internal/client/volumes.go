@@ -65,3 +65,15 @@ func (c *Client) DetachVolume(ctx context.Context, vm, volume string) (api.VM, e
 	var out api.VM
 	return out, c.do(ctx, "POST", "/v1/vms/"+esc(vm)+"/detach", api.AttachRequest{Volume: volume}, &out)
 }
+
+// CreatePool defines an iSCSI or RBD pool (admins only); the answer has
+// no secrets.
+func (c *Client) CreatePool(ctx context.Context, cfg api.PoolConfig) (api.PoolConfig, error) {
+	var out api.PoolConfig
+	return out, c.do(ctx, "POST", "/v1/pools", cfg, &out)
+}
+
+// DeletePool removes a pool's definition; refused while it holds volumes.
+func (c *Client) DeletePool(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/pools/"+esc(name), nil, nil)
+}

@@ -112,6 +112,8 @@ func TestEveryRouteIsGuarded(t *testing.T) {
 		"POST /v1/volumes/{name}/resize":    authz.Operator,
 		"GET /v1/pools":                     authz.Viewer,
 		"GET /v1/pools/{name}":              authz.Viewer,
+		"POST /v1/pools":                    authz.Admin,
+		"DELETE /v1/pools/{name}":           authz.Admin,
 	}
 	// Paths that exercise a route without changing what matters: unknown
 	// objects, or (an image import) a conflict before any work.

@@ -128,6 +128,9 @@ func (s *cacheState) sync(e *hostEntry) {
 func fillHost(h *scheduler.Host, e *hostEntry) {
 	*h = scheduler.Host{Name: e.name, State: hostState(e.rec, e.alive), CPUs: e.rec.CPUs, MemoryMiB: e.rec.MemoryMiB,
 		Pools: e.rec.Pools, AllocatedMiB: e.mem, AllocatedCPUs: e.cpus, Groups: e.groups}
+	if e.rec.Role == api.HostRoleStorage && h.State == api.HostUp {
+		h.State = "storage server" // runs no VM: "not up (state "storage server")"
+	}
 }
 
 // hostSnapshot returns the known hosts in name order for the scheduler.

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"crypto/rand"
 	"net/http"
 	"slices"
+	"time"
+
+	"github.com/shoalvm/shoal/internal/audit"
 
 	"github.com/shoalvm/shoal/internal/api"
 )
@@ -10,7 +14,7 @@ import (
 // poolViews is every pool that an up host reports, with its space and
 // volumes: a shared pool's space as one host sees it, a local pool's
 // summed over its hosts. Pure.
-func poolViews(hosts []api.Host, vols []api.Volume) []api.Pool {
+func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []api.Pool {
 	byName := map[string]*api.Pool{}
 	var names []string
 	for _, h := range hosts {
@@ -31,6 +35,12 @@ func poolViews(hosts []api.Host, vols []api.Volume) []api.Pool {
 			p.SizeBytes += ps.SizeBytes
 			p.UsedBytes += ps.UsedBytes
 			p.FreeBytes += ps.FreeBytes
+		}
+	}
+	for _, c := range defined { // reached by no host that is up: shown all the same
+		if byName[c.Name] == nil {
+			byName[c.Name] = &api.Pool{Name: c.Name, Type: c.Type, Shared: true, Hosts: []string{}}
+			names = append(names, c.Name)
 		}
 	}
 	for _, v := range vols {
@@ -113,7 +123,11 @@ func (s *Server) pools(r *http.Request) ([]api.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	return poolViews(hosts, vols), nil
+	defined, err := s.st.ListPoolConfigs(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	return poolViews(hosts, vols, defined), nil
 }
 
 func (s *Server) listPools(w http.ResponseWriter, r *http.Request) error {
@@ -138,4 +152,59 @@ func (s *Server) getPool(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return api.Errorf(api.ErrNotFound, "pool %q not found on any host that is up: see 'shoal pool list'", name)
+}
+
+func (s *Server) createPool(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	var c api.PoolConfig
+	if err := decode(r, &c); err != nil {
+		return err
+	}
+	audit.SetObject(ctx, "pool/"+c.Name)
+	if err := c.Check(); err != nil {
+		return err
+	}
+	hosts, err := s.hostViews(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if _, ok := poolOf(h, c.Name); ok && h.Role != api.HostRoleStorage {
+			return api.Errorf(api.ErrConflict, "pool %q is a directory pool of host %s already", c.Name, h.Name)
+		}
+	}
+	if c.Server != "" {
+		i := slices.IndexFunc(hosts, func(h api.Host) bool { return h.Name == c.Server })
+		if i < 0 || hosts[i].Role != api.HostRoleStorage {
+			return api.Errorf(api.ErrNotFound, "storage server %q not found: start one with 'shoal storage-server' (see 'shoal host list')", c.Server)
+		}
+		if c.CHAPUser == "" {
+			c.CHAPUser, c.CHAPSecret = "shoal", randomSecret()
+		}
+	}
+	c.CreatedAt = time.Now().UTC()
+	if err := s.st.CreatePoolConfig(ctx, c); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, c.Public())
+	return nil
+}
+
+func (s *Server) deletePool(w http.ResponseWriter, r *http.Request) error {
+	if err := s.st.DeletePoolConfig(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// randomSecret is a CHAP secret of 16 letters and digits.
+func randomSecret() string {
+	const chars = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = chars[int(b[i])%len(chars)]
+	}
+	return string(b)
 }

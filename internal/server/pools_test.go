@@ -25,9 +25,11 @@ func TestPoolViews(t *testing.T) {
 		poolHost("h1", api.HostMaintenance, local(50), shared),
 		poolHost("h3", api.HostDown, local(90), shared),
 	}
-	got := poolViews(hosts, []api.Volume{{Pool: "shared"}, {Pool: "shared"}, {Pool: "local"}, {Pool: "gone"}})
+	got := poolViews(hosts, []api.Volume{{Pool: "shared"}, {Pool: "shared"}, {Pool: "local"}, {Pool: "gone"}, {Pool: "san"}},
+		[]api.PoolConfig{{Name: "san", Type: api.PoolISCSI, Server: "storage"}})
 	want := []api.Pool{
 		{Name: "local", Type: "dir", SizeBytes: 200, UsedBytes: 120, FreeBytes: 80, Hosts: []string{"h1", "h2"}, Volumes: 1},
+		{Name: "san", Type: "iscsi", Shared: true, Hosts: []string{}, Volumes: 1},
 		{Name: "shared", Type: "dir", Shared: true, SizeBytes: 1000, UsedBytes: 400, FreeBytes: 600, Hosts: []string{"h1", "h2"}, Volumes: 2},
 	}
 	if !reflect.DeepEqual(got, want) {

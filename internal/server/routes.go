@@ -91,6 +91,8 @@ func (s *Server) routeTable() []route {
 		{method: "POST", pattern: "/v1/volumes/{name}/resize", perm: authz.ManageVolumes, what: words("resize volumes"), act: "volume.resize", object: s.volumeObject, handle: s.resizeVolume},
 		{method: "GET", pattern: "/v1/pools", perm: authz.ReadCluster, handle: s.listPools},
 		{method: "GET", pattern: "/v1/pools/{name}", perm: authz.ReadCluster, handle: s.getPool},
+		{method: "POST", pattern: "/v1/pools", perm: authz.ManagePools, act: "pool.create", handle: s.createPool},
+		{method: "DELETE", pattern: "/v1/pools/{name}", perm: authz.ManagePools, act: "pool.delete", handle: s.deletePool},
 		{method: "GET", pattern: "/v1/users", perm: authz.ManageUsers, what: words("list users"), handle: s.listUsers},
 		{method: "POST", pattern: "/v1/users", perm: authz.ManageUsers, what: words("create users"), act: "user.create", handle: s.createUser},
 		{method: "GET", pattern: "/v1/users/{name}", perm: authz.ManageUsers, object: ownedBy, what: words("see other users"), handle: s.getUser},
