@@ -211,8 +211,8 @@ func imageSize(ctx context.Context, path string) (int64, error) {
 	return info.VirtualSize, nil
 }
 
-// growFile grows path to size bytes and syncs it.
-func growFile(path string, size int64) error {
+// truncateFile sets path's size and syncs it.
+func truncateFile(path string, size int64) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("san: %w", err)

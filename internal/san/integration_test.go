@@ -495,3 +495,33 @@ func TestDaemonsSideBySide(t *testing.T) {
 		}
 	}
 }
+
+func TestSANCreateFromImage(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	base := filepath.Join(t.TempDir(), "base.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0x7e 64k 64k", base},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	if err := l.s.Create(ctx, pool.Volume{ID: "1a", SizeBytes: 2 * mib, Base: base}); !errors.Is(err, api.ErrInvalid) {
+		t.Fatalf("a volume smaller than its image: %v", err)
+	}
+	if ents, _ := os.ReadDir(l.dir); len(ents) != 0 {
+		t.Fatalf("a refused volume left files: %v", ents)
+	}
+	if err := l.s.Create(ctx, pool.Volume{ID: "1a", SizeBytes: 16 * mib, Base: base}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.s.SetAllowed(ctx, "1a", []string{"h1"}); err != nil {
+		t.Fatal(err)
+	}
+	l.mustIO("1a", "h1", "read -P 0 0 64k", "read -P 0x7e 64k 64k", "read -P 0 128k 15M")
+	if got := l.size("1a", "h1"); !strings.HasPrefix(got, "16 MiB") {
+		t.Fatalf("size: %s", got)
+	}
+}

@@ -112,8 +112,17 @@ func (s *SAN) Create(ctx context.Context, v pool.Volume) error {
 	if err := checkSize(v.SizeBytes); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	return s.locked(ctx, func(ts []target) error {
+		if err := s.ensureFile(ctx, v); err != nil {
+			return err
+		}
+		_, err := s.ensureTarget(ctx, &ts, v.ID)
+		return err
+	})
+}
+
+// ensureFile makes v's file unless it exists with v's size.
+func (s *SAN) ensureFile(ctx context.Context, v pool.Volume) error {
 	st, err := os.Stat(s.file(v.ID))
 	switch {
 	case err == nil && st.Size() != v.SizeBytes:
@@ -130,12 +139,18 @@ func (s *SAN) Create(ctx context.Context, v pool.Volume) error {
 	case err != nil:
 		return fmt.Errorf("san: %w", err)
 	}
+	return nil
+}
+
+// locked runs fn holding s.mu, with tgtd's targets listed.
+func (s *SAN) locked(ctx context.Context, fn func(ts []target) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	ts, err := s.targets(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = s.ensureTarget(ctx, &ts, v.ID)
-	return err
+	return fn(ts)
 }
 
 // Delete removes the target of id (ending any session on it) and then
@@ -144,23 +159,19 @@ func (s *SAN) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ts, err := s.targets(ctx)
-	if err != nil {
-		return err
-	}
-	if t := findTarget(ts, id); t != nil {
-		if err := s.deleteTarget(ctx, t.TID); err != nil {
-			return err
+	return s.locked(ctx, func(ts []target) error {
+		if t := findTarget(ts, id); t != nil {
+			if err := s.deleteTarget(ctx, t.TID); err != nil {
+				return err
+			}
 		}
-	}
-	if err := os.Remove(s.file(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("san: %w", err)
-	}
-	_ = os.Remove(s.tmp(id))
-	s.cfg.Log.Info("volume deleted", "id", id)
-	return syncDir(s.cfg.Dir)
+		if err := os.Remove(s.file(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("san: %w", err)
+		}
+		_ = os.Remove(s.tmp(id))
+		s.cfg.Log.Info("volume deleted", "id", id)
+		return syncDir(s.cfg.Dir)
+	})
 }
 
 // Resize grows the file of id to size bytes and has tgtd reopen it, so
@@ -173,8 +184,24 @@ func (s *SAN) Resize(ctx context.Context, id string, size int64) error {
 	if err := checkSize(size); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	return s.locked(ctx, func(ts []target) error {
+		if err := s.growFile(id, size); err != nil {
+			return err
+		}
+		t, err := s.ensureTarget(ctx, &ts, id)
+		if err != nil {
+			return err
+		}
+		if err := s.reopenLUN(ctx, t.TID, id); err != nil {
+			return err
+		}
+		s.cfg.Log.Info("volume resized", "id", id, "size", size)
+		return nil
+	})
+}
+
+// growFile grows the file of id to size, if it fits.
+func (s *SAN) growFile(id string, size int64) error {
 	st, err := os.Stat(s.file(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return api.Errorf(api.ErrNotFound, "volume %s not found on the SAN", id)
@@ -189,22 +216,8 @@ func (s *SAN) Resize(ctx context.Context, id string, size int64) error {
 		if err := s.fits(size-st.Size(), "growing volume "+id); err != nil {
 			return err
 		}
-		if err := growFile(s.file(id), size); err != nil {
-			return err
-		}
+		return truncateFile(s.file(id), size)
 	}
-	ts, err := s.targets(ctx)
-	if err != nil {
-		return err
-	}
-	t, err := s.ensureTarget(ctx, &ts, id)
-	if err != nil {
-		return err
-	}
-	if err := s.reopenLUN(ctx, t.TID, id); err != nil {
-		return err
-	}
-	s.cfg.Log.Info("volume resized", "id", id, "size", size)
 	return nil
 }
 
@@ -224,17 +237,13 @@ func (s *SAN) SetAllowed(ctx context.Context, id string, hosts []string) error {
 	if err := checkHosts(hosts); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ts, err := s.targets(ctx)
-	if err != nil {
-		return err
-	}
-	t := findTarget(ts, id)
-	if t == nil {
-		return api.Errorf(api.ErrNotFound, "volume %s has no target on the SAN", id)
-	}
-	return s.setACL(ctx, *t, hosts)
+	return s.locked(ctx, func(ts []target) error {
+		t := findTarget(ts, id)
+		if t == nil {
+			return api.Errorf(api.ErrNotFound, "volume %s has no target on the SAN", id)
+		}
+		return s.setACL(ctx, *t, hosts)
+	})
 }
 
 // Fence takes host off the access lists of the targets of ids and ends
@@ -245,6 +254,10 @@ func (s *SAN) Fence(ctx context.Context, host string, ids []string) error {
 }
 
 // Unfence puts host back on the access lists of the targets of ids.
+// Call it only once the host's QEMUs that had these volumes open are
+// gone (the host was restarted or its QEMUs killed): a fenced QEMU's
+// libiscsi keeps retrying its login with its writes queued, and they
+// land as soon as it is admitted again.
 func (s *SAN) Unfence(ctx context.Context, host string, ids []string) error {
 	return s.fence(ctx, host, ids, true)
 }
@@ -258,12 +271,12 @@ func (s *SAN) fence(ctx context.Context, host string, ids []string, allow bool) 
 			return err
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ts, err := s.targets(ctx)
-	if err != nil {
-		return err
-	}
+	return s.locked(ctx, func(ts []target) error {
+		return s.fenceLocked(ctx, ts, host, ids, allow)
+	})
+}
+
+func (s *SAN) fenceLocked(ctx context.Context, ts []target, host string, ids []string, allow bool) error {
 	iqn := InitiatorName(host)
 	var fenced []int
 	for _, id := range ids {
