@@ -7,6 +7,7 @@ package san
 // the same namespace, with CHAP and Shoal's initiator names.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -523,5 +525,63 @@ func TestSANCreateFromImage(t *testing.T) {
 	l.mustIO("1a", "h1", "read -P 0 0 64k", "read -P 0x7e 64k 64k", "read -P 0 128k 15M")
 	if got := l.size("1a", "h1"); !strings.HasPrefix(got, "16 MiB") {
 		t.Fatalf("size: %s", got)
+	}
+}
+
+// childEnv makes the test binary a storage server that starts tgtd in
+// the namespace it names, prints tgtd's pid and waits to be killed.
+const childEnv = "SHOAL_SAN_TEST_CHILD"
+
+func TestDaemonDiesWithItsParent(t *testing.T) {
+	if ns := os.Getenv(childEnv); ns != "" {
+		d, err := StartDaemon(context.Background(), DaemonConfig{Listen: "127.0.0.1:3260", RunDir: os.Getenv(childEnv + "_RUN"),
+			Wrap: []string{"ip", "netns", "exec", ns}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println(d.Pid())
+		select {}
+	}
+	requireRoot(t)
+	ns, run := newNetns(t), t.TempDir()
+	child := exec.Command(os.Args[0], "-test.run=^TestDaemonDiesWithItsParent$")
+	child.Env = append(os.Environ(), childEnv+"="+ns, childEnv+"_RUN="+run)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("child: %v: %q", err, line)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatalf("child: %q", line)
+	}
+	_ = child.Process.Kill() // kill -9 of the storage server
+	_ = child.Wait()
+	for i := 0; ; i++ {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil || strings.Contains(string(stat), ") Z ") {
+			break // gone, or a zombie waiting for init
+		}
+		if i == 100 {
+			t.Fatalf("tgtd %d outlived its storage server: %s", pid, stat)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Its socket, lock and portal are free again for the next start.
+	d, err := StartDaemon(context.Background(), DaemonConfig{Listen: "127.0.0.1:3260", RunDir: run,
+		Wrap: []string{"ip", "netns", "exec", ns}, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
