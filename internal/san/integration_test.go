@@ -585,3 +585,52 @@ func TestDaemonDiesWithItsParent(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSANResizeUnderIO grows a volume again and again while a session
+// writes: tgtd reopens the LUN's file in the middle of its I/O, and no
+// write may fail or hang.
+func TestSANResizeUnderIO(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	id := "b0"
+	if err := l.s.Create(ctx, pool.Volume{ID: id, SizeBytes: 16 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.s.SetAllowed(ctx, id, []string{"h1"}); err != nil {
+		t.Fatal(err)
+	}
+	sess := l.openSession(id, "h1")
+	stop := make(chan struct{})
+	resized := make(chan error, 1)
+	go func() {
+		n := int64(0)
+		for {
+			select {
+			case <-stop:
+				resized <- nil
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			n++
+			if err := l.s.Resize(ctx, id, 16*mib+n*mib); err != nil {
+				resized <- err
+				return
+			}
+		}
+	}()
+	const writes = 150
+	for i := 0; i < writes; i++ {
+		if !sess.do(fmt.Sprintf("write -P 0x66 %d 64k", i*64*1024), "wrote 65536/65536", i+1, 10*time.Second) {
+			close(stop)
+			t.Fatalf("write %d did not complete: %s", i, sess.output())
+		}
+	}
+	close(stop)
+	if err := <-resized; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(sess.output(), "rror") {
+		t.Fatalf("a write failed: %s", sess.output())
+	}
+	l.mustIO(id, "h1", fmt.Sprintf("read -P 0x66 0 %d", writes*64*1024))
+}
