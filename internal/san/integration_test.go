@@ -125,6 +125,18 @@ func (l *lab) start() {
 	l.d, l.s = d, s
 }
 
+// volume creates a volume that hosts may reach.
+func (l *lab) volume(id string, size int64, hosts ...string) {
+	l.t.Helper()
+	ctx := context.Background()
+	if err := l.s.Create(ctx, pool.Volume{ID: id, SizeBytes: size}); err != nil {
+		l.t.Fatal(err)
+	}
+	if err := l.s.SetAllowed(ctx, id, hosts); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
 // opts is the --image-opts of volume id for host, with secret file sf.
 func (l *lab) opts(id, host, secretFile string) []string {
 	return []string{"--object", "secret,id=chap,file=" + secretFile, "--image-opts",
@@ -346,12 +358,7 @@ func TestSANFence(t *testing.T) {
 	l := newLab(t)
 	ctx := context.Background()
 	id := "fe0c"
-	if err := l.s.Create(ctx, pool.Volume{ID: id, SizeBytes: 16 * mib}); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.s.SetAllowed(ctx, id, []string{"h1", "h2"}); err != nil {
-		t.Fatal(err)
-	}
+	l.volume(id, 16*mib, "h1", "h2")
 	old := l.openSession(id, "h1")
 	if !old.do("write -P 0x11 0 4k", "wrote 4096/4096", 1, 10*time.Second) {
 		t.Fatalf("write before fence: %s", old.output())
@@ -593,12 +600,7 @@ func TestSANResizeUnderIO(t *testing.T) {
 	l := newLab(t)
 	ctx := context.Background()
 	id := "b0"
-	if err := l.s.Create(ctx, pool.Volume{ID: id, SizeBytes: 16 * mib}); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.s.SetAllowed(ctx, id, []string{"h1"}); err != nil {
-		t.Fatal(err)
-	}
+	l.volume(id, 16*mib, "h1")
 	sess := l.openSession(id, "h1")
 	stop := make(chan struct{})
 	resized := make(chan error, 1)
