@@ -177,6 +177,11 @@ func (s *SAN) Delete(ctx context.Context, id string) error {
 // Resize grows the file of id to size bytes and has tgtd reopen it, so
 // that READ CAPACITY answers the new size (an initiator sees it at its
 // next read of the capacity: QEMU's block_resize does one).
+//
+// tgtd (1.0.85) reads a LUN's size only when it opens the file, and its
+// reopen closes the old descriptor before opening the new: a read or
+// write that one of its I/O threads runs in those microseconds fails
+// with EBADF (about one resize in a thousand under continuous writes).
 func (s *SAN) Resize(ctx context.Context, id string, size int64) error {
 	if err := checkID(id); err != nil {
 		return err
