@@ -21,6 +21,13 @@ type Migration struct {
 
 	Options MigrationOptions `json:"options"`
 
+	// CPUs and MemoryMiB are the size the VM runs at on the source, which
+	// the target's QEMU must have too (the spec's size may have changed
+	// since the VM started: it applies from its next start). 0: the
+	// spec's.
+	CPUs      int   `json:"cpus,omitempty"`
+	MemoryMiB int64 `json:"memory_mib,omitempty"`
+
 	// Endpoint is where the target waits; set once it is ready.
 	Endpoint  *MigrationEndpoint `json:"endpoint,omitempty"`
 	StartedAt time.Time          `json:"started_at"`
@@ -44,6 +51,15 @@ type MigrationEndpoint struct {
 	Relay string `json:"relay,omitempty"` // IP:PORT where the target takes frames caught on the source
 	// Error, instead of the above, says why the target cannot take the VM.
 	Error string `json:"error,omitempty"`
+}
+
+// RunSize is the size (vCPUs, MiB) the VM of spec s runs at once the
+// migration is in: the migration's, or else the spec's.
+func (s VMSpec) RunSize() (int, int64) {
+	if m := s.Migration; m != nil && m.CPUs > 0 && m.MemoryMiB > 0 {
+		return m.CPUs, m.MemoryMiB
+	}
+	return s.CPUs, s.MemoryMiB
 }
 
 // OnHost reports whether host has a part in the VM: its owner, or the

@@ -63,6 +63,11 @@ type VMStatus struct {
 	ObservedRev int64     `json:"observed_rev,omitempty"`
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	// RunningCPUs and RunningMemoryMiB are the size the VM's QEMU runs
+	// at, while one runs (the spec's size may have changed since it
+	// started: it applies from the next start).
+	RunningCPUs      int   `json:"running_cpus,omitempty"`
+	RunningMemoryMiB int64 `json:"running_memory_mib,omitempty"`
 }
 
 // MergeVM builds the API view of a VM from its spec and its host's status
@@ -79,6 +84,7 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
 		vm.ObservedRev = st.ObservedRev
+		vm.RunningCPUs, vm.RunningMemoryMiB = st.RunningCPUs, st.RunningMemoryMiB
 	}
 	if m := s.Migration; m != nil {
 		vm.State = StateMigrating
