@@ -125,6 +125,9 @@ func vmShowCmd(g *globals) *cobra.Command {
 				row("Image", v.Image)
 				row("CPUs", fmt.Sprintf("%d x %s", v.CPUs, dash(v.CPUModel)))
 				row("Memory", api.FormatSize(v.MemoryMiB<<20))
+				if runs := pendingSize(v); runs != "" {
+					row("Runs with", runs)
+				}
 				row("Disk", api.FormatSize(v.DiskBytes)+" on pool "+v.Pool)
 				row("Network", v.Network)
 				row("HA", haSummary(v))
