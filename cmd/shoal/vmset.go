@@ -112,7 +112,11 @@ func sizeLine(vm api.VM) string {
 	case vm.RunningCPUs == vm.CPUs && vm.RunningMemoryMiB == vm.MemoryMiB:
 		return set + ", as it runs now"
 	}
-	return fmt.Sprintf("%s from its next start (it is %s now with %s)", set, vm.State, sizeWords(vm.RunningCPUs, vm.RunningMemoryMiB))
+	runs := sizeWords(vm.RunningCPUs, vm.RunningMemoryMiB)
+	if vm.State == api.StateRunning || vm.State == api.StatePaused {
+		return fmt.Sprintf("%s from its next start (it is %s now with %s)", set, vm.State, runs)
+	}
+	return fmt.Sprintf("%s from its next start (its QEMU was started with %s)", set, runs)
 }
 
 // pendingSize is what 'vm show' says of a VM that runs at another size

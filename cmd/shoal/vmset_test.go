@@ -92,3 +92,26 @@ func TestIntegrationVMSetSize(t *testing.T) {
 	}
 	l.mustShoal("vm", "delete", "--force", "web1")
 }
+
+// TestSizeLine: what 'vm set' says of the size, for each state a VM
+// can be in.
+func TestSizeLine(t *testing.T) {
+	for _, tc := range []struct {
+		vm   api.VM
+		want string
+	}{
+		{api.VM{State: api.StateStopped, CPUs: 2, MemoryMiB: 512}, "2 vCPUs, 512 MiB"},
+		{api.VM{State: api.StateRunning, CPUs: 2, MemoryMiB: 512, RunningCPUs: 1, RunningMemoryMiB: 256},
+			"2 vCPUs, 512 MiB from its next start (it is running now with 1 vCPU, 256 MiB)"},
+		{api.VM{State: api.StatePaused, CPUs: 1, MemoryMiB: 128, RunningCPUs: 2, RunningMemoryMiB: 256},
+			"1 vCPU, 128 MiB from its next start (it is paused now with 2 vCPUs, 256 MiB)"},
+		{api.VM{State: api.StateUnknown, CPUs: 2, MemoryMiB: 512, RunningCPUs: 1, RunningMemoryMiB: 256},
+			"2 vCPUs, 512 MiB from its next start (its QEMU was started with 1 vCPU, 256 MiB)"},
+		{api.VM{State: api.StateRunning, CPUs: 2, MemoryMiB: 512}, "2 vCPUs, 512 MiB from its next start"},
+		{api.VM{State: api.StateRunning, CPUs: 2, MemoryMiB: 512, RunningCPUs: 2, RunningMemoryMiB: 512}, "2 vCPUs, 512 MiB, as it runs now"},
+	} {
+		if got := sizeLine(tc.vm); got != tc.want {
+			t.Errorf("%s VM: %q, want %q", tc.vm.State, got, tc.want)
+		}
+	}
+}
