@@ -59,20 +59,9 @@ func TestResizeUnderConcurrentCreates(t *testing.T) {
 			t.Errorf("refusal that is not the quota's: %v", err)
 		}
 	}
-	vms, _, err := s.ListVMs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want api.Usage
-	for _, v := range vms {
-		want = want.Add(api.UsageOf(v))
-	}
-	p, _, err := s.GetProject(ctx, "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Usage != want || want.CPUs > 24 {
-		t.Fatalf("usage %+v, the VMs take %+v (limit 24 vCPUs; %d refused)", p.Usage, want, len(refused))
+	have, want, _ := usageOf(t, s, "dev")
+	if have != want || want.CPUs > 24 {
+		t.Fatalf("usage %+v, the VMs take %+v (limit 24 vCPUs; %d refused)", have, want, len(refused))
 	}
 	if len(refused) == 0 {
 		t.Errorf("nothing was refused: 4+8 VMs of 1 vCPU and 8 growths of 4 cannot fit 24 vCPUs")
@@ -86,4 +75,24 @@ func TestResizeUnderConcurrentCreates(t *testing.T) {
 	if v, err := s.UpdateVMCounted(ctx, other.Name, func(v *api.VMSpec) error { v.CPUs = 8; return nil }); err != nil || v.CPUs != 8 || v.Rev == 0 {
 		t.Fatalf("default-project VM: %+v %v", v, err)
 	}
+}
+
+// usageOf returns the usage record of project, what the VMs recorded
+// (of any project: the tests' store holds one) take, and how many
+// they are.
+func usageOf(t *testing.T, s *store.Store, project string) (have, want api.Usage, vms int) {
+	t.Helper()
+	ctx := context.Background()
+	list, _, err := s.ListVMs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range list {
+		want = want.Add(api.UsageOf(v))
+	}
+	p, _, err := s.GetProject(ctx, project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Usage, want, len(list)
 }
