@@ -53,15 +53,6 @@ type MigrationEndpoint struct {
 	Error string `json:"error,omitempty"`
 }
 
-// RunSize is the size (vCPUs, MiB) the VM of spec s runs at once the
-// migration is in: the migration's, or else the spec's.
-func (s VMSpec) RunSize() (int, int64) {
-	if m := s.Migration; m != nil && m.CPUs > 0 && m.MemoryMiB > 0 {
-		return m.CPUs, m.MemoryMiB
-	}
-	return s.CPUs, s.MemoryMiB
-}
-
 // OnHost reports whether host has a part in the VM: its owner, or the
 // target of its migration.
 func (s VMSpec) OnHost(host string) bool {

@@ -33,6 +33,15 @@ type VMSpec struct {
 	// was confined, until its next start gives it one.
 	UID int `json:"uid,omitempty"`
 
+	// StartedCPUs and StartedMemoryMiB are the size the VM was started
+	// with, kept while it is not stopped and its size set (CPUs,
+	// MemoryMiB) differs, which it takes at its next start: placement
+	// holds the larger of the two on its host meanwhile. A size change
+	// of a VM that is not stopped sets them; a start, stop or restart
+	// clears them.
+	StartedCPUs      int   `json:"started_cpus,omitempty"`
+	StartedMemoryMiB int64 `json:"started_memory_mib,omitempty"`
+
 	// Rev is the store revision this spec was read at. The store never
 	// keeps it (it is the record's own revision); it travels to hosts.
 	Rev int64 `json:"rev,omitempty"`

@@ -57,6 +57,10 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 			return api.Errorf(api.ErrConflict, "vm %q changed its size meanwhile, try again", name)
 		}
 		target, err = applyAction(sp, vm.State, action, stop.Force)
+		if err == nil && (action == "start" || action == "stop" || action == "restart") {
+			// Its next QEMU, if any, has the size set.
+			sp.StartedCPUs, sp.StartedMemoryMiB = 0, 0
+		}
 		return err
 	})
 	if err != nil {

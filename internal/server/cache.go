@@ -370,7 +370,7 @@ func (c *placeCache) reserveMigration(ctx context.Context, rev int64, sp api.VMS
 	if v == nil || v.id != sp.ID {
 		return "", nil, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", sp.Name)
 	}
-	cpus, mem := heldSize(sp) // sp.Migration has the size it runs at
+	cpus, mem := sp.HeldSize() // sp.Migration has the size it runs at
 	d, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: cpus, MemoryMiB: mem,
 		Pool: sp.Pool, Host: to, AntiAffinity: sp.AntiAffinity, Exclude: []string{sp.Host}}, pol)
 	if err != nil {

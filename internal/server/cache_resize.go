@@ -8,16 +8,18 @@ import (
 	"github.com/shoalvm/shoal/internal/scheduler"
 )
 
-// admitResize checks that VM sp may be given size cpus, mem (vCPUs,
-// MiB) where it is, and accounts it with that size at once, so that
-// concurrent starts, creates and changes are checked against it; undo
-// restores the old size if the change is not written after all.
+// admitResize checks that VM sp may have the size of want where it is,
+// and accounts it with that size at once, so that concurrent starts,
+// creates and changes are checked against it; undo restores the old
+// size if the change is not written after all.
 //
-// A VM that is not stopped holds its room on its host at the size set,
+// A VM that is not stopped holds room on its host for the size set,
 // which it takes at its next start (a restart, or a restart after a
-// crash, which nothing checks again): it may grow only into room its
-// host has. A stopped VM holds none: its start is checked (admitStart).
-func (c *placeCache) admitResize(ctx context.Context, rev int64, sp api.VMSpec, cpus int, mem int64, pol scheduler.Policy) (undo func(), err error) {
+// crash, which nothing checks again), and for the size it runs at (see
+// api.VMSpec.HeldSize): it may grow only into room its host has. A
+// stopped VM holds none: its start is checked (admitStart).
+func (c *placeCache) admitResize(ctx context.Context, rev int64, sp, want api.VMSpec, pol scheduler.Policy) (undo func(), err error) {
+	cpus, mem := want.HeldSize()
 	v, err := c.lockVM(ctx, rev, sp, func(target string) error { return migratingSize(sp.Name, target) })
 	if err != nil {
 		return nil, err
@@ -39,7 +41,7 @@ func (c *placeCache) admitResize(ctx context.Context, rev int64, sp api.VMSpec, 
 				why = d.Rejections[0].Reason
 			}
 			return nil, api.Errorf(api.ErrCapacity, "vm %q cannot have %s on host %s, where it runs (%s): migrate it to a host with room first, or give it less",
-				sp.Name, sizeWords(cpus, mem), v.host, why)
+				sp.Name, sizeWords(want.CPUs, want.MemoryMiB), v.host, why)
 		}
 	}
 	oldCPUs, oldMem := v.cpus, v.mem

@@ -234,7 +234,7 @@ func (s *cacheState) putVM(name string, val []byte) {
 		}
 		return
 	}
-	cpus, mem := heldSize(sp)
+	cpus, mem := sp.HeldSize()
 	v := vmAlloc{id: sp.ID, host: sp.Host, group: sp.AntiAffinity, mem: mem, cpus: cpus,
 		running: sp.Power != api.PowerStopped}
 	if sp.Migration != nil {
@@ -248,15 +248,6 @@ func (s *cacheState) putVM(name string, val []byte) {
 		s.vms[name] = old
 	}
 	s.account(old, 1)
-}
-
-// heldSize is the room (vCPUs, MiB) a VM holds on its host: the size
-// set, which it takes at its next start; while it migrates, on both
-// hosts, the larger of that and the size it runs at, which its copy on
-// the target has.
-func heldSize(sp api.VMSpec) (int, int64) {
-	cpus, mem := sp.RunSize()
-	return max(cpus, sp.CPUs), max(mem, sp.MemoryMiB)
 }
 
 // account adds (d=1) or removes (d=-1) what v takes from its host, and

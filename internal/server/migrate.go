@@ -56,8 +56,11 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	// The target's QEMU gets the size the VM runs at, which its host
 	// reports (the spec's may have changed since it started).
 	mig := api.Migration{CPUs: vm.RunningCPUs, MemoryMiB: vm.RunningMemoryMiB}
-	if mig.CPUs == 0 || mig.MemoryMiB == 0 {
-		mig.CPUs, mig.MemoryMiB = sp.CPUs, sp.MemoryMiB // a host that does not say: it runs at the size set
+	if mig.CPUs == 0 || mig.MemoryMiB == 0 { // a host that does not say
+		mig.CPUs, mig.MemoryMiB = sp.CPUs, sp.MemoryMiB
+		if sp.StartedCPUs > 0 {
+			mig.CPUs, mig.MemoryMiB = sp.StartedCPUs, sp.StartedMemoryMiB
+		}
 	}
 	sized := sp
 	sized.Migration = &mig

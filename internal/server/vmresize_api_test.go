@@ -160,10 +160,28 @@ func TestAPIResizeRunningVM(t *testing.T) {
 	// The room a running VM holds is what others are checked against.
 	h.call("POST", "/v1/vms", api.CreateVMRequest{Name: "filler", Image: "tiny", Memory: "3712M", Start: true}).
 		wantError(t, http.StatusInsufficientStorage, "capacity", "host1: 3584 MiB free, needs 3712 MiB")
-	// Shrinking always fits.
+	// Shrinking always fits; the host holds the size the VM runs at
+	// until its next start, then the smaller one.
 	h.call("PATCH", "/v1/vms/web1", sizeBody(1, "128M")).decodeOK(t, http.StatusOK, &vm)
+	if got := h.allocated("host1"); got != 256 {
+		t.Errorf("host1 counts %d MiB once web1, running with 256M, is set to 128M; want 256", got)
+	}
+	h.call("POST", "/v1/vms/web1/restart?wait=false", nil).decodeOK(t, http.StatusOK, nil)
 	if got := h.allocated("host1"); got != 128 {
-		t.Errorf("host1 counts %d MiB once web1 is set to 128M, want 128", got)
+		t.Errorf("host1 counts %d MiB once web1 restarts with 128M, want 128", got)
+	}
+	if sp := h.spec("web1"); sp.StartedCPUs != 0 || sp.StartedMemoryMiB != 0 {
+		t.Errorf("the restart left the started size in the spec: %d, %d", sp.StartedCPUs, sp.StartedMemoryMiB)
+	}
+	// A VM that stops holds nothing; started again, the size set.
+	h.call("PATCH", "/v1/vms/web1", sizeBody(1, "64M")).decodeOK(t, http.StatusOK, &vm)
+	h.call("POST", "/v1/vms/web1/stop?wait=false", nil).decodeOK(t, http.StatusOK, nil)
+	if got := h.allocated("host1"); got != 0 {
+		t.Errorf("host1 counts %d MiB with web1 stopped, want 0", got)
+	}
+	h.call("POST", "/v1/vms/web1/start?wait=false", nil).decodeOK(t, http.StatusOK, nil)
+	if got := h.allocated("host1"); got != 64 {
+		t.Errorf("host1 counts %d MiB once web1 starts with 64M, want 64", got)
 	}
 }
 

@@ -109,7 +109,7 @@ func (s *Server) admitSettings(ctx context.Context, sp, want api.VMSpec, ch sett
 	}
 	if ch.resize {
 		undoGroup := undo
-		undoSize, err := s.cache.admitResize(ctx, rev, sp, want.CPUs, want.MemoryMiB, s.cfg.Policy)
+		undoSize, err := s.cache.admitResize(ctx, rev, sp, want, s.cfg.Policy)
 		if err != nil {
 			undoGroup()
 			return nil, err
@@ -192,7 +192,8 @@ func applySettings(sp *api.VMSpec, req api.UpdateVMRequest, size sizeChange) (se
 		if m := sp.Migration; m != nil {
 			return ch, migratingSize(sp.Name, m.Target)
 		}
-		sp.CPUs, sp.MemoryMiB, ch.resize = cpus, mem, true
+		sp.Resize(cpus, mem)
+		ch.resize = true
 	}
 	if req.AntiAffinity != nil && *req.AntiAffinity != sp.AntiAffinity {
 		if m := sp.Migration; m != nil {
