@@ -127,6 +127,9 @@ func vmShowCmd(g *globals) *cobra.Command {
 				row("Image", v.Image)
 				row("CPUs", fmt.Sprintf("%d x %s", v.CPUs, dash(v.CPUModel)))
 				row("Memory", api.FormatSize(v.MemoryMiB<<20))
+				if runs := pendingSize(v); runs != "" {
+					row("Runs with", runs)
+				}
 				for i, d := range v.Disks {
 					k := ""
 					if i == 0 {

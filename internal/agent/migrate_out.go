@@ -64,6 +64,10 @@ func (w *worker) outgoing(ctx context.Context, s *api.VMSpec) error {
 // the target's QEMU.
 func (w *worker) startOutgoing(ctx context.Context, s *api.VMSpec) error {
 	m := s.Migration
+	if cpus, mem := s.RunSize(); w.size.CPUs > 0 && (cpus != w.size.CPUs || mem != w.size.MemoryMiB) {
+		return fmt.Errorf("the target's QEMU was given %d vCPUs and %d MiB, but the VM runs here with %d vCPUs and %d MiB; migrate it again",
+			cpus, mem, w.size.CPUs, w.size.MemoryMiB)
+	}
 	if err := w.settleOldMigration(ctx); err != nil {
 		return err
 	}

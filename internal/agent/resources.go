@@ -158,9 +158,11 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, err
 	}
 	dir := w.a.vmDir(s.ID)
+	// An incoming VM keeps the size it runs at on the source.
+	cpus, mem := s.RunSize()
 	cfg := qemu.Config{
 		Name: s.Name, UUID: uuidFromID(s.ID), Dir: dir, Accel: w.a.cfg.Accel,
-		CPUs: s.CPUs, CPUModel: s.CPUModel, MemoryMiB: int(s.MemoryMiB),
+		CPUs: cpus, CPUModel: s.CPUModel, MemoryMiB: int(mem),
 		Disks: []qemu.Disk{
 			{Path: pool.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"},
 			{Path: filepath.Join(dir, "seed.iso"), Format: "raw", ReadOnly: true, Serial: "cidata"},
@@ -194,6 +196,7 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
+	w.size = qemu.Size{CPUs: cpus, MemoryMiB: mem}
 	return p, nil
 }
 

@@ -33,6 +33,10 @@ type worker struct {
 	status    api.VMStatus
 	dirty     bool // the last status could not be written
 
+	// size is that of the guest proc runs: the VM's may have changed
+	// since, for its next start.
+	size qemu.Size
+
 	exit  qemu.Exit  // why QEMU ended, with guestExit (crash.go)
 	crash crashState // recent crashes (crash.go)
 
@@ -171,7 +175,11 @@ func (w *worker) attach(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reattach to QEMU: %w", err)
 	}
-	w.log.Info("reattached to running QEMU", "pid", p.Pid)
+	// The size it was started with: the VM's may have changed since.
+	if w.size, err = p.Size(actx); err != nil {
+		w.log.Warn("cannot read the size of the running guest; it is not reported", "err", err)
+	}
+	w.log.Info("reattached to running QEMU", "pid", p.Pid, "cpus", w.size.CPUs, "memory_mib", w.size.MemoryMiB)
 	w.proc = p
 	return nil
 }
@@ -469,6 +477,7 @@ func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) e
 		RestartGen: max(w.gen, 0), Accel: w.a.cfg.Accel, ObservedRev: s.Rev}
 	if w.proc != nil {
 		st.PID = w.proc.Pid
+		st.RunningCPUs, st.RunningMemoryMiB = w.size.CPUs, w.size.MemoryMiB
 		st.StartedAt = w.status.StartedAt
 		if st.StartedAt.IsZero() {
 			st.StartedAt = time.Now().UTC()

@@ -11,11 +11,15 @@ const (
 
 // UpdateVMRequest is the body of PATCH /v1/vms/{name}: the settings to
 // change; nil leaves one as it is. HA false also clears the priority;
-// AntiAffinity "" takes the VM out of its group.
+// AntiAffinity "" takes the VM out of its group. A new size (CPUs,
+// Memory as on create, e.g. "512M") is what the VM starts with from its
+// next start: a running VM goes on with the size it runs at.
 type UpdateVMRequest struct {
 	HA           *bool   `json:"ha,omitempty"`
 	Priority     *string `json:"priority,omitempty"`
 	AntiAffinity *string `json:"anti_affinity,omitempty"`
+	CPUs         *int    `json:"cpus,omitempty"`
+	Memory       *string `json:"memory,omitempty"`
 }
 
 // RecoverRequest is the body of POST /v1/vms/{name}/recover: restart a

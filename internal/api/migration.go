@@ -21,6 +21,13 @@ type Migration struct {
 
 	Options MigrationOptions `json:"options"`
 
+	// CPUs and MemoryMiB are the size the VM runs at on the source, which
+	// the target's QEMU must have too (the spec's size may have changed
+	// since the VM started: it applies from its next start). 0: the
+	// spec's.
+	CPUs      int   `json:"cpus,omitempty"`
+	MemoryMiB int64 `json:"memory_mib,omitempty"`
+
 	// Endpoint is where the target waits; set once it is ready.
 	Endpoint  *MigrationEndpoint `json:"endpoint,omitempty"`
 	StartedAt time.Time          `json:"started_at"`

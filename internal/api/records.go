@@ -38,6 +38,15 @@ type VMSpec struct {
 	// Volumes are the volumes attached to the VM, in the order attached.
 	Volumes []VolumeRef `json:"volumes,omitempty"`
 
+	// StartedCPUs and StartedMemoryMiB are the size the VM was started
+	// with, kept while it is not stopped and its size set (CPUs,
+	// MemoryMiB) differs, which it takes at its next start: placement
+	// holds the larger of the two on its host meanwhile. A size change
+	// of a VM that is not stopped sets them; a start, stop or restart
+	// clears them.
+	StartedCPUs      int   `json:"started_cpus,omitempty"`
+	StartedMemoryMiB int64 `json:"started_memory_mib,omitempty"`
+
 	// Rev is the store revision this spec was read at. The store never
 	// keeps it (it is the record's own revision); it travels to hosts.
 	Rev int64 `json:"rev,omitempty"`
@@ -68,6 +77,11 @@ type VMStatus struct {
 	ObservedRev int64     `json:"observed_rev,omitempty"`
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	// RunningCPUs and RunningMemoryMiB are the size the VM's QEMU runs
+	// at, while one runs (the spec's size may have changed since it
+	// started: it applies from the next start).
+	RunningCPUs      int   `json:"running_cpus,omitempty"`
+	RunningMemoryMiB int64 `json:"running_memory_mib,omitempty"`
 	// Volumes are the ids of the volumes the VM's QEMU has attached now
 	// (while it runs).
 	Volumes []string `json:"volumes,omitempty"`
@@ -94,6 +108,7 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
 		vm.ObservedRev, vm.OpenVolumes = st.ObservedRev, st.Volumes
+		vm.RunningCPUs, vm.RunningMemoryMiB = st.RunningCPUs, st.RunningMemoryMiB
 	}
 	if m := s.Migration; m != nil {
 		vm.State = StateMigrating

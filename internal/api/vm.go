@@ -55,6 +55,12 @@ type VM struct {
 	RestartGen  int   `json:"restart_gen,omitempty"`  // restarts the host has carried out
 	ObservedRev int64 `json:"observed_rev,omitempty"` // spec revision the host has acted on
 
+	// RunningCPUs and RunningMemoryMiB are the size its QEMU runs at,
+	// while one runs; CPUs and MemoryMiB are the size set, which a
+	// changed VM takes from its next start.
+	RunningCPUs      int   `json:"running_cpus,omitempty"`
+	RunningMemoryMiB int64 `json:"running_memory_mib,omitempty"`
+
 	Migration  *MigrationRecord  `json:"migration,omitempty"`  // the live migration under way
 	Migrations []MigrationRecord `json:"migrations,omitempty"` // the last ones, newest first
 }

@@ -34,12 +34,12 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	undo := func() {}
+	var admitted api.VMSpec // as the start's check saw it, or newer
 	if action == "start" {
-		rev, err := s.st.Revision(r.Context())
-		if err != nil {
-			return err
+		if admitted, err = s.st.GetVM(r.Context(), name); err != nil {
+			return notFoundHint(err, "see 'shoal vm list'")
 		}
-		if undo, err = s.cache.admitStart(r.Context(), rev, name, s.cfg.Policy); err != nil {
+		if undo, err = s.cache.admitStart(r.Context(), admitted.Rev, name, s.cfg.Policy); err != nil {
 			return err
 		}
 	}
@@ -52,7 +52,15 @@ func (s *Server) vmAction(w http.ResponseWriter, r *http.Request) error {
 		if sp.Deleting {
 			return api.Errorf(api.ErrConflict, "vm %q is being deleted", name)
 		}
+		if action == "start" && (sp.CPUs != admitted.CPUs || sp.MemoryMiB != admitted.MemoryMiB) {
+			// Its host was checked for the size it had then.
+			return api.Errorf(api.ErrConflict, "vm %q changed its size meanwhile, try again", name)
+		}
 		target, err = applyAction(sp, vm.State, action, stop.Force)
+		if err == nil && (action == "start" || action == "stop" || action == "restart") {
+			// Its next QEMU, if any, has the size set.
+			sp.StartedCPUs, sp.StartedMemoryMiB = 0, 0
+		}
 		return err
 	})
 	if err != nil {

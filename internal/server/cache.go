@@ -355,8 +355,9 @@ func (c *placeCache) admitStart(ctx context.Context, rev int64, name string, pol
 	}, nil
 }
 
-// reserveMigration chooses where VM sp (running on sp.Host) can move
-// (to: the user's choice, "" = the scheduler's) and holds room there, as
+// reserveMigration chooses where VM sp (running on sp.Host, with its
+// migration's size in sp.Migration) can move (to: the user's choice, "" =
+// the scheduler's) and holds room there, as
 // if the migration were written already; undo gives the room back if it
 // is not written after all. (Once written, the VM's record holds it.)
 func (c *placeCache) reserveMigration(ctx context.Context, rev int64, sp api.VMSpec, to string, pol scheduler.Policy) (string, func(), error) {
@@ -369,20 +370,22 @@ func (c *placeCache) reserveMigration(ctx context.Context, rev int64, sp api.VMS
 	if v == nil || v.id != sp.ID {
 		return "", nil, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", sp.Name)
 	}
-	d, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: sp.CPUs, MemoryMiB: sp.MemoryMiB,
+	cpus, mem := sp.HeldSize() // sp.Migration has the size it runs at
+	d, err := scheduler.PlaceSorted(s.hostSnapshot(), scheduler.Request{Name: sp.Name, CPUs: cpus, MemoryMiB: mem,
 		Pool: sp.Pool, Host: to, AntiAffinity: sp.AntiAffinity, Exclude: []string{sp.Host}}, pol)
 	if err != nil {
 		return "", nil, err
 	}
+	oldCPUs, oldMem := v.cpus, v.mem
 	s.account(v, -1)
-	v.target = d.Host
+	v.target, v.cpus, v.mem = d.Host, cpus, mem
 	s.account(v, 1)
 	return d.Host, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if cur := c.state.vms[sp.Name]; cur == v && v.target == d.Host {
 			c.state.account(v, -1)
-			v.target = ""
+			v.target, v.cpus, v.mem = "", oldCPUs, oldMem
 			c.state.account(v, 1)
 		}
 	}, nil

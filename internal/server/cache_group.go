@@ -14,19 +14,15 @@ import (
 // so that concurrent starts, creates and changes are checked against it;
 // undo restores the old group if the change is not written after all.
 func (c *placeCache) admitGroup(ctx context.Context, rev int64, sp api.VMSpec, group string) (undo func(), err error) {
-	if err := c.lockAt(ctx, rev); err != nil {
+	v, err := c.lockVM(ctx, rev, sp, func(target string) error {
+		return api.Errorf(api.ErrConflict, "vm %q is migrating to %s: change its anti-affinity group once the migration is over",
+			sp.Name, target)
+	})
+	if err != nil {
 		return nil, err
 	}
 	defer c.mu.Unlock()
 	s := c.state
-	v := s.vms[sp.Name]
-	if v == nil || v.id != sp.ID {
-		return nil, api.Errorf(api.ErrConflict, "vm %q changed meanwhile, try again", sp.Name)
-	}
-	if v.target != "" {
-		return nil, api.Errorf(api.ErrConflict, "vm %q is migrating to %s: change its anti-affinity group once the migration is over",
-			sp.Name, v.target)
-	}
 	if e := s.hosts[v.host]; v.running && group != "" && group != v.group && e != nil && e.groups[group] > 0 {
 		other := "another VM"
 		if names := s.groupMembers(v.host, group, sp.Name); len(names) > 0 {

@@ -237,7 +237,8 @@ func (s *cacheState) putVM(name string, val []byte) {
 		}
 		return
 	}
-	v := vmAlloc{id: sp.ID, host: sp.Host, group: sp.AntiAffinity, mem: sp.MemoryMiB, cpus: sp.CPUs,
+	cpus, mem := sp.HeldSize()
+	v := vmAlloc{id: sp.ID, host: sp.Host, group: sp.AntiAffinity, mem: mem, cpus: cpus,
 		running: sp.Power != api.PowerStopped}
 	if sp.Migration != nil {
 		v.target = sp.Migration.Target

@@ -53,7 +53,18 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	if err != nil {
 		return api.MigrationRecord{}, err
 	}
-	to, undo, err := s.cache.reserveMigration(ctx, sp.Rev, sp, req.To, s.cfg.Policy)
+	// The target's QEMU gets the size the VM runs at, which its host
+	// reports (the spec's may have changed since it started).
+	mig := api.Migration{CPUs: vm.RunningCPUs, MemoryMiB: vm.RunningMemoryMiB}
+	if mig.CPUs == 0 || mig.MemoryMiB == 0 { // a host that does not say
+		mig.CPUs, mig.MemoryMiB = sp.CPUs, sp.MemoryMiB
+		if sp.StartedCPUs > 0 {
+			mig.CPUs, mig.MemoryMiB = sp.StartedCPUs, sp.StartedMemoryMiB
+		}
+	}
+	sized := sp
+	sized.Migration = &mig
+	to, undo, err := s.cache.reserveMigration(ctx, sp.Rev, sized, req.To, s.cfg.Policy)
 	if err != nil {
 		return api.MigrationRecord{}, err
 	}
@@ -61,7 +72,7 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	rec := api.MigrationRecord{ID: newID(), VM: name, From: sp.Host, To: to, Result: api.MigrationRunning,
 		Shared: sp.SharedDisk(), Insecure: req.Insecure, StartedAt: now}
 	// The record and the spec naming the migration are written together.
-	mig := api.Migration{ID: rec.ID, Source: sp.Host, SourceAddr: from.String(), Target: to, Options: req.MigrationOptions, StartedAt: now}
+	mig.ID, mig.Source, mig.SourceAddr, mig.Target, mig.Options, mig.StartedAt = rec.ID, sp.Host, from.String(), to, req.MigrationOptions, now
 	if _, err := s.st.BeginMigration(ctx, sp, rec, mig); err != nil {
 		undo()
 		return rec, err

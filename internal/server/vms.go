@@ -118,21 +118,17 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest, rev int64)
 	if sp.CPUs == 0 {
 		sp.CPUs = 1
 	}
-	if sp.CPUs < 0 || sp.CPUs > maxCPUs {
-		return sp, api.Errorf(api.ErrInvalid, "cpus %d is out of range: use 1 to %d", sp.CPUs, maxCPUs)
+	if err := checkCPUs(sp.CPUs); err != nil {
+		return sp, err
 	}
-	mem := int64(defaultMemory)
+	sp.MemoryMiB = defaultMemory >> 20
 	if req.Memory != "" {
-		m, err := api.ParseSize(req.Memory)
+		m, err := parseMemory(req.Memory)
 		if err != nil {
-			return sp, fmt.Errorf("memory: %w", err)
+			return sp, err
 		}
-		mem = m
+		sp.MemoryMiB = m
 	}
-	if mem < minMemory || mem%(1<<20) != 0 {
-		return sp, api.Errorf(api.ErrInvalid, "memory %s is invalid: use whole MiB, at least %s", req.Memory, api.FormatSize(minMemory))
-	}
-	sp.MemoryMiB = mem >> 20
 	if req.Image == "" {
 		return sp, api.Errorf(api.ErrInvalid, "an image is required: --image NAME (see 'shoal image list')")
 	}
@@ -178,6 +174,27 @@ func (s *Server) planVM(ctx context.Context, req api.CreateVMRequest, rev int64)
 		sp.CPUModel = cat.baseline
 	}
 	return sp, nil
+}
+
+// checkCPUs checks a VM's number of vCPUs, on create and on change. Pure.
+func checkCPUs(n int) error {
+	if n < 1 || n > maxCPUs {
+		return api.Errorf(api.ErrInvalid, "cpus %d is out of range: use 1 to %d", n, maxCPUs)
+	}
+	return nil
+}
+
+// parseMemory parses a VM's memory size ("512M"), on create and on
+// change, into MiB. Pure.
+func parseMemory(s string) (int64, error) {
+	m, err := api.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("memory: %w", err)
+	}
+	if m < minMemory || m%(1<<20) != 0 {
+		return 0, api.Errorf(api.ErrInvalid, "memory %s is invalid: use whole MiB, at least %s", s, api.FormatSize(minMemory))
+	}
+	return m >> 20, nil
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {

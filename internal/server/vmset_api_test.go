@@ -71,7 +71,7 @@ func TestAPIUpdateVMSettings(t *testing.T) {
 		group string
 		shown string // priority the answer shows
 	}{
-		{name: "empty body", body: `{}`, code: 400, kind: "invalid", msg: "nothing to change: give --ha, --priority or --anti-affinity"},
+		{name: "empty body", body: `{}`, code: 400, kind: "invalid", msg: "nothing to change: give --cpus, --memory, --ha, --priority or --anti-affinity"},
 		{name: "no body", body: nil, code: 400, kind: "invalid", msg: "request body is empty"},
 		{name: "unknown field", body: `{"ha": true, "colour": "red"}`, code: 400, kind: "invalid", msg: "unknown field"},
 		{name: "bad priority", body: patchBody(ptr(true), ptr("urgent"), nil), code: 400, kind: "invalid", msg: `priority "urgent" is invalid: use high, medium or low`},

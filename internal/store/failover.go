@@ -21,6 +21,7 @@ import (
 func (s *Store) FailOver(ctx context.Context, sp api.VMSpec, to, guard, why string) (api.VMSpec, error) {
 	rev, m := sp.Rev, sp.Migration
 	sp.Host, sp.Migration, sp.Rev = to, nil, 0
+	sp.StartedCPUs, sp.StartedMemoryMiB = 0, 0 // it starts afresh there, with the size set
 	b, err := json.Marshal(sp)
 	if err != nil {
 		return sp, fmt.Errorf("encode vm: %w", err)

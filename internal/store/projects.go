@@ -157,3 +157,75 @@ func (s *Store) removeInProject(ctx context.Context, v api.VMSpec, vmRev int64, 
 		}
 	}
 }
+
+// UpdateVMCounted is UpdateVM for a change that may change what the VM
+// takes of its project's quota (its size). For a VM of a project other
+// than the default one whose usage changes, the project's usage record
+// is written in the same transaction as the spec, compared on its
+// revision, retrying (fn again, on the spec as it is then) while other
+// creates, removals and changes move it; a change that would pass one
+// of the project's limits is refused with Limits.Admit's error
+// (api.ErrConflict) and nothing is written.
+func (s *Store) UpdateVMCounted(ctx context.Context, name string, fn func(*api.VMSpec) error) (api.VMSpec, error) {
+	for {
+		v, rev, err := get[api.VMSpec](ctx, s.c, vmKey(name), vmWhat(name))
+		if err != nil {
+			return v, err
+		}
+		before := api.UsageOf(v)
+		if err := fn(&v); err != nil {
+			return v, err
+		}
+		v.Rev = 0 // the record's own revision is not part of it
+		b, err := json.Marshal(v)
+		if err != nil {
+			return v, fmt.Errorf("encode vm: %w", err)
+		}
+		conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vmKey(name)), "=", rev)}
+		ops := []clientv3.Op{clientv3.OpPut(vmKey(name), string(b))}
+		after := api.UsageOf(v)
+		if project := api.ProjectOf(v.Project); project != api.DefaultProject && after != before {
+			c, op, err := s.recount(ctx, project, before, after)
+			if err != nil {
+				return v, err
+			}
+			conds, ops = append(conds, c), append(ops, op...)
+		}
+		resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Commit()
+		if err != nil {
+			return v, fmt.Errorf("update %s: %w: %w", vmWhat(name), api.ErrUnavailable, err)
+		}
+		if resp.Succeeded {
+			v.Rev = resp.Header.Revision
+			return v, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return v, fmt.Errorf("update %s: %w", vmWhat(name), err)
+		}
+	}
+}
+
+// recount is the compare and the write that take a VM of project from
+// usage before to after in the project's usage record, or the project's
+// refusal if that would pass one of its limits. A project that is gone
+// (it cannot be while it has VMs) counts nothing: its record must still
+// be absent.
+func (s *Store) recount(ctx context.Context, project string, before, after api.Usage) (clientv3.Cmp, []clientv3.Op, error) {
+	p, rev, err := s.GetProject(ctx, project)
+	if api.IsNotFound(err) {
+		return clientv3.Compare(clientv3.ModRevision(useKey(project)), "=", 0), nil, nil
+	}
+	if err != nil {
+		return clientv3.Cmp{}, nil, err
+	}
+	// Only what grows is asked for: what shrinks frees room.
+	grow := api.Usage{CPUs: max(after.CPUs-before.CPUs, 0), MemoryMiB: max(after.MemoryMiB-before.MemoryMiB, 0),
+		DiskBytes: max(after.DiskBytes-before.DiskBytes, 0)}
+	if grow != (api.Usage{}) {
+		if err := p.Limits.Admit(project, p.Usage, grow); err != nil {
+			return clientv3.Cmp{}, nil, err
+		}
+	}
+	u, _ := json.Marshal(p.Usage.Sub(before).Add(after))
+	return clientv3.Compare(clientv3.ModRevision(useKey(project)), "=", rev), []clientv3.Op{clientv3.OpPut(useKey(project), string(u))}, nil
+}

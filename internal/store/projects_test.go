@@ -165,20 +165,9 @@ func TestQuotaPipelineStaysExact(t *testing.T) {
 			t.Errorf("refusal: %v", err)
 		}
 	}
-	vms, _, err := s.ListVMs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want api.Usage
-	for _, v := range vms {
-		want = want.Add(api.UsageOf(v))
-	}
-	p, _, err := s.GetProject(ctx, "dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if p.Usage != want || ok != len(vms) || ok > 100 || ok < 90 {
-		t.Fatalf("%d creates succeeded, %d VMs recorded, usage %+v, want %+v", ok, len(vms), p.Usage, want)
+	have, want, vms := usageOf(t, s, "dev")
+	if have != want || ok != vms || ok > 100 || ok < 90 {
+		t.Fatalf("%d creates succeeded, %d VMs recorded, usage %+v, want %+v", ok, vms, have, want)
 	}
 	if dups > 3 {
 		t.Errorf("%d duplicates refused, at most 3 are", dups)
