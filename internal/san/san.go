@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -366,6 +367,37 @@ func (s *SAN) Rebuild(ctx context.Context, access map[string][]string) error {
 	}
 	s.cfg.Log.Info("SAN rebuilt", "volumes", len(vols))
 	return nil
+}
+
+// Sessions says which hosts have a session on each volume's target now
+// (volume id to host names, sorted; volumes without sessions left out).
+func (s *SAN) Sessions(ctx context.Context) (map[string][]string, error) {
+	out := map[string][]string{}
+	err := s.locked(ctx, func(ts []target) error {
+		for _, t := range ts {
+			id, ok := volumeOfTarget(t.Name)
+			if !ok {
+				continue
+			}
+			text, err := s.adm.do(ctx, request{Mode: modeConnection, Op: opShow, TID: int32(t.TID)})
+			if err != nil {
+				return fmt.Errorf("san: list sessions of %s: %w", t.Name, err)
+			}
+			conns, err := parseConns(text)
+			if err != nil {
+				return err
+			}
+			for _, c := range conns {
+				host, ok := strings.CutPrefix(c.Initiator, IQNPrefix+"host-")
+				if ok && !slices.Contains(out[id], host) {
+					out[id] = append(out[id], host)
+				}
+			}
+			slices.Sort(out[id])
+		}
+		return nil
+	})
+	return out, err
 }
 
 // checkHosts refuses host names that are not Shoal's (DNS labels).
