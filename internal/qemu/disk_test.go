@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/shoalvm/shoal/internal/api"
 )
 
 const chapPassword = "s3cret-chap-pw"
@@ -262,5 +264,24 @@ func TestSecretNotPrinted(t *testing.T) {
 	}
 	if _, err := json.Marshal(d); err == nil {
 		t.Error("a disk with a secret value was marshalled")
+	}
+}
+
+// TestHotplugErrorKinds checks that the hot-plug methods refuse bad
+// input with api.ErrInvalid before talking to QEMU.
+func TestHotplugErrorKinds(t *testing.T) {
+	p := &Process{Dir: "/nonexistent", log: slog.New(slog.DiscardHandler)}
+	ctx := t.Context()
+	for name, err := range map[string]error{
+		"attach without slot": p.AttachDisk(ctx, Disk{Path: "/a", Node: "vol-a"}),
+		"attach without node": p.AttachDisk(ctx, Disk{Path: "/a", Slot: 1}),
+		"attach bad source":   p.AttachDisk(ctx, Disk{Path: "a", Node: "vol-a", Slot: 1}),
+		"detach bad node":     p.DetachDisk(ctx, "vol a", 0),
+		"grow bad node":       p.GrowDisk(ctx, "", 1<<20),
+		"grow odd size":       p.GrowDisk(ctx, "vol-a", 1000),
+	} {
+		if !errors.Is(err, api.ErrInvalid) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: err = %v, want a one-line api.ErrInvalid", name, err)
+		}
 	}
 }
