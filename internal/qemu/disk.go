@@ -124,6 +124,10 @@ type ISCSI struct {
 	InitiatorName string // this host's IQN, which the target's access list names
 	User          string // CHAP user; "" = no CHAP
 	Secret        Secret // CHAP password, with User
+	// Timeout, in seconds, fails a request the target has not answered
+	// in time (an I/O error for the guest) rather than retrying it for
+	// ever; 0 = libiscsi's default, no timeout.
+	Timeout int
 }
 
 // RBD is a Ceph RBD image.
@@ -133,6 +137,12 @@ type RBD struct {
 	Image    string
 	User     string // cephx id without "client.", e.g. "shoal"; "" = librados' default
 	Secret   Secret // the cephx key as a keyring has it, base64 text (no newline); none = no cephx
+	// Conf is an optional ceph.conf for librados' other settings (for
+	// example client_mount_timeout, 300 s by default: blockdev-add
+	// blocks QEMU that long on unreachable monitors); QEMU's user must
+	// be able to read it. Without it librados tries /etc/ceph/ceph.conf
+	// and goes on without one.
+	Conf string
 }
 
 var (
@@ -227,6 +237,9 @@ func checkISCSI(s *ISCSI) error {
 	if s.LUN < 0 || s.LUN > 16383 {
 		return fmt.Errorf("iscsi lun %d: want 0 to 16383", s.LUN)
 	}
+	if s.Timeout < 0 || s.Timeout > 3600 {
+		return fmt.Errorf("iscsi timeout %d s: want 0 to 3600", s.Timeout)
+	}
 	if s.InitiatorName != "" && !iqnRE.MatchString(s.InitiatorName) {
 		return fmt.Errorf("iscsi initiator name %q: want an iqn. name", s.InitiatorName)
 	}
@@ -255,6 +268,9 @@ func checkRBD(r *RBD) error {
 	}
 	if !cephNameRE.MatchString(r.Image) {
 		return fmt.Errorf("rbd image %q: want up to 128 of A-Z a-z 0-9 _ . -", r.Image)
+	}
+	if r.Conf != "" && !isAbs(r.Conf) {
+		return fmt.Errorf("rbd conf %q is not an absolute path", r.Conf)
 	}
 	if r.User != "" && !cephNameRE.MatchString(r.User) {
 		return fmt.Errorf("rbd user %q: want up to 128 of A-Z a-z 0-9 _ . -", r.User)
@@ -318,6 +334,7 @@ type blockdevISCSI struct {
 	InitiatorName  string `json:"initiator-name,omitempty"`
 	User           string `json:"user,omitempty"`
 	PasswordSecret string `json:"password-secret,omitempty"`
+	Timeout        int    `json:"timeout,omitempty"`
 	ReadOnly       bool   `json:"read-only"`
 }
 
@@ -330,6 +347,7 @@ type blockdevRBD struct {
 	Driver             string     `json:"driver"`
 	Pool               string     `json:"pool"`
 	Image              string     `json:"image"`
+	Conf               string     `json:"conf,omitempty"`
 	Server             []inetAddr `json:"server"`
 	User               string     `json:"user,omitempty"`
 	KeySecret          string     `json:"key-secret,omitempty"`
@@ -361,14 +379,14 @@ func blockdevOf(d Disk) blockdev {
 	case d.ISCSI != nil:
 		s := d.ISCSI
 		f := blockdevISCSI{Driver: "iscsi", Transport: "tcp", Portal: s.Portal, Target: s.Target, LUN: s.LUN,
-			InitiatorName: s.InitiatorName, User: s.User, ReadOnly: d.ReadOnly}
+			InitiatorName: s.InitiatorName, User: s.User, Timeout: s.Timeout, ReadOnly: d.ReadOnly}
 		if s.User != "" {
 			f.PasswordSecret = secretID(d.Node)
 		}
 		b.File = f
 	case d.RBD != nil:
 		r := d.RBD
-		f := blockdevRBD{Driver: "rbd", Pool: r.Pool, Image: r.Image, User: r.User, ReadOnly: d.ReadOnly}
+		f := blockdevRBD{Driver: "rbd", Pool: r.Pool, Image: r.Image, Conf: r.Conf, User: r.User, ReadOnly: d.ReadOnly}
 		for _, m := range r.Monitors {
 			f.Server = append(f.Server, splitHostPort(m, "6789"))
 		}

@@ -41,14 +41,14 @@ func TestArgsDiskSources(t *testing.T) {
 			name: "iscsi with chap",
 			disk: Disk{Node: "vol-cd34", Slot: 1, Format: "qcow2", Serial: "vcd34", ISCSI: &ISCSI{
 				Portal: "10.0.0.5:3260", Target: "iqn.2026-12.io.shoal:vol-cd34", LUN: 1,
-				InitiatorName: "iqn.2026-12.io.shoal:host-host1", User: "shoal",
+				InitiatorName: "iqn.2026-12.io.shoal:host-host1", User: "shoal", Timeout: 5,
 				Secret: Secret{File: "/var/lib/shoal/vms/web1/vol-cd34.secret", Value: SecretValue(chapPassword)},
 			}},
 			want: []string{
 				"-object secret,id=sec-vol-cd34,file=/var/lib/shoal/vms/web1/vol-cd34.secret,format=raw",
 				`-blockdev {"driver":"qcow2","node-name":"vol-cd34","read-only":false,"file":{"driver":"iscsi","transport":"tcp",` +
 					`"portal":"10.0.0.5:3260","target":"iqn.2026-12.io.shoal:vol-cd34","lun":1,` +
-					`"initiator-name":"iqn.2026-12.io.shoal:host-host1","user":"shoal","password-secret":"sec-vol-cd34","read-only":false}}`,
+					`"initiator-name":"iqn.2026-12.io.shoal:host-host1","user":"shoal","password-secret":"sec-vol-cd34","timeout":5,"read-only":false}}`,
 				"-device virtio-blk-pci,drive=vol-cd34,id=virtio-vol-cd34,bus=vslot1,addr=0x0,serial=vcd34",
 			},
 		},
@@ -67,11 +67,11 @@ func TestArgsDiskSources(t *testing.T) {
 			name: "rbd with cephx",
 			disk: Disk{Node: "vol-7890", Slot: 9, Format: "qcow2", RBD: &RBD{
 				Monitors: []string{"10.0.1.1:6789", "10.0.1.2", "[fd00::3]:3300"}, Pool: "shoal", Image: "vol-7890",
-				User: "shoal", Secret: Secret{File: "/var/lib/shoal/vms/web1/vol-7890.secret"},
+				User: "shoal", Secret: Secret{File: "/var/lib/shoal/vms/web1/vol-7890.secret"}, Conf: "/etc/shoal/ceph.conf",
 			}},
 			want: []string{
 				"-object secret,id=sec-vol-7890,file=/var/lib/shoal/vms/web1/vol-7890.secret,format=base64",
-				`-blockdev {"driver":"qcow2","node-name":"vol-7890","read-only":false,"file":{"driver":"rbd","pool":"shoal","image":"vol-7890",` +
+				`-blockdev {"driver":"qcow2","node-name":"vol-7890","read-only":false,"file":{"driver":"rbd","pool":"shoal","image":"vol-7890","conf":"/etc/shoal/ceph.conf",` +
 					`"server":[{"host":"10.0.1.1","port":"6789"},{"host":"10.0.1.2","port":"6789"},{"host":"fd00::3","port":"3300"}],` +
 					`"user":"shoal","key-secret":"sec-vol-7890","auth-client-required":["cephx"],"read-only":false}}`,
 				"-device virtio-blk-pci,drive=vol-7890,id=virtio-vol-7890,bus=vslot9,addr=0x0",
@@ -173,6 +173,8 @@ func TestArgsDiskErrors(t *testing.T) {
 		{"iscsi launch with a value only", 4, []Disk{{Node: "v", Slot: 1, ISCSI: &ISCSI{Portal: "h", Target: "iqn.a:b", User: "u", Secret: Secret{Value: SecretValue("x")}}}}, "secret has no File"},
 		{"rbd no monitor", 4, []Disk{{Node: "v", Slot: 1, RBD: &RBD{Pool: "p", Image: "i"}}}, "rbd: no monitor"},
 		{"rbd key not base64", 4, []Disk{{Node: "v", Slot: 1, RBD: &RBD{Monitors: []string{"m"}, Pool: "p", Image: "i", Secret: Secret{Value: SecretValue("not base64!")}}}}, "rbd key: want base64"},
+		{"rbd relative conf", 4, []Disk{{Node: "v", Slot: 1, RBD: &RBD{Monitors: []string{"m"}, Pool: "p", Image: "i", Conf: "ceph.conf"}}}, "rbd conf"},
+		{"iscsi negative timeout", 4, []Disk{{Node: "v", Slot: 1, ISCSI: &ISCSI{Portal: "h", Target: "iqn.a:b", Timeout: -1}}}, "iscsi timeout"},
 		{"rbd bad image", 4, []Disk{{Node: "v", Slot: 1, RBD: &RBD{Monitors: []string{"m"}, Pool: "p", Image: "a/b"}}}, "rbd image"},
 		{"ok chap", 4, []Disk{{Node: "v", Slot: 1, ISCSI: chap}}, ""},
 	}

@@ -53,6 +53,10 @@ func TestHotplugWithoutGuest(t *testing.T) {
 
 	other := filepath.Join(t.TempDir(), "other.qcow2")
 	qemuImg(t, "create", "-q", "-f", "qcow2", other, "16M")
+	chapFile := filepath.Join(t.TempDir(), "chap")
+	if err := os.WriteFile(chapFile, []byte(chapPassword), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	raw := filepath.Join(t.TempDir(), "raw.img")
 	qemuImg(t, "create", "-q", "-f", "raw", raw, "16M")
 	for name, c := range map[string]struct {
@@ -65,6 +69,8 @@ func TestHotplugWithoutGuest(t *testing.T) {
 		"no such slot":       {Disk{Path: other, Format: "qcow2", Node: "vol-b2", Slot: 3}, api.ErrConflict, "no hot-plug slot 3 (it has 2;"},
 		"missing file":       {Disk{Path: other + ".nope", Format: "qcow2", Node: "vol-b2", Slot: 1}, api.ErrUnavailable, "open"},
 		"wrong format":       {Disk{Path: raw, Format: "qcow2", Node: "vol-b2", Slot: 1}, api.ErrUnavailable, "open: Image is not in qcow2 format"},
+		"secret from a file": {Disk{Node: "vol-b2", Slot: 1, ISCSI: &ISCSI{Portal: "127.0.0.1:1", Target: "iqn.2026-12.io.shoal:vol-b2", LUN: 1, User: "u", Secret: Secret{File: chapFile}}}, api.ErrUnavailable, "iSCSI"},
+		"unreadable secret":  {Disk{Node: "vol-b2", Slot: 1, ISCSI: &ISCSI{Portal: "127.0.0.1:1", Target: "iqn.2026-12.io.shoal:vol-b2", LUN: 1, User: "u", Secret: Secret{File: chapFile + ".nope"}}}, api.ErrUnavailable, "add its secret"},
 		"unreachable portal": {Disk{Node: "vol-b2", Slot: 1, ISCSI: &ISCSI{Portal: "127.0.0.1:1", Target: "iqn.2026-12.io.shoal:vol-b2", LUN: 1, User: "u", Secret: Secret{Value: SecretValue(chapPassword)}}}, api.ErrUnavailable, "iSCSI"},
 	} {
 		err := p.AttachDisk(ctx, c.d)
