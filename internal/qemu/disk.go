@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -43,6 +44,24 @@ import (
 // MaxVolumeSlots bounds Config.VolumeSlots: 64 root ports fill PCI slots
 // 0x10 to 0x17.
 const MaxVolumeSlots = 64
+
+// DefaultVolumeSlots is a VolumeSlots for new VMs: as many hot-plug
+// disks as Proxmox allows virtio disks. An empty slot costs a PCI bus
+// number and a memory window, nothing while the VM runs.
+const DefaultVolumeSlots = 16
+
+// VolumeNode is the block node name of the volume id ("vol-<id>"; its
+// device is "virtio-vol-<id>"). An id of up to 23 characters fits.
+func VolumeNode(id string) string { return "vol-" + id }
+
+// VolumeSerial is the disk serial of the volume id, which the guest
+// reads in /sys/block/vdX/serial: "v" and the first 19 characters of
+// the id (a serial holds 20).
+func VolumeSerial(id string) string { return "v" + id[:min(len(id), 19)] }
+
+// SecretFile is where, in the VM's state dir, the caller keeps the
+// secret of the disk node for QEMU to read (Secret.File).
+func SecretFile(dir, node string) string { return filepath.Join(dir, secretID(node)+".secret") }
 
 // firstSlotPCI is the PCI slot on pcie.0 of hot-plug slot 1.
 const firstSlotPCI = 0x10

@@ -137,6 +137,12 @@ func TestArgsVolumeSlots(t *testing.T) {
 	if SlotAddr(1) != "00:10.0" || SlotAddr(8) != "00:10.7" || SlotAddr(9) != "00:11.0" || SlotAddr(MaxVolumeSlots) != "00:17.7" {
 		t.Errorf("SlotAddr: 1 %s, 8 %s, 9 %s, %d %s", SlotAddr(1), SlotAddr(8), SlotAddr(9), MaxVolumeSlots, SlotAddr(MaxVolumeSlots))
 	}
+	if VolumeNode("0123456789ab") != "vol-0123456789ab" || VolumeSerial("0123456789ab") != "v0123456789ab" ||
+		VolumeSerial("0123456789abcdef0123456789") != "v0123456789abcdef012" ||
+		SecretFile("/vms/x", "vol-1") != "/vms/x/sec-vol-1.secret" {
+		t.Errorf("names: %s %s %s %s", VolumeNode("0123456789ab"), VolumeSerial("0123456789ab"),
+			VolumeSerial("0123456789abcdef0123456789"), SecretFile("/vms/x", "vol-1"))
+	}
 	cfg.VolumeSlots = 0
 	if a, err = Args(cfg); err != nil {
 		t.Fatal(err)

@@ -176,6 +176,10 @@ func (p *Process) Disks(ctx context.Context) ([]AttachedDisk, error) {
 // already attached in that slot is no error; whatever an interrupted
 // earlier attach left is reused. On failure it removes what it added.
 // The guest sees a new disk (/sys/block/vdX, serial d.Serial).
+//
+// QEMU opens the disk as its own user (Config.User): the caller first
+// gives it d's file (or Secret.File), as for a launch. QEMU refuses
+// device_add while a migration runs: attach before or after.
 func (p *Process) AttachDisk(ctx context.Context, d Disk) error {
 	node := d.Node
 	if node == "" || d.Slot == 0 {
@@ -311,6 +315,7 @@ func (p *Process) DetachDisk(ctx context.Context, node string, timeout time.Dura
 		return p.fail(api.ErrInvalid, "detach", node, nil, "node name: want a letter then up to 26 of A-Z a-z 0-9 _ . -")
 	}
 	dev := deviceID(node)
+	deadline := time.Now().Add(timeout)
 	devs, err := p.peripherals(ctx)
 	if err != nil {
 		return p.fail(api.ErrUnavailable, "detach", node, err, "list devices")
@@ -318,8 +323,7 @@ func (p *Process) DetachDisk(ctx context.Context, node string, timeout time.Dura
 	_, did := devs[dev]
 	if did {
 		err := p.qmp.Execute(ctx, "device_del", map[string]any{"id": dev}, nil)
-		var qe *qmp.Error
-		if err != nil && !(errors.As(err, &qe) && strings.Contains(qe.Desc, "already in the process of unplug")) {
+		if err != nil && !qmpErrorSays(err, "already in the process of unplug") {
 			return p.fail(api.ErrConflict, "detach", node, err, "remove device %s", dev)
 		}
 		if err := p.waitDeviceGone(ctx, node, dev, timeout); err != nil {
@@ -331,8 +335,8 @@ func (p *Process) DetachDisk(ctx context.Context, node string, timeout time.Dura
 		return p.fail(api.ErrUnavailable, "detach", node, err, "list block nodes")
 	}
 	if _, ok := nodes[node]; ok {
-		if err := p.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil); err != nil {
-			return p.fail(api.ErrConflict, "detach", node, err, "close")
+		if err := p.closeNode(ctx, node, deadline); err != nil {
+			return err
 		}
 		did = true
 	}
@@ -350,6 +354,37 @@ func (p *Process) DetachDisk(ctx context.Context, node string, timeout time.Dura
 		p.log.Info("disk detached", "pid", p.Pid, "dir", p.Dir, "node", node)
 	}
 	return nil
+}
+
+// qmpErrorSays reports whether err is QEMU's error reply saying text.
+func qmpErrorSays(err error, text string) bool {
+	var qe *qmp.Error
+	return errors.As(err, &qe) && strings.Contains(qe.Desc, text)
+}
+
+// closeNode removes the block node (blockdev-del). QEMU drops a removed
+// device's hold on it a moment after the device has gone from the
+// device tree (when the device is finalized), so "in use" is retried
+// until deadline, and for a second at least.
+func (p *Process) closeNode(ctx context.Context, node string, deadline time.Time) error {
+	if least := time.Now().Add(time.Second); deadline.Before(least) {
+		deadline = least
+	}
+	for {
+		err := p.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		if err == nil {
+			return nil
+		}
+		if !qmpErrorSays(err, "is in use") || time.Now().After(deadline) {
+			return p.fail(api.ErrConflict, "detach", node, err, "close")
+		}
+		p.log.Debug("block node still in use after its device went; retrying", "dir", p.Dir, "node", node)
+		select {
+		case <-time.After(detachPoll):
+		case <-ctx.Done():
+			return p.fail(api.ErrUnavailable, "detach", node, ctx.Err(), "close")
+		}
+	}
 }
 
 func (p *Process) waitDeviceGone(ctx context.Context, node, dev string, timeout time.Duration) error {

@@ -273,7 +273,8 @@ func TestHotplugTinyGuest(t *testing.T) {
 		t.Errorf("GET /disks before attach = %q", got)
 	}
 
-	const node, serial, slot = "vol-ab12cd34ef56", "vab12cd34ef56", 3
+	const slot = 3
+	node, serial := VolumeNode("ab12cd34ef56"), VolumeSerial("ab12cd34ef56")
 	volDisk := Disk{Path: vol, Format: "qcow2", Serial: serial, Node: node, Slot: slot}
 	start = time.Now()
 	if err := src.AttachDisk(ctx, volDisk); err != nil {
