@@ -128,13 +128,7 @@ func (p *Process) VolumeSlots(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, p.fail(api.ErrUnavailable, "count", "hot-plug slots", err, "query")
 	}
-	n := 0
-	for id, typ := range devs {
-		if typ == "child<pcie-root-port>" && strings.HasPrefix(id, "vslot") {
-			n++
-		}
-	}
-	return n, nil
+	return countPorts(devs), nil
 }
 
 // Disks lists the disks attached to devices, sorted by node name.
@@ -253,10 +247,11 @@ func (p *Process) AttachDisk(ctx context.Context, d Disk) error {
 	return nil
 }
 
+// countPorts counts the hot-plug slots' root ports among devs.
 func countPorts(devs map[string]string) int {
 	n := 0
-	for _, t := range devs {
-		if t == "child<pcie-root-port>" {
+	for id, t := range devs {
+		if t == "child<pcie-root-port>" && strings.HasPrefix(id, "vslot") {
 			n++
 		}
 	}
