@@ -50,7 +50,7 @@ const (
 	tinyFormat = "shoal-tiny/1"
 )
 
-//go:embed guest/init.sh guest/lib.sh guest/index.cgi guest/profile.sh guest/udhcpc.sh guest/disklog.sh
+//go:embed guest/init.sh guest/lib.sh guest/index.cgi guest/disks.cgi guest/profile.sh guest/udhcpc.sh guest/disklog.sh
 var guestFS embed.FS
 
 // TinyOptions selects the inputs of the tiny image. Zero values pick the
@@ -354,6 +354,7 @@ func buildInitramfs(busybox string, mods []kmod) ([]byte, error) {
 		"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys",
 		"run", "tmp", "etc", "etc/shoal", "lib", "lib/modules", "root",
 		"var", "var/log", "mnt", "www", "www/cgi-bin",
+		"www/disks", "www/vol", // served by disks.cgi, through index.cgi
 	} {
 		perm := fs.FileMode(0o755)
 		if d == "tmp" {
@@ -394,6 +395,7 @@ func buildInitramfs(busybox string, mods []kmod) ([]byte, error) {
 		{"guest/init.sh", "init", 0o755},
 		{"guest/lib.sh", "etc/shoal/lib.sh", 0o644},
 		{"guest/index.cgi", "www/cgi-bin/index.cgi", 0o755},
+		{"guest/disks.cgi", "etc/shoal/disks.cgi", 0o755},
 		{"guest/profile.sh", "etc/profile", 0o644},
 		{"guest/udhcpc.sh", "etc/shoal/udhcpc.sh", 0o755},
 		{"guest/disklog.sh", "etc/shoal/disklog.sh", 0o755},

@@ -107,7 +107,8 @@ func TestBuildTinyContentsAndIdempotence(t *testing.T) {
 		byName[e.Name] = e
 	}
 	for _, n := range []string{"init", "bin/busybox", "bin/sh", "dev/console", "etc/shoal/lib.sh",
-		"etc/shoal/modules", "www/cgi-bin/index.cgi", "etc/profile", "lib/modules/virtio_pci.ko"} {
+		"etc/shoal/modules", "www/cgi-bin/index.cgi", "etc/shoal/disks.cgi", "www/disks", "www/vol", "etc/profile",
+		"lib/modules/virtio_pci.ko"} {
 		if _, ok := byName[n]; !ok {
 			t.Errorf("initramfs lacks %s", n)
 		}

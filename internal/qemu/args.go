@@ -25,7 +25,6 @@
 package qemu
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -57,12 +56,27 @@ const MaxDirLen = maxSocketPath - len("/"+ConsoleSocket)
 // start after stdin, stdout and stderr.
 const firstTapFD = 3
 
-// Disk is a virtio-blk disk.
+// Disk is a virtio-blk disk: a format layer (Format) over exactly one
+// source, a file (Path), an iSCSI LUN (ISCSI) or a Ceph RBD image (RBD).
+// See disk.go for sources, secrets and the PCI layout.
 type Disk struct {
-	Path     string // absolute path of the image
+	Path  string // absolute path of an image file
+	ISCSI *ISCSI // or a LUN, through QEMU's libiscsi initiator
+	RBD   *RBD   // or a Ceph RBD image
+
 	Format   string // "raw" (default when empty), "qcow2", ...
 	ReadOnly bool
 	Serial   string // optional; at most 20 of [A-Za-z0-9._-]
+
+	// Node is the block node name: a letter then up to 26 of
+	// [A-Za-z0-9_.-]; "disk<index>" when empty. The device's id is
+	// "virtio-" + Node, a secret's "sec-" + Node. Volumes use
+	// "vol-<id>" (device "virtio-vol-<id>").
+	Node string
+	// Slot is the hot-plug slot the disk sits in, 1 to the VM's
+	// Config.VolumeSlots; 0 = none, placed on pcie.0 by QEMU in order
+	// (the boot disk and the seed; such a disk cannot be detached).
+	Slot int
 }
 
 // NIC is a virtio-net NIC on a tap device the caller already opened.
@@ -89,6 +103,13 @@ type Config struct {
 
 	Disks []Disk // the first is the boot disk
 	NICs  []NIC
+
+	// VolumeSlots is how many hot-plug slots (PCIe root ports) the VM
+	// has, 0 to MaxVolumeSlots; disks with a Slot sit in them. It is
+	// fixed for the life of a QEMU, and a migration target must have
+	// the source's (Process.VolumeSlots reads it). 0 = none, the
+	// layout of VMs from before volumes.
+	VolumeSlots int
 
 	Paused bool // start with the CPUs stopped (-S)
 
@@ -221,25 +242,13 @@ func Args(cfg Config) ([]string, error) {
 			a = append(a, "-append", cfg.Cmdline)
 		}
 	}
+	a = append(a, slotPorts(cfg.VolumeSlots)...)
 	for i, d := range cfg.Disks {
-		node := fmt.Sprintf("disk%d", i)
-		bd, err := json.Marshal(blockdev{
-			Driver:   d.Format,
-			NodeName: node,
-			ReadOnly: d.ReadOnly,
-			File:     blockdevFile{Driver: "file", Filename: d.Path, ReadOnly: d.ReadOnly},
-		})
+		da, err := diskArgs(d, i == 0)
 		if err != nil {
-			return nil, fmt.Errorf("encode disk %d: %w", i, err)
+			return nil, invalid("disk %d (%s): %v", i, d.Node, err)
 		}
-		dev := "virtio-blk-pci,drive=" + node + ",id=virtio-" + node
-		if d.Serial != "" {
-			dev += ",serial=" + d.Serial
-		}
-		if i == 0 {
-			dev += ",bootindex=1"
-		}
-		a = append(a, "-blockdev", string(bd), "-device", dev)
+		a = append(a, da...)
 	}
 	for i, n := range cfg.NICs {
 		a = append(a,
@@ -260,19 +269,6 @@ func Args(cfg Config) ([]string, error) {
 		a = append(a, "-incoming", "defer")
 	}
 	return a, nil
-}
-
-type blockdevFile struct {
-	Driver   string `json:"driver"`
-	Filename string `json:"filename"`
-	ReadOnly bool   `json:"read-only"`
-}
-
-type blockdev struct {
-	Driver   string       `json:"driver"`
-	NodeName string       `json:"node-name"`
-	ReadOnly bool         `json:"read-only"`
-	File     blockdevFile `json:"file"`
 }
 
 // validate checks cfg and fills defaults (disk format, NIC ids) in place.
@@ -306,21 +302,32 @@ func validate(cfg *Config) error {
 	if cfg.Kernel == "" && (cfg.Initrd != "" || cfg.Cmdline != "") {
 		return invalid("initrd or cmdline given without a kernel")
 	}
+	if cfg.VolumeSlots < 0 || cfg.VolumeSlots > MaxVolumeSlots {
+		return invalid("volume slots %d: want 0 to %d", cfg.VolumeSlots, MaxVolumeSlots)
+	}
 	disks := make([]Disk, len(cfg.Disks))
+	nodes, slots := map[string]bool{}, map[int]string{}
+	auto := len(cfg.NICs)
 	for i, d := range cfg.Disks {
-		if d.Path == "" || !filepath.IsAbs(d.Path) {
-			return invalid("disk %d: path %q is not absolute", i, d.Path)
+		d, err := checkDisk(d, i, cfg.VolumeSlots)
+		if err != nil {
+			return invalid("disk %d: %v", i, err)
 		}
-		if d.Format == "" {
-			d.Format = "raw"
+		if nodes[d.Node] {
+			return invalid("disk %d: node name %q used twice", i, d.Node)
 		}
-		if !formatRE.MatchString(d.Format) {
-			return invalid("disk %d: format %q", i, d.Format)
-		}
-		if d.Serial != "" && !serialRE.MatchString(d.Serial) {
-			return invalid("disk %d: serial %q: want at most 20 of A-Z a-z 0-9 . _ -", i, d.Serial)
+		nodes[d.Node] = true
+		if d.Slot == 0 {
+			auto++
+		} else if other, ok := slots[d.Slot]; ok {
+			return invalid("disk %d: slot %d already holds %s", i, d.Slot, other)
+		} else {
+			slots[d.Slot] = d.Node
 		}
 		disks[i] = d
+	}
+	if cfg.VolumeSlots > 0 && auto > maxAutoDevices {
+		return invalid("%d disks without a slot and NICs: at most %d with hot-plug slots", auto, maxAutoDevices)
 	}
 	cfg.Disks = disks
 	nics := make([]NIC, len(cfg.NICs))

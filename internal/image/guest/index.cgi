@@ -1,9 +1,13 @@
 #!/bin/busybox sh
 # shoal-tiny HTTP handler for "GET /", run by busybox httpd as a CGI.
+# (httpd runs it for every directory: /disks/ and /vol/ go to disks.cgi.)
 # Answers: boot=<id per boot> count=<requests since boot> disk=<counter>
 # The disk counter lives in sector 0 of /dev/vda as "SHOALCTR <n>" and is
 # read, incremented, written and fsync'd on every request.
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+case "$REQUEST_URI" in
+/disks/* | /vol/*) exec /etc/shoal/disks.cgi ;;
+esac
 S=/run/shoal
 DISK=/dev/vda
 MAGIC=SHOALCTR
