@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -205,7 +206,7 @@ func vmAttachCmd(g *globals, verb, short string) *cobra.Command {
 			}
 			return g.print(v, func(w *tabwriter.Writer) {
 				when := ""
-				if verb == "attach" && v.State != api.StateRunning && v.State != api.StatePaused {
+				if verb == "attach" && !slices.ContainsFunc(v.Disks, func(d api.Disk) bool { return d.Name == args[1] && d.Open }) {
 					when = " (it opens it at its next start)"
 				}
 				fmt.Fprintf(w, "volume %s %s vm %s%s\n", args[1], done, v.Name, when)

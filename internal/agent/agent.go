@@ -66,7 +66,8 @@ type Agent struct {
 
 	fence fence // the watchdog's state
 
-	volumes volumeJobs // see volumes.go
+	volumes  volumeJobs // see volumes.go
+	netPools netPools   // see netpools.go
 
 	id       string // this machine's identity (identity.json)
 	infoOnce sync.Once
@@ -128,6 +129,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer a.wg.Done(); a.watchdog(ctx) }()
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.capLogs(ctx) }()
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.watchNetPools(ctx) }()
 	if err := a.startWatchdog(); err != nil {
 		return err
 	}

@@ -278,6 +278,9 @@ func backingFile(path string) (string, error) {
 func (w *worker) giveLaunchFiles(s *api.VMSpec, cfg qemu.Config) error {
 	var own, shared []string
 	for _, d := range cfg.Disks {
+		if d.Path == "" {
+			continue // over the network: its secret was given already (prepareDisk)
+		}
 		own = append(own, d.Path)
 		chain, err := backingChain(d.Path)
 		if err != nil {

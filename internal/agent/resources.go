@@ -171,8 +171,23 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		Paused:   s.Power == api.PowerPaused || incoming,
 		Incoming: incoming,
 	}
+	// A fresh start gets every hot-plug slot; a migration's target the
+	// source's count, so that the devices line up.
+	cfg.VolumeSlots = api.VolumeSlotLast
 	if incoming {
 		cfg.PreallocThreads = preallocThreads()
+		cfg.VolumeSlots = s.Migration.VolumeSlots
+	}
+	vols, err := w.volumeDisks(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var open []string
+	for i, d := range vols {
+		if d.Slot <= cfg.VolumeSlots {
+			cfg.Disks = append(cfg.Disks, d)
+			open = append(open, s.Volumes[i].ID)
+		}
 	}
 	img, err := w.a.cp.Image(ctx, s.Image)
 	if err != nil {
@@ -197,6 +212,7 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	w.size = qemu.Size{CPUs: cpus, MemoryMiB: mem}
+	w.slots, w.open = cfg.VolumeSlots, open
 	return p, nil
 }
 

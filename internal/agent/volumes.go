@@ -159,5 +159,5 @@ func (a *Agent) poolSpaces(ctx context.Context) []api.PoolSpace {
 		out = append(out, api.PoolSpace{Name: p.Name, Type: "dir", Shared: p.Shared,
 			SizeBytes: c.SizeBytes, UsedBytes: c.UsedBytes, FreeBytes: c.FreeBytes})
 	}
-	return out
+	return append(out, a.netPoolSpaces()...)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,9 @@ type worker struct {
 	// size is that of the guest proc runs: the VM's may have changed
 	// since, for its next start.
 	size qemu.Size
+
+	open  []string // ids of the volumes proc has (see attach.go)
+	slots int      // proc's hot-plug slots for volumes
 
 	exit  qemu.Exit  // why QEMU ended, with guestExit (crash.go)
 	crash crashState // recent crashes (crash.go)
@@ -181,6 +185,9 @@ func (w *worker) attach(ctx context.Context) error {
 	}
 	w.log.Info("reattached to running QEMU", "pid", p.Pid, "cpus", w.size.CPUs, "memory_mib", w.size.MemoryMiB)
 	w.proc = p
+	if err := w.readVolumes(actx); err != nil {
+		w.log.Warn("cannot read the running guest's volumes", "err", err)
+	}
 	return nil
 }
 
@@ -270,6 +277,9 @@ func (w *worker) reconcile(ctx context.Context) (done bool, err error) {
 		}
 	}
 	w.gen = s.RestartGen
+	if err := w.syncVolumes(ctx, s); err != nil {
+		return false, err
+	}
 	return false, w.setPaused(ctx, s)
 }
 
@@ -477,6 +487,7 @@ func (w *worker) report(ctx context.Context, s *api.VMSpec, state, msg string) e
 		RestartGen: max(w.gen, 0), Accel: w.a.cfg.Accel, ObservedRev: s.Rev}
 	if w.proc != nil {
 		st.PID = w.proc.Pid
+		st.Volumes, st.VolumeSlots = slices.Clone(w.open), w.slots
 		st.RunningCPUs, st.RunningMemoryMiB = w.size.CPUs, w.size.MemoryMiB
 		st.StartedAt = w.status.StartedAt
 		if st.StartedAt.IsZero() {

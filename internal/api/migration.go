@@ -27,6 +27,9 @@ type Migration struct {
 	// spec's.
 	CPUs      int   `json:"cpus,omitempty"`
 	MemoryMiB int64 `json:"memory_mib,omitempty"`
+	// VolumeSlots is the source QEMU's count of hot-plug slots, which
+	// the target's must have.
+	VolumeSlots int `json:"volume_slots,omitempty"`
 
 	// Endpoint is where the target waits; set once it is ready.
 	Endpoint  *MigrationEndpoint `json:"endpoint,omitempty"`

@@ -2,6 +2,7 @@ package api
 
 import (
 	"reflect"
+	"slices"
 	"time"
 )
 
@@ -83,8 +84,10 @@ type VMStatus struct {
 	RunningCPUs      int   `json:"running_cpus,omitempty"`
 	RunningMemoryMiB int64 `json:"running_memory_mib,omitempty"`
 	// Volumes are the ids of the volumes the VM's QEMU has attached now
-	// (while it runs).
-	Volumes []string `json:"volumes,omitempty"`
+	// (while it runs), and VolumeSlots its hot-plug slots for them (0: it
+	// was started before volumes, and takes them at its next start).
+	Volumes     []string `json:"volumes,omitempty"`
+	VolumeSlots int      `json:"volume_slots,omitempty"`
 }
 
 // Equal reports whether s and o say the same.
@@ -102,12 +105,13 @@ func MergeVM(s VMSpec, st *VMStatus) VM {
 	}
 	vm.Disks = append(vm.Disks, Disk{Name: "disk0", Pool: s.Pool, SizeBytes: s.DiskBytes})
 	for _, r := range s.Volumes {
-		vm.Disks = append(vm.Disks, Disk{Name: r.Name, Pool: r.Pool, SizeBytes: r.SizeBytes, Volume: true})
+		open := st != nil && st.ID == s.ID && slices.Contains(st.Volumes, r.ID)
+		vm.Disks = append(vm.Disks, Disk{Name: r.Name, Pool: r.Pool, SizeBytes: r.SizeBytes, Volume: true, Open: open})
 	}
 	if st != nil && st.ID == s.ID {
 		vm.State, vm.PID, vm.Accel, vm.Error = st.State, st.PID, st.Accel, st.Error
 		vm.StartedAt, vm.UpdatedAt, vm.RestartGen = st.StartedAt, st.UpdatedAt, st.RestartGen
-		vm.ObservedRev, vm.OpenVolumes = st.ObservedRev, st.Volumes
+		vm.ObservedRev, vm.OpenVolumes, vm.VolumeSlots = st.ObservedRev, st.Volumes, st.VolumeSlots
 		vm.RunningCPUs, vm.RunningMemoryMiB = st.RunningCPUs, st.RunningMemoryMiB
 	}
 	if m := s.Migration; m != nil {

@@ -41,6 +41,7 @@ type VM struct {
 	Pool         string    `json:"pool"`
 	Disks        []Disk    `json:"disks"`
 	OpenVolumes  []string  `json:"open_volumes,omitempty"` // ids of the volumes its running QEMU has open
+	VolumeSlots  int       `json:"volume_slots,omitempty"` // its running QEMU's hot-plug slots for volumes
 	HA           bool      `json:"ha"`
 	Priority     string    `json:"priority,omitempty"` // failover priority of an HA VM (high, medium, low)
 	AntiAffinity string    `json:"anti_affinity,omitempty"`

@@ -87,8 +87,8 @@ type VolumeRef struct {
 	ID        string `json:"id"`
 	Pool      string `json:"pool"`
 	SizeBytes int64  `json:"size"`
-	// Slot is the PCI slot of its disk, chosen at attach and kept, so
-	// that a migration's target has the disk where the source has it.
+	// Slot is the hot-plug slot of its disk, chosen at attach and kept,
+	// so that a migration's target has the disk where the source has it.
 	Slot int `json:"slot"`
 }
 
@@ -99,6 +99,7 @@ type Disk struct {
 	Pool      string `json:"pool"`
 	SizeBytes int64  `json:"size"`
 	Volume    bool   `json:"volume,omitempty"` // an attached volume (else the boot disk)
+	Open      bool   `json:"open,omitempty"`   // a volume the VM's running QEMU has (else at its next start)
 }
 
 // AttachRequest is the body of POST /v1/vms/{name}/attach and /detach.
@@ -106,12 +107,12 @@ type AttachRequest struct {
 	Volume string `json:"volume"`
 }
 
-// VolumeSlots are the PCI slots volumes' disks take, in order: above
-// those QEMU gives the VM's own devices, so that hot-plugged and
-// command-line disks agree.
+// VolumeSlots number the hot-plug slots (PCIe root ports) a VM's QEMU
+// has for volumes' disks (see qemu.Config.VolumeSlots): a VM started
+// now has VolumeSlotLast of them.
 const (
-	VolumeSlotFirst = 0x10
-	VolumeSlotLast  = 0x1f
+	VolumeSlotFirst = 1
+	VolumeSlotLast  = 16
 )
 
 // FreeSlot is the lowest volume slot that none of refs takes; 0 if none

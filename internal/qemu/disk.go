@@ -468,3 +468,9 @@ func diskArgs(d Disk, boot bool) ([]string, error) {
 	}
 	return append(a, "-blockdev", string(bd), "-device", deviceArg(d, boot)), nil
 }
+
+// VolumeOfNode is the volume id of a block node VolumeNode named.
+func VolumeOfNode(node string) (string, bool) {
+	id, ok := strings.CutPrefix(node, "vol-")
+	return id, ok && id != ""
+}

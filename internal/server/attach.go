@@ -34,9 +34,35 @@ func canAttach(sp api.VMSpec, v api.Volume, h api.Host) error {
 	switch {
 	case h.Name != "" && !ok:
 		return api.Errorf(api.ErrConflict, "host %s of vm %s has no pool %q, where volume %s is", h.Name, sp.Name, v.Pool, v.Name)
+	case !ps.Shared && sp.HA:
+		return api.Errorf(api.ErrConflict, "vm %s is highly available and volume %q is in host %s's own pool %q: an HA VM's volumes must be on a shared pool, reachable where it fails over",
+			sp.Name, v.Name, v.Host, v.Pool)
 	case !ps.Shared && v.Host != sp.Host:
 		return api.Errorf(api.ErrConflict, "volume %q is in host %s's own pool %q and vm %s is on %s: use a volume of a shared pool, or one on %s",
 			v.Name, v.Host, v.Pool, sp.Name, sp.Host, sp.Host)
+	}
+	return nil
+}
+
+// slotOf is the hot-plug slot sp gives the volume of id.
+func slotOf(sp api.VMSpec, id string) int {
+	for _, r := range sp.Volumes {
+		if r.ID == id {
+			return r.Slot
+		}
+	}
+	return 0
+}
+
+// volumesMove says whether the volumes of the VM of spec sp, on host
+// src, can follow it to another host: those of a host's own pool cannot.
+// Pure.
+func volumesMove(sp api.VMSpec, src api.Host) error {
+	for _, r := range sp.Volumes {
+		if ps, ok := poolOf(src, r.Pool); ok && !ps.Shared {
+			return api.Errorf(api.ErrConflict, "vm %q has volume %s in host %s's own pool %q, which cannot follow it: detach it first, or use volumes of a shared pool",
+				sp.Name, r.Name, src.Name, r.Pool)
+		}
 	}
 	return nil
 }
@@ -81,7 +107,7 @@ func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return notFoundHint(err, "see 'shoal vm list' and 'shoal volume list'")
 	}
-	if sp.Power == api.PowerStopped {
+	if vm, _, err := s.loadVM(ctx, name); err == nil && (sp.Power == api.PowerStopped || vm.VolumeSlots < slotOf(sp, id)) {
 		ws.wait = false // attached at its next start
 	}
 	return s.respondAfter(w, r, http.StatusOK, name, sp.Rev, ws, func(vm api.VM) bool {

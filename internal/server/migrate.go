@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/shoalvm/shoal/internal/api"
@@ -49,13 +50,24 @@ func (s *Server) startMigration(ctx context.Context, name string, req api.Migrat
 	if err := canMigrate(vm, sp, req.To); err != nil {
 		return api.MigrationRecord{}, err
 	}
+	if len(sp.Volumes) > 0 {
+		hosts, err := s.hostViews(ctx)
+		if err != nil {
+			return api.MigrationRecord{}, err
+		}
+		if i := slices.IndexFunc(hosts, func(h api.Host) bool { return h.Name == sp.Host }); i >= 0 {
+			if err := volumesMove(sp, hosts[i]); err != nil {
+				return api.MigrationRecord{}, err
+			}
+		}
+	}
 	from, err := s.hostIP(ctx, sp.Host)
 	if err != nil {
 		return api.MigrationRecord{}, err
 	}
 	// The target's QEMU gets the size the VM runs at, which its host
 	// reports (the spec's may have changed since it started).
-	mig := api.Migration{CPUs: vm.RunningCPUs, MemoryMiB: vm.RunningMemoryMiB}
+	mig := api.Migration{CPUs: vm.RunningCPUs, MemoryMiB: vm.RunningMemoryMiB, VolumeSlots: vm.VolumeSlots}
 	if mig.CPUs == 0 || mig.MemoryMiB == 0 { // a host that does not say
 		mig.CPUs, mig.MemoryMiB = sp.CPUs, sp.MemoryMiB
 		if sp.StartedCPUs > 0 {

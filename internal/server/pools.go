@@ -29,8 +29,14 @@ func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []
 				names = append(names, ps.Name)
 			}
 			p.Hosts = append(p.Hosts, h.Name)
-			if ps.Shared && len(p.Hosts) > 1 {
-				continue // the same space, seen again
+			if ps.Shared {
+				// The same space, seen again: as the host that sees the
+				// most of it says (a host that only reaches a network
+				// pool reports no space).
+				if ps.SizeBytes > p.SizeBytes {
+					p.SizeBytes, p.UsedBytes, p.FreeBytes = ps.SizeBytes, ps.UsedBytes, ps.FreeBytes
+				}
+				continue
 			}
 			p.SizeBytes += ps.SizeBytes
 			p.UsedBytes += ps.UsedBytes
@@ -181,6 +187,7 @@ func (s *Server) createPool(w http.ResponseWriter, r *http.Request) error {
 		if c.CHAPUser == "" {
 			c.CHAPUser, c.CHAPSecret = "shoal", randomSecret()
 		}
+		c.Portal = hosts[i].Portal
 	}
 	c.CreatedAt = time.Now().UTC()
 	if err := s.st.CreatePoolConfig(ctx, c); err != nil {
