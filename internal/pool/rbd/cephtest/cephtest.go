@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -291,7 +292,8 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	return nil
 }
 
-// waitHealthy polls the health until HEALTH_OK; a daemon that exits
+// waitHealthy polls the health until HEALTH_OK and the pool is reported;
+// a daemon that exits
 // meanwhile is an error at once.
 func (c *Cluster) waitHealthy(ctx context.Context) error {
 	last := ""
@@ -302,7 +304,8 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 		out, err := c.Admin(ctx, "health")
 		if err == nil {
 			last = strings.TrimSpace(string(out))
-			if strings.HasPrefix(last, "HEALTH_OK") {
+			// The manager reports the pool's space a moment later.
+			if strings.HasPrefix(last, "HEALTH_OK") && c.poolReported(ctx) {
 				return nil
 			}
 		}
@@ -312,6 +315,29 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// poolReported tells whether 'ceph df' shows the pool (space is what a
+// pool driver asks first).
+func (c *Cluster) poolReported(ctx context.Context) bool {
+	out, err := c.Admin(ctx, "df", "--format", "json")
+	if err != nil {
+		return false
+	}
+	var df struct {
+		Pools []struct {
+			Name string `json:"name"`
+		} `json:"pools"`
+	}
+	if json.Unmarshal(out, &df) != nil {
+		return false
+	}
+	for _, p := range df.Pools {
+		if p.Name == Pool {
+			return true
+		}
+	}
+	return false
 }
 
 // exited reports a daemon that is no longer running.
