@@ -50,11 +50,24 @@ func startWriter(t *testing.T, host string, vol QEMUVolume) *writer {
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = w.cmd.Process.Kill()
-		_ = w.cmd.Wait()
-	})
+	t.Cleanup(w.stop)
 	return w
+}
+
+// stop closes the volume as a QEMU that quits does.
+func (w *writer) stop() {
+	if w.cmd.ProcessState != nil {
+		return
+	}
+	_, _ = io.WriteString(w.stdin, "quit\n")
+	done := make(chan struct{})
+	go func() { _ = w.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = w.cmd.Process.Kill()
+		<-done
+	}
 }
 
 // write writes 64 KiB of pattern at 0 and waits for the outcome.

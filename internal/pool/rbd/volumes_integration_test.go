@@ -145,6 +145,10 @@ func TestQEMUWritesAndReads(t *testing.T) {
 	d := newDriver(t)
 	id := testID(t)
 	defer d.Delete(ctx, id)
+	// A fill that a crash interrupted is thrown away and done again.
+	if _, err := d.rbd(ctx, "create", "--size", "1M", d.spec(Image(id)+newSuffix)); err != nil {
+		t.Fatal(err)
+	}
 	t0 := time.Now()
 	if err := d.Create(ctx, pool.Volume{ID: id, SizeBytes: 64 << 20, Base: base}); err != nil {
 		t.Fatal(err)
@@ -161,8 +165,21 @@ func TestQEMUWritesAndReads(t *testing.T) {
 	if out, err := qemuIO(ctx, t, "hb", vol, "read -P 0x7c 40M 1M", "read -P 0x5a 0 1M"); err != nil {
 		t.Fatalf("qemu-io on hb: %v: %s", err, out)
 	}
-	// Delete refuses nothing once no client has it open.
+	// A volume open by a client (a VM's QEMU) is not deleted; closed, it is.
+	w := startWriter(t, "ha", vol)
+	if err := w.write(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Delete(ctx, id); !errors.Is(err, api.ErrConflict) {
+		t.Fatalf("delete of an open volume: %v, want a conflict", err)
+	}
+	w.stop()
 	if err := d.Delete(ctx, id); err != nil {
 		t.Fatal(err)
+	}
+	for _, name := range []string{Image(id), Image(id) + newSuffix} {
+		if _, err := d.size(ctx, name); !errors.Is(err, errAbsent) {
+			t.Fatalf("%s after delete: %v", name, err)
+		}
 	}
 }
