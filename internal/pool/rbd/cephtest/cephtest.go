@@ -131,26 +131,38 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	go func() {
 		osdMkfs <- c.run(ctx, "ceph-osd", "-c", c.Conf, "--no-mon-config", "-i", osdID, "--mkfs", "--osd-uuid", osdUUID)
 	}()
-	err = c.startMon(ctx)
-	if err == nil {
-		err = c.start("mgr", "ceph-mgr", "-f", "-c", c.Conf, "-i", mgrID)
+	if err := c.startMon(ctx); err != nil {
+		<-osdMkfs
+		return c, err
 	}
-	if err == nil {
-		_, err = c.Admin(ctx, "osd", "new", osdUUID, osdID)
+	c.log.Debug("cephtest: monitor started", "after", time.Since(t0))
+	if err := c.start("mgr", "ceph-mgr", "-f", "-c", c.Conf, "-i", mgrID); err != nil {
+		<-osdMkfs
+		return c, err
 	}
-	if mkfsErr := <-osdMkfs; err == nil {
-		err = mkfsErr
+	// The OSD joins while the pool is made (each ceph command is about
+	// half a second of Python).
+	osdUp := make(chan error, 1)
+	go func() {
+		_, err := c.Admin(ctx, "osd", "new", osdUUID, osdID)
+		if mkfsErr := <-osdMkfs; err == nil {
+			err = mkfsErr
+		}
+		if err == nil {
+			err = c.start("osd", "ceph-osd", "-f", "-c", c.Conf, "-i", osdID)
+			c.log.Debug("cephtest: OSD started", "after", time.Since(t0))
+		}
+		osdUp <- err
+	}()
+	err = c.admin(ctx,
+		[]string{"health", "mute", "MGR_MODULE_ERROR", "--sticky"}, // the always-on modules left out
+		[]string{"osd", "pool", "create", Pool, "8", "8", "replicated", "--autoscale-mode=off"},
+		[]string{"osd", "pool", "application", "enable", Pool, "rbd"})
+	c.log.Debug("cephtest: pool made", "after", time.Since(t0))
+	if osdErr := <-osdUp; err == nil {
+		err = osdErr
 	}
 	if err != nil {
-		return c, err
-	}
-	if err := c.start("osd", "ceph-osd", "-f", "-c", c.Conf, "-i", osdID); err != nil {
-		return c, err
-	}
-	if _, err := c.Admin(ctx, "osd", "pool", "create", Pool, "8", "8", "replicated", "--autoscale-mode=off"); err != nil {
-		return c, err
-	}
-	if _, err := c.Admin(ctx, "osd", "pool", "application", "enable", Pool, "rbd"); err != nil {
 		return c, err
 	}
 	if err := c.waitHealthy(ctx); err != nil {
@@ -267,6 +279,16 @@ func (c *Cluster) Admin(ctx context.Context, args ...string) ([]byte, error) {
 		return nil, fmt.Errorf("ceph %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
+}
+
+// admin runs ceph commands as the admin, one after the other.
+func (c *Cluster) admin(ctx context.Context, cmds ...[]string) error {
+	for _, args := range cmds {
+		if _, err := c.Admin(ctx, args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // start starts a daemon in the foreground in the namespace ('ip netns

@@ -3,6 +3,7 @@ package cephtest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"syscall"
 	"testing"
@@ -18,7 +19,7 @@ func TestClusterStartsAndStopsClean(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := Start(ctx, Options{})
+	c, err := Start(ctx, Options{Log: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
