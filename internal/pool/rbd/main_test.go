@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,8 +17,9 @@ import (
 // start), reachable on a bridge from two client hosts, each in its own
 // namespace with its own address, as hosts of a Shoal cluster are.
 var (
-	cluster *cephtest.Cluster
-	hostNS  = map[string]string{} // host name -> its namespace
+	cluster  *cephtest.Cluster
+	hostNS   = map[string]string{} // host name -> its namespace
+	adminKey string
 )
 
 // hostAddrs are the client hosts' addresses.
@@ -55,6 +57,10 @@ func runMain(m *testing.M) int {
 		hostNS[h] = ns
 	}
 	cluster = c
+	if adminKey, err = keyOf(c.AdminKeyring, "client.admin"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	code := m.Run()
 	if rss, err := c.RSS(); err == nil {
 		fmt.Printf("daemons' RSS after the tests %d MiB\n", rss>>20)
@@ -74,6 +80,13 @@ func newDriver(t *testing.T) *Driver {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// No key is ever on a command line.
+	d.ran = func(argv []string) {
+		line := strings.Join(argv, " ")
+		if strings.Contains(line, cluster.Key) || strings.Contains(line, adminKey) {
+			t.Errorf("a key on a command line: %v", argv)
+		}
 	}
 	return d
 }

@@ -54,9 +54,10 @@ type Config struct {
 // and pool.Fencer.
 type Driver struct {
 	cfg       Config
-	conf      string // ceph.conf of User
-	fenceConf string // ceph.conf of FenceUser
-	keyFile   string // the user's key alone, for QEMU's secret object
+	conf      string              // ceph.conf of User
+	fenceConf string              // ceph.conf of FenceUser
+	keyFile   string              // the user's key alone, for QEMU's secret object
+	ran       func(argv []string) // if set, sees every command line (tests)
 }
 
 var (
@@ -176,6 +177,9 @@ var errAbsent = errors.New("absent")
 // the error (it never holds a key).
 func (d *Driver) run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	argv := append(append(append([]string{}, d.cfg.Prefix...), name), args...)
+	if d.ran != nil {
+		d.ran(argv)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

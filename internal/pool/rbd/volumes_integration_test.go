@@ -173,6 +173,16 @@ func TestQEMUWritesAndReads(t *testing.T) {
 	if err := d.Delete(ctx, id); !errors.Is(err, api.ErrConflict) {
 		t.Fatalf("delete of an open volume: %v, want a conflict", err)
 	}
+	// It grows while open (the lock owner does it for rbd).
+	if err := d.Resize(ctx, id, 96<<20); err != nil {
+		t.Fatalf("resize of an open volume: %v", err)
+	}
+	if got := imageSize(ctx, t, id); got != 96<<20 {
+		t.Fatalf("size after resize %d, want 96M", got)
+	}
+	if err := w.write(2); err != nil {
+		t.Fatalf("write after resize: %v", err)
+	}
 	w.stop()
 	if err := d.Delete(ctx, id); err != nil {
 		t.Fatal(err)
