@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -66,4 +68,41 @@ func TestClusterStartsAndStopsClean(t *testing.T) {
 			t.Errorf("%s still there after Stop (%v)", p, err)
 		}
 	}
+}
+
+// TestFailedStartLeavesNothing: a start cut short (here by its context)
+// removes what it made: no daemon, namespace or directory stays.
+func TestFailedStartLeavesNothing(t *testing.T) {
+	before := cephNamespaces(t)
+	dir := filepath.Join(t.TempDir(), "cluster")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{Dir: dir})
+	if err == nil {
+		_ = c.Stop(context.Background())
+		t.Fatal("the cluster started within 1 s: this test needs a start that is cut short")
+	}
+	t.Logf("start cut short: %.200s", err)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s still there (%v)", dir, err)
+	}
+	if after := cephNamespaces(t); len(after) != len(before) {
+		t.Errorf("namespaces before %v, after %v", before, after)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), dir) {
+			t.Errorf("a process of the cluster still runs: %s %q", p, b)
+		}
+	}
+}
+
+// cephNamespaces are the namespaces named like a cluster's.
+func cephNamespaces(t *testing.T) []string {
+	t.Helper()
+	ns, err := filepath.Glob("/run/netns/ceph-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }

@@ -9,8 +9,10 @@ import (
 	"strings"
 )
 
-// bridge is the cluster's switch when its address is not loopback.
-const bridge = "br0"
+// Bridge is the cluster's switch in its namespace when its address is
+// not loopback: AddHost plugs hosts into it, and a lab can plug its own
+// switch into it with a veth.
+const Bridge = "br0"
 
 // ip runs the ip command.
 func ip(ctx context.Context, args ...string) error {
@@ -31,9 +33,9 @@ func (c *Cluster) makeNetns(ctx context.Context) error {
 	steps := [][]string{{"link", "set", "lo", "up"}}
 	if !net.ParseIP(c.Addr).IsLoopback() {
 		steps = append(steps,
-			[]string{"link", "add", bridge, "type", "bridge"},
-			[]string{"addr", "add", c.Addr + "/24", "dev", bridge},
-			[]string{"link", "set", bridge, "up"})
+			[]string{"link", "add", Bridge, "type", "bridge"},
+			[]string{"addr", "add", c.Addr + "/24", "dev", Bridge},
+			[]string{"link", "set", Bridge, "up"})
 	}
 	for _, s := range steps {
 		if err := ip(ctx, append([]string{"-n", c.Netns}, s...)...); err != nil {
@@ -61,7 +63,7 @@ func (c *Cluster) AddHost(ctx context.Context, name, addr string) (string, error
 	steps := [][]string{
 		{"-n", ns, "link", "set", "lo", "up"},
 		{"-n", c.Netns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"-n", c.Netns, "link", "set", port, "master", bridge, "up"},
+		{"-n", c.Netns, "link", "set", port, "master", Bridge, "up"},
 		{"-n", ns, "addr", "add", addr + "/24", "dev", "eth0"},
 		{"-n", ns, "link", "set", "eth0", "up"},
 	}
