@@ -7,7 +7,8 @@ GO ?= go
 DATA_DIR ?= /var/lib/shoal
 # Debian packages Shoal needs on a host and for its tests.
 DEBS = qemu-system-x86 qemu-utils qemu-block-extra busybox-static linux-image-cloud-amd64 \
-       genisoimage iproute2 etcd-server ca-certificates wget util-linux tgt
+       genisoimage iproute2 etcd-server ca-certificates wget util-linux tgt \
+       ceph-mon ceph-mgr ceph-osd ceph-common
 
 .PHONY: up test build deps bench soak clean
 
