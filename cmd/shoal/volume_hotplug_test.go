@@ -47,8 +47,9 @@ func (l *testNode) waitDisks(ip string, has func(string) bool) string {
 
 // TestIntegrationVolumeHotplug: a volume attached to a running VM
 // appears in the guest, takes data, goes from the guest when detached,
-// and a second running VM that it is then attached to reads the data; a
-// VM restarted with a volume opens it at its start.
+// and a second running VM that it is then attached to reads the data;
+// grown while in use, the guest sees its new size; a VM restarted with
+// a volume opens it at its start.
 func TestIntegrationVolumeHotplug(t *testing.T) {
 	l := newLab(t)
 	l.start()
@@ -86,6 +87,11 @@ func TestIntegrationVolumeHotplug(t *testing.T) {
 	if out, err := l.fetch(b.IP, "/vol?serial="+serial); err != nil || !strings.Contains(out, "hello-from-a") {
 		t.Fatalf("b reads the volume: %q, %v", out, err)
 	}
+	// Grown while b runs: the guest sees the new size.
+	if out := l.mustShoal("volume", "resize", "data", "--size", "96M"); !strings.Contains(out, "volume data is 96M") {
+		t.Errorf("resize in use: %q", out)
+	}
+	l.waitDisks(b.IP, func(s string) bool { return strings.Contains(s, serial+" 100663296") })
 	// The volume is b's at its next start too.
 	l.mustShoal("vm", "restart", "b")
 	l.waitServing(b.IP, 90*time.Second)

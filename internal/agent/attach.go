@@ -12,6 +12,7 @@ import (
 	"github.com/shoalvm/shoal/internal/pool/dir"
 	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/san"
+	"github.com/shoalvm/shoal/internal/storage"
 )
 
 // A VM's volumes (its spec's Volumes) are disks of its QEMU in the slots
@@ -68,9 +69,26 @@ func (w *worker) volumeDisks(ctx context.Context, s *api.VMSpec) ([]qemu.Disk, e
 		if err := w.prepareDisk(s, d); err != nil {
 			return nil, err
 		}
+		if d.Path != "" && s.Migration == nil {
+			// Grown while the VM was stopped: the file grows now, before
+			// any QEMU has it (never on a migration's target, whose
+			// source has it open).
+			if err := growFile(ctx, d.Path, ref.SizeBytes); err != nil {
+				return nil, err
+			}
+		}
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// growFile grows the qcow2 file at path to size if it is smaller.
+func growFile(ctx context.Context, path string, size int64) error {
+	cur, err := storage.VirtualSize(ctx, path)
+	if err != nil || cur >= size {
+		return err
+	}
+	return storage.Grow(ctx, path, size)
 }
 
 // prepareDisk writes d's secret, if it has one, for s's QEMU user only.
@@ -119,6 +137,16 @@ func (w *worker) syncVolumes(ctx context.Context, s *api.VMSpec) error {
 	}
 	for _, ref := range s.Volumes {
 		if slices.Contains(w.open, ref.ID) {
+			if ref.SizeBytes > w.sizes[ref.ID] {
+				qctx, cancel := context.WithTimeout(ctx, qmpTimeout)
+				err := w.proc.GrowDisk(qctx, qemu.VolumeNode(ref.ID), ref.SizeBytes)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("grow volume %s: %w", ref.Name, err)
+				}
+				w.sizes[ref.ID] = ref.SizeBytes
+				w.log.Info("volume grown", "volume", ref.Name, "size", ref.SizeBytes)
+			}
 			continue
 		}
 		if ref.Slot > w.slots {
@@ -144,6 +172,7 @@ func (w *worker) syncVolumes(ctx context.Context, s *api.VMSpec) error {
 			return fmt.Errorf("attach volume %s: %w", ref.Name, err)
 		}
 		w.open = append(w.open, ref.ID)
+		w.sizes[ref.ID] = ref.SizeBytes
 		w.log.Info("volume attached", "volume", ref.Name, "slot", ref.Slot)
 	}
 	return nil
@@ -191,10 +220,11 @@ func (w *worker) readVolumes(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.slots, w.open = slots, nil
+	w.slots, w.open, w.sizes = slots, nil, map[string]int64{}
 	for _, d := range disks {
 		if id, ok := qemu.VolumeOfNode(d.Node); ok {
 			w.open = append(w.open, id)
+			w.sizes[id] = d.SizeBytes
 		}
 	}
 	return nil

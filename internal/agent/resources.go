@@ -183,10 +183,12 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, err
 	}
 	var open []string
+	sizes := map[string]int64{}
 	for i, d := range vols {
 		if d.Slot <= cfg.VolumeSlots {
 			cfg.Disks = append(cfg.Disks, d)
 			open = append(open, s.Volumes[i].ID)
+			sizes[s.Volumes[i].ID] = s.Volumes[i].SizeBytes
 		}
 	}
 	img, err := w.a.cp.Image(ctx, s.Image)
@@ -212,7 +214,7 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, fmt.Errorf("start %s: %w", s.Name, err)
 	}
 	w.size = qemu.Size{CPUs: cpus, MemoryMiB: mem}
-	w.slots, w.open = cfg.VolumeSlots, open
+	w.slots, w.open, w.sizes = cfg.VolumeSlots, open, sizes
 	return p, nil
 }
 

@@ -38,8 +38,9 @@ type worker struct {
 	// since, for its next start.
 	size qemu.Size
 
-	open  []string // ids of the volumes proc has (see attach.go)
-	slots int      // proc's hot-plug slots for volumes
+	open  []string         // ids of the volumes proc has (see attach.go)
+	sizes map[string]int64 // their sizes as proc has them
+	slots int              // proc's hot-plug slots for volumes
 
 	exit  qemu.Exit  // why QEMU ended, with guestExit (crash.go)
 	crash crashState // recent crashes (crash.go)

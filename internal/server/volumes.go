@@ -158,8 +158,11 @@ func (s *Server) resizeVolume(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, v)
 		return nil
 	}
+	if v.VM != "" {
+		return s.growAttached(w, r, v, size)
+	}
 	want := v
-	want.SizeBytes, want.State, want.Error = size, api.VolumeResizing, ""
+	want.SizeBytes, want.State, want.Error, want.ErrorKind = size, api.VolumeResizing, "", ""
 	rev, err := s.st.UpdateVolume(ctx, v, want)
 	if err != nil {
 		return err
@@ -244,4 +247,60 @@ func (s *Server) awaitVolume(ctx context.Context, name string, rev int64, state 
 		}
 	}
 	return last, api.Errorf(api.ErrUnavailable, "volume %q is still %s on host %s after %s: see 'shoal volume show %s'", name, state, last.Host, volumeWait, name)
+}
+
+// growAttached grows volume v, attached to a VM, to size: the VM's host
+// grows it through the VM's QEMU (a disk in use is never grown under
+// it), which the guest sees at once; a VM that is not running takes it
+// at its next start.
+func (s *Server) growAttached(w http.ResponseWriter, r *http.Request, v api.Volume, size int64) error {
+	ctx := r.Context()
+	hosts, err := s.hostViews(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		if ps, ok := poolOf(h, v.Pool); ok && ps.Type != api.PoolDir {
+			return api.Errorf(api.ErrConflict, "volume %q is attached to vm %s: growing a volume of a %s pool in use is not supported yet; detach it first", v.Name, v.VM, ps.Type)
+		}
+	}
+	if err := checkGrowth(hosts, v, size); err != nil {
+		return err
+	}
+	sp, err := s.st.GrowAttached(ctx, v, size)
+	if err != nil {
+		return err
+	}
+	ws := waitSpec{wait: true, timeout: s.cfg.WaitTimeout}
+	wctx, cancel := context.WithTimeout(ctx, ws.timeout)
+	defer cancel()
+	for {
+		vm, _, err := s.loadVM(wctx, sp.Name)
+		if err == nil && (vm.ObservedRev >= sp.Rev || vm.State != api.StateRunning && vm.State != api.StatePaused) {
+			if vm.State == api.StateFailed && vm.ObservedRev >= sp.Rev {
+				return api.Errorf(api.ErrConflict, "vm %s could not grow volume %s: %s", sp.Name, v.Name, vm.Error)
+			}
+			break
+		}
+		if err := pause(wctx, 20*time.Millisecond); err != nil {
+			return api.Errorf(api.ErrUnavailable, "vm %s has not grown volume %s after %s; its host may be down (see 'shoal host list')", sp.Name, v.Name, ws.timeout)
+		}
+	}
+	got, err := s.st.GetVolume(ctx, v.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, got)
+	return nil
+}
+
+// checkGrowth refuses to grow v by more than its pool's free space as
+// the hosts last reported it. Pure.
+func checkGrowth(hosts []api.Host, v api.Volume, size int64) error {
+	for _, h := range hosts {
+		if ps, ok := poolOf(h, v.Pool); ok && (ps.Shared || h.Name == v.Host) && ps.SizeBytes > 0 && size-v.SizeBytes > ps.FreeBytes {
+			return api.Errorf(api.ErrCapacity, "pool %q has %s free: growing volume %s by %s does not fit", v.Pool, api.FormatSize(ps.FreeBytes), v.Name, api.FormatSize(size-v.SizeBytes))
+		}
+	}
+	return nil
 }

@@ -127,6 +127,15 @@ func VirtualSize(ctx context.Context, path string) (int64, error) {
 	return info.VirtualSize, nil
 }
 
+// Grow makes the disk at path (qcow2, opened by no QEMU) size bytes.
+func Grow(ctx context.Context, path string, size int64) error {
+	out, err := exec.CommandContext(ctx, "qemu-img", "resize", "-q", path, fmt.Sprint(size)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img resize %s: %w: %s", path, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // RemoveDisk deletes a VM's disk and any half-made copy; missing is fine.
 func RemoveDisk(path string) error {
 	for _, p := range []string{path, path + ".tmp"} {

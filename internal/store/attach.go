@@ -151,3 +151,49 @@ func (s *Store) putBoth(ctx context.Context, sp api.VMSpec, vmRev int64, v api.V
 	}
 	return resp.Succeeded, resp.Header.Revision, nil
 }
+
+// GrowAttached records that volume v (as read), attached to VM name,
+// is size bytes, in both records, with its project's usage: the VM's
+// host then grows the disk in its QEMU. It returns the VM's new spec.
+func (s *Store) GrowAttached(ctx context.Context, v api.Volume, size int64) (api.VMSpec, error) {
+	for {
+		sp, vmRev, err := get[api.VMSpec](ctx, s.c, vmKey(v.VM), vmWhat(v.VM))
+		if err != nil {
+			return sp, err
+		}
+		i := slices.IndexFunc(sp.Volumes, func(r api.VolumeRef) bool { return r.ID == v.ID })
+		if i < 0 {
+			return sp, volumeChanged(v.Name)
+		}
+		sp.Volumes = slices.Clone(sp.Volumes)
+		sp.Volumes[i].SizeBytes = size
+		grown := v
+		grown.SizeBytes, grown.DoneBytes = size, size
+		grown.Rev = 0
+		vb, _ := json.Marshal(grown)
+		spc := sp
+		spc.Rev = 0
+		sb, _ := json.Marshal(spc)
+		vk, volk := vmKey(sp.Name), volumeKey(v.Name)
+		rev, ok, err := s.withUsage(ctx, v.Project, api.Usage{DiskBytes: size - v.SizeBytes},
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vk), "=", vmRev), clientv3.Compare(clientv3.ModRevision(volk), "=", v.Rev)},
+			[]clientv3.Op{clientv3.OpPut(vk, string(sb)), clientv3.OpPut(volk, string(vb))})
+		if err != nil {
+			return sp, fmt.Errorf("grow volume %q: %w", v.Name, err)
+		}
+		if ok {
+			sp.Rev = rev
+			return sp, nil
+		}
+		cur, err := s.GetVolume(ctx, v.Name)
+		if err != nil {
+			return sp, err
+		}
+		if cur.Rev != v.Rev {
+			return sp, volumeChanged(v.Name)
+		}
+		if err := ctx.Err(); err != nil {
+			return sp, err
+		}
+	}
+}

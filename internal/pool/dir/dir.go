@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -44,10 +43,18 @@ func (d Driver) Create(ctx context.Context, v pool.Volume) error {
 	if v.SizeBytes > c.FreeBytes {
 		return api.Errorf(api.ErrCapacity, "pool %q has %s free: a volume of %s does not fit", d.Name, api.FormatSize(c.FreeBytes), api.FormatSize(v.SizeBytes))
 	}
+	make := storage.CreateBlank
 	if v.Base != "" {
-		return storage.CreateOverlay(ctx, v.Base, p, v.SizeBytes)
+		make = func(ctx context.Context, dst string, size int64) error {
+			return storage.CreateOverlay(ctx, v.Base, dst, size)
+		}
 	}
-	return storage.CreateBlank(ctx, p, v.SizeBytes)
+	if err := make(ctx, p, v.SizeBytes); err != nil {
+		return err
+	}
+	// Only the QEMU user of the VM it is attached to may read it (see
+	// the agent's giveFiles); qemu-img makes it readable by all.
+	return os.Chmod(p, 0o600)
 }
 
 // Delete removes the volume's file; an absent one is no error.
@@ -71,11 +78,7 @@ func (d Driver) Resize(ctx context.Context, id string, size int64) error {
 	if size-cur > c.FreeBytes {
 		return api.Errorf(api.ErrCapacity, "pool %q has %s free: growing by %s does not fit", d.Name, api.FormatSize(c.FreeBytes), api.FormatSize(size-cur))
 	}
-	out, err := exec.CommandContext(ctx, "qemu-img", "resize", "-q", p, fmt.Sprint(size)).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("qemu-img resize %s: %w: %s", p, err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return storage.Grow(ctx, p, size)
 }
 
 // Capacity is the space of the directory's file system.
