@@ -73,6 +73,13 @@ func newLab(t testing.TB) *testNode {
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
+	return newLabIn(t, ns)
+}
+
+// newLabIn is newLab in the namespace ns, made already; the node's
+// cleanup deletes it.
+func newLabIn(t testing.TB, ns string) *testNode {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "shoalt")
 	if err != nil {
 		t.Fatal(err)

@@ -68,6 +68,7 @@ type Agent struct {
 
 	volumes  volumeJobs // see volumes.go
 	netPools netPools   // see netpools.go
+	rbd      rbdPools   // see rbdpools.go
 
 	id       string // this machine's identity (identity.json)
 	infoOnce sync.Once

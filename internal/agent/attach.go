@@ -10,6 +10,7 @@ import (
 	"github.com/shoalvm/shoal/internal/api"
 	"github.com/shoalvm/shoal/internal/atomicfile"
 	"github.com/shoalvm/shoal/internal/pool/dir"
+	"github.com/shoalvm/shoal/internal/pool/rbd"
 	"github.com/shoalvm/shoal/internal/qemu"
 	"github.com/shoalvm/shoal/internal/san"
 	"github.com/shoalvm/shoal/internal/storage"
@@ -37,21 +38,22 @@ func (w *worker) volumeDisk(ctx context.Context, s *api.VMSpec, ref api.VolumeRe
 		d.Path, d.Format = dir.Driver{Name: p.Name, Dir: p.Dir}.Path(ref.ID), "qcow2"
 		return d, nil
 	}
-	cfgs, err := w.a.cp.Pools(ctx)
+	c, err := w.a.poolConfig(ctx, ref.Pool)
 	if err != nil {
 		return d, err
 	}
-	i := slices.IndexFunc(cfgs, func(c api.PoolConfig) bool { return c.Name == ref.Pool })
-	if i < 0 {
-		return d, api.Errorf(api.ErrNotFound, "storage pool %q of volume %s does not exist", ref.Pool, ref.Name)
-	}
-	c := cfgs[i]
+	secret := qemu.Secret{File: qemu.SecretFile(w.a.vmDir(s.ID), node)}
 	switch {
+	case c.Type == api.PoolRBD:
+		d.Format = "raw"
+		secret.Value = qemu.SecretValue(c.Key)
+		d.RBD = &qemu.RBD{Monitors: c.Monitors, Pool: c.RBDPool, Image: rbd.Image(ref.ID), User: c.User, Secret: secret}
+		return d, nil
 	case c.Type == api.PoolISCSI && c.Server != "":
 		d.Format = "raw"
 		d.ISCSI = &qemu.ISCSI{Portal: c.Portal, Target: san.TargetName(ref.ID), LUN: san.LUN,
 			InitiatorName: san.InitiatorName(w.a.cfg.Host), User: c.CHAPUser, Timeout: iscsiTimeout,
-			Secret: qemu.Secret{File: qemu.SecretFile(w.a.vmDir(s.ID), node), Value: qemu.SecretValue(c.CHAPSecret)}}
+			Secret: qemu.Secret{File: secret.File, Value: qemu.SecretValue(c.CHAPSecret)}}
 		return d, nil
 	}
 	return d, api.Errorf(api.ErrUnavailable, "volume %s: pools of type %s cannot be opened by this host yet", ref.Name, c.Type)

@@ -12,10 +12,10 @@ import (
 
 // A host reports, besides its directories, the pools the cluster defines
 // (iSCSI, RBD) that it reaches: their portal or first monitor answers a
-// TCP connection. It looks again every netPoolsEvery, in the background,
+// TCP connection (and an RBD pool, the space its cluster reports). It looks again every netPoolsEvery, in the background,
 // so that a heartbeat never waits on the network.
 
-const netPoolsEvery = 15 * time.Second
+const netPoolsEvery = 5 * time.Second
 
 type netPools struct {
 	mu     sync.Mutex
@@ -49,7 +49,23 @@ func (a *Agent) refreshNetPools(ctx context.Context) {
 		if addr == "" || !reachable(ctx, addr) {
 			continue
 		}
-		out = append(out, api.PoolSpace{Name: c.Name, Type: c.Type, Shared: true})
+		ps := api.PoolSpace{Name: c.Name, Type: c.Type, Shared: true}
+		if c.Type == api.PoolRBD {
+			// Any host of the cluster makes an RBD pool's volumes: it
+			// reports the pool's space.
+			d, err := a.rbdDriver(c)
+			if err != nil {
+				a.log.Warn("rbd pool unusable", "pool", c.Name, "err", err)
+				continue
+			}
+			sp, err := d.Capacity(ctx)
+			if err != nil {
+				a.log.Warn("cannot read an rbd pool's space", "pool", c.Name, "err", err)
+				continue
+			}
+			ps.SizeBytes, ps.UsedBytes, ps.FreeBytes = sp.SizeBytes, sp.UsedBytes, sp.FreeBytes
+		}
+		out = append(out, ps)
 	}
 	a.netPools.mu.Lock()
 	a.netPools.spaces = out

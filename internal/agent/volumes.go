@@ -99,10 +99,16 @@ func (a *Agent) volumeJob(ctx context.Context, v api.Volume) {
 // doVolume makes, grows or removes v's storage.
 func (a *Agent) doVolume(ctx context.Context, v api.Volume) error {
 	p, err := a.pool(v.Pool)
-	if err != nil {
+	var d pool.Driver
+	if err == nil {
+		d = driverOf(p)
+	} else if c, cerr := a.poolConfig(ctx, v.Pool); cerr == nil && c.Type == api.PoolRBD {
+		if d, err = a.rbdDriver(c); err != nil {
+			return err
+		}
+	} else {
 		return err
 	}
-	d := driverOf(p)
 	switch v.State {
 	case api.VolumeCreating:
 		base := ""
@@ -134,7 +140,7 @@ func (a *Agent) volumeBase(ctx context.Context, p storage.Pool, name string) (st
 	if err != nil {
 		return "", err
 	}
-	if !p.Shared {
+	if !p.Shared || p.Dir == "" { // a host's own, or a network pool's (which copies it in)
 		return base, nil
 	}
 	shared := p.ImageBase(name, image.Version(im))
