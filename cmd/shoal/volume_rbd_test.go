@@ -80,6 +80,38 @@ func TestIntegrationRBDVolumes(t *testing.T) {
 		t.Errorf("resize: %q", out)
 	}
 	l.mustShoal("volume", "delete", "cv")
+
+	// A VM whose first disk is on the pool: an image of its own, made
+	// from the VM's image; it serves, restarts, and goes with its image.
+	l.mustShoal("vm", "create", "onceph", "--image", "tiny", "--pool", "ceph", "--start")
+	v := l.vm("onceph")
+	first := l.waitServing(v.IP, 90*time.Second)
+	if len(v.Disks) != 1 || v.Disks[0].Pool != "ceph" {
+		t.Errorf("disks of a VM on ceph: %+v", v.Disks)
+	}
+	var boot string
+	for _, vol := range l.volumes() {
+		if vol.VM == "onceph" {
+			boot = vol.ID
+		}
+	}
+	if img, err := rbdLs(ctx, c); boot == "" || err != nil || !strings.Contains(string(img), "vol-"+boot) {
+		t.Fatalf("the VM's boot image %q: %q, %v", boot, img, err)
+	}
+	l.mustShoal("vm", "restart", "onceph")
+	if again := l.waitServing(v.IP, 90*time.Second); again.Boot == first.Boot || again.Disk <= first.Disk {
+		t.Errorf("after a restart: %+v, before %+v (the disk's counter must go on)", again, first)
+	}
+	l.mustShoal("vm", "delete", "onceph", "--force")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+		img, err := rbdLs(ctx, c)
+		if err == nil && !strings.Contains(string(img), "vol-"+boot) && len(l.volumes()) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted VM's boot image stays: %q, %v; volumes %+v", img, err, l.volumes())
+		}
+	}
 	if img, err := rbdLs(ctx, c); err != nil || strings.Contains(string(img), "vol-"+id) {
 		t.Errorf("rbd ls after delete: %q, %v", img, err)
 	}

@@ -231,3 +231,27 @@ func (w *worker) readVolumes(ctx context.Context) error {
 	}
 	return nil
 }
+
+// firstDisk is the VM's first disk: its file in its pool, or its boot
+// volume.
+func (w *worker) firstDisk(ctx context.Context, s *api.VMSpec) (qemu.Disk, error) {
+	if s.BootVolume == nil {
+		p, err := w.a.pool(s.Pool)
+		if err != nil {
+			return qemu.Disk{}, err
+		}
+		return qemu.Disk{Path: p.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"}, nil
+	}
+	d, err := w.volumeDisk(ctx, s, *s.BootVolume)
+	if err != nil {
+		return d, err
+	}
+	d.Node, d.Serial, d.Slot = "disk0", "disk0", 0 // where the first disk always is
+	if d.ISCSI != nil {
+		d.ISCSI.Secret.File = qemu.SecretFile(w.a.vmDir(s.ID), "disk0")
+	}
+	if d.RBD != nil {
+		d.RBD.Secret.File = qemu.SecretFile(w.a.vmDir(s.ID), "disk0")
+	}
+	return d, w.prepareDisk(s, d)
+}

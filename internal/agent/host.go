@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,9 @@ func (a *Agent) HostInfo(ctx context.Context) api.Host {
 	})
 	h := a.info
 	h.Accel, h.AccelReason = a.cfg.Accel, a.cfg.AccelReason
+	for _, ps := range a.netPoolSpaces() { // a VM's first disk may be in one of them
+		h.Pools = append(slices.Clip(h.Pools), ps.Name)
+	}
 	h.Storage = a.poolSpaces(ctx)
 	if h.Accel != "kvm" {
 		h.CPUFlags = cpumodel.TCGFlags() // what software emulation offers

@@ -108,9 +108,11 @@ func (w *worker) prepareIncoming(ctx context.Context, s *api.VMSpec) error {
 		return errors.New("post-copy needs the target's QEMU to use userfaultfd, which this kernel allows only to privileged processes, and QEMU runs unprivileged here: " +
 			"set sysctl vm.unprivileged_userfaultfd=1 on the hosts that are to take post-copy migrations, or migrate without --postcopy-after")
 	}
-	pool, err := w.a.pool(s.Pool)
-	if err != nil {
-		return err
+	pool := storage.Pool{Name: s.Pool, Shared: true} // a boot volume: every host opens it
+	if s.BootVolume == nil {
+		if pool, err = w.a.pool(s.Pool); err != nil {
+			return err
+		}
 	}
 	if err := w.ensureFiles(ctx, s); err != nil {
 		return err

@@ -49,6 +49,14 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 			return err
 		}
 	}
+	if s.BootVolume != nil {
+		// Its first disk is a volume, made with it: only the image's
+		// kernel is needed here.
+		if _, err := w.a.ensureImage(ctx, s.Image, nil); err != nil {
+			return err
+		}
+		return w.ensureSeed(ctx, s)
+	}
 	pool, err := w.a.pool(s.Pool)
 	if err != nil {
 		return err
@@ -91,6 +99,12 @@ func (w *worker) ensureFiles(ctx context.Context, s *api.VMSpec) error {
 	if err := os.Chmod(disk, 0o600); err != nil {
 		return fmt.Errorf("vm disk: %w", err)
 	}
+	return w.ensureSeed(ctx, s)
+}
+
+// ensureSeed makes the VM's cloud-init seed if it is missing.
+func (w *worker) ensureSeed(ctx context.Context, s *api.VMSpec) error {
+	dir := w.a.vmDir(s.ID)
 	seed := filepath.Join(dir, "seed.iso")
 	if missing, err := absent(seed); err != nil {
 		return err
@@ -153,7 +167,7 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		return nil, fmt.Errorf("tap for %s: %w", s.Name, err)
 	}
 	defer tap.Close()
-	pool, err := w.a.pool(s.Pool)
+	disk0, err := w.firstDisk(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +178,7 @@ func (w *worker) launch(ctx context.Context, s *api.VMSpec, incoming bool) (*qem
 		Name: s.Name, UUID: uuidFromID(s.ID), Dir: dir, Accel: w.a.cfg.Accel,
 		CPUs: cpus, CPUModel: s.CPUModel, MemoryMiB: int(mem),
 		Disks: []qemu.Disk{
-			{Path: pool.DiskPath(s.ID), Format: "qcow2", Serial: "disk0"},
+			disk0,
 			{Path: filepath.Join(dir, "seed.iso"), Format: "raw", ReadOnly: true, Serial: "cidata"},
 		},
 		NICs:     []qemu.NIC{{MAC: s.MAC, TapFD: tap, ID: "net0"}},

@@ -125,6 +125,16 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	if err := l.st.RemoveVM(ctx, s); err != nil && !api.IsNotFound(err) {
 		return err
 	}
+	// Its boot volume goes with it.
+	if b := s.BootVolume; b != nil {
+		if v, err := l.st.GetVolume(ctx, b.Name); err == nil && v.ID == b.ID {
+			want := v
+			want.State, want.Error, want.ErrorKind, want.VM = api.VolumeDeleting, "", "", ""
+			if _, err := l.st.UpdateVolume(ctx, v, want); err != nil {
+				l.log.Warn("could not remove a deleted VM's boot volume", "vm", s.Name, "volume", b.Name, "err", err)
+			}
+		}
+	}
 	// Its volumes are free: their data stays (delete them apart). One
 	// left taken after a crash here is freed when next used (see
 	// server.releaseStale).

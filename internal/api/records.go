@@ -38,6 +38,9 @@ type VMSpec struct {
 	UID int `json:"uid,omitempty"`
 	// Volumes are the volumes attached to the VM, in the order attached.
 	Volumes []VolumeRef `json:"volumes,omitempty"`
+	// BootVolume, for a VM of a pool the cluster defines (iSCSI, RBD),
+	// is the volume that holds its first disk, made with the VM.
+	BootVolume *VolumeRef `json:"boot_volume,omitempty"`
 
 	// StartedCPUs and StartedMemoryMiB are the size the VM was started
 	// with, kept while it is not stopped and its size set (CPUs,

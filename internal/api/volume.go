@@ -18,8 +18,9 @@ type Volume struct {
 	// Host is where its storage is worked on: the host of a local
 	// pool's volume, or the one chosen to make or remove it.
 	Host  string `json:"host,omitempty"`
-	VM    string `json:"vm,omitempty"` // the VM it is attached to
-	State string `json:"state"`        // see VolumeCreating...
+	VM    string `json:"vm,omitempty"`   // the VM it is attached to
+	Boot  bool   `json:"boot,omitempty"` // the first disk of VM, made and deleted with it
+	State string `json:"state"`          // see VolumeCreating...
 	// Done is the size the storage has reached; below SizeBytes while a
 	// creation or a resize is under way.
 	DoneBytes int64     `json:"done_size,omitempty"`
@@ -39,8 +40,14 @@ const (
 	VolumeFailed   = "failed"   // its creation failed (Error says why); delete it
 )
 
-// UsageOfVolume is what a volume takes of its project's quota.
-func UsageOfVolume(v Volume) Usage { return Usage{DiskBytes: v.SizeBytes} }
+// UsageOfVolume is what a volume takes of its project's quota (a VM's
+// boot volume: nothing, its VM counts it).
+func UsageOfVolume(v Volume) Usage {
+	if v.Boot {
+		return Usage{}
+	}
+	return Usage{DiskBytes: v.SizeBytes}
+}
 
 // CreateVolumeRequest is the body of POST /v1/volumes.
 type CreateVolumeRequest struct {

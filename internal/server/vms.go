@@ -238,10 +238,23 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cache.reserve(ctx, rev, &sp, s.cfg.Policy); err != nil {
 		return err
 	}
+	if sp.Pool != "local" { // the default pool, a directory: no read on the common path
+		if err := s.makeBootVolume(ctx, &sp); err != nil {
+			s.cache.release(sp)
+			return err
+		}
+	}
+	created := false
+	defer func() {
+		if !created && sp.BootVolume != nil {
+			s.dropVolume(context.WithoutCancel(ctx), sp.BootVolume.Name)
+		}
+	}()
 	for try := 0; ; try++ {
 		rev, err = s.st.CreateVM(ctx, sp)
 		if err == nil {
 			s.cache.commit(sp)
+			created = true
 			break
 		}
 		if try == 5 || !store.IsAddressTaken(err) {

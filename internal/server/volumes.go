@@ -304,3 +304,55 @@ func checkGrowth(hosts []api.Host, v api.Volume, size int64) error {
 	}
 	return nil
 }
+
+// makeBootVolume makes, for a VM of spec sp placed on a pool the cluster
+// defines (iSCSI, RBD), the volume that holds its first disk, from its
+// image, attached to it from the start, and names it in sp. A pool of
+// directories needs none.
+func (s *Server) makeBootVolume(ctx context.Context, sp *api.VMSpec) error {
+	if _, err := s.st.GetPoolConfig(ctx, sp.Pool); api.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	hosts, err := s.hostViews(ctx)
+	if err != nil {
+		return err
+	}
+	host, err := volumeHost(hosts, sp.Pool, "", sp.DiskBytes)
+	if err != nil {
+		return err
+	}
+	v := api.Volume{Name: "boot-" + sp.ID, ID: newID(), Project: sp.Project, Pool: sp.Pool, SizeBytes: sp.DiskBytes, Image: sp.Image,
+		Host: host, VM: sp.Name, Boot: true, State: api.VolumeCreating, CreatedAt: time.Now().UTC()}
+	rev, err := s.st.CreateVolume(ctx, v)
+	if err != nil {
+		return err
+	}
+	got, err := s.awaitVolume(ctx, v.Name, rev, api.VolumeCreating)
+	if err != nil {
+		return err
+	}
+	if got.State != api.VolumeReady {
+		if err := s.st.RemoveVolume(ctx, got); err != nil {
+			s.log.Warn("could not remove a failed boot volume", "volume", got.Name, "err", err)
+		}
+		return volumeFailure(got)
+	}
+	sp.BootVolume = &api.VolumeRef{Name: got.Name, ID: got.ID, Pool: got.Pool, SizeBytes: got.SizeBytes}
+	return nil
+}
+
+// dropVolume asks the host of volume name to remove it (a boot volume
+// whose VM was not made, or is deleted); its record goes once it is gone.
+func (s *Server) dropVolume(ctx context.Context, name string) {
+	v, err := s.st.GetVolume(ctx, name)
+	if err != nil {
+		return
+	}
+	want := v
+	want.State, want.Error, want.ErrorKind, want.VM = api.VolumeDeleting, "", "", ""
+	if _, err := s.st.UpdateVolume(ctx, v, want); err != nil {
+		s.log.Warn("could not remove a volume", "volume", name, "err", err)
+	}
+}

@@ -107,7 +107,7 @@ func (s *Store) UpdateVolume(ctx context.Context, old, v api.Volume) (int64, err
 		return 0, fmt.Errorf("encode volume: %w", err)
 	}
 	k := volumeKey(v.Name)
-	grow := api.Usage{DiskBytes: v.SizeBytes - old.SizeBytes}
+	grow := api.Usage{DiskBytes: api.UsageOfVolume(v).DiskBytes - api.UsageOfVolume(old).DiskBytes}
 	rev, ok, err := s.withUsage(ctx, v.Project, grow,
 		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", old.Rev)}, []clientv3.Op{clientv3.OpPut(k, string(b))})
 	if err != nil {
@@ -123,7 +123,7 @@ func (s *Store) UpdateVolume(ctx context.Context, old, v api.Volume) (int64, err
 // size off its project's usage.
 func (s *Store) RemoveVolume(ctx context.Context, v api.Volume) error {
 	k := volumeKey(v.Name)
-	_, ok, err := s.withUsage(ctx, v.Project, api.Usage{DiskBytes: -v.SizeBytes},
+	_, ok, err := s.withUsage(ctx, v.Project, api.Usage{DiskBytes: -api.UsageOfVolume(v).DiskBytes},
 		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", v.Rev)}, []clientv3.Op{clientv3.OpDelete(k)})
 	if err != nil {
 		return fmt.Errorf("remove volume %q: %w", v.Name, err)
