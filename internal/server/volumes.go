@@ -110,23 +110,33 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) error {
 	}
 	v := api.Volume{Name: req.Name, ID: newID(), Project: project, Pool: pool, SizeBytes: size, Image: req.Image,
 		Host: host, State: api.VolumeCreating, CreatedAt: time.Now().UTC()}
-	rev, err := s.st.CreateVolume(ctx, v)
+	got, err := s.makeVolume(ctx, v)
 	if err != nil {
 		return err
-	}
-	got, err := s.awaitVolume(ctx, v.Name, rev, api.VolumeCreating)
-	if err != nil {
-		return err
-	}
-	if got.State == api.VolumeFailed {
-		// Nothing of it stays: its host made nothing, or removed what it made.
-		if err := s.st.RemoveVolume(ctx, got); err != nil {
-			return err
-		}
-		return volumeFailure(got)
 	}
 	writeJSON(w, http.StatusCreated, got)
 	return nil
+}
+
+// makeVolume records v and waits for its host to make it: the volume
+// made, or the host's error, and then nothing of it stays (its host
+// made nothing, or removed what it made).
+func (s *Server) makeVolume(ctx context.Context, v api.Volume) (api.Volume, error) {
+	rev, err := s.st.CreateVolume(ctx, v)
+	if err != nil {
+		return v, err
+	}
+	got, err := s.awaitVolume(ctx, v.Name, rev, api.VolumeCreating)
+	if err != nil {
+		return got, err
+	}
+	if got.State != api.VolumeReady {
+		if err := s.st.RemoveVolume(ctx, got); err != nil {
+			return got, err
+		}
+		return got, volumeFailure(got)
+	}
+	return got, nil
 }
 
 // volumeFailure is the error a host reported for v, of its kind.
@@ -325,19 +335,9 @@ func (s *Server) makeBootVolume(ctx context.Context, sp *api.VMSpec) error {
 	}
 	v := api.Volume{Name: "boot-" + sp.ID, ID: newID(), Project: sp.Project, Pool: sp.Pool, SizeBytes: sp.DiskBytes, Image: sp.Image,
 		Host: host, VM: sp.Name, Boot: true, State: api.VolumeCreating, CreatedAt: time.Now().UTC()}
-	rev, err := s.st.CreateVolume(ctx, v)
+	got, err := s.makeVolume(ctx, v)
 	if err != nil {
 		return err
-	}
-	got, err := s.awaitVolume(ctx, v.Name, rev, api.VolumeCreating)
-	if err != nil {
-		return err
-	}
-	if got.State != api.VolumeReady {
-		if err := s.st.RemoveVolume(ctx, got); err != nil {
-			s.log.Warn("could not remove a failed boot volume", "volume", got.Name, "err", err)
-		}
-		return volumeFailure(got)
 	}
 	sp.BootVolume = &api.VolumeRef{Name: got.Name, ID: got.ID, Pool: got.Pool, SizeBytes: got.SizeBytes}
 	return nil
