@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +35,22 @@ func TestIntegrationRBDVolumes(t *testing.T) {
 	l := newLabIn(t, ns)
 	l.start()
 	l.mustShoal("vm", "create", "a", "--image", "tiny", "--start")
+	// A wrong key, a monitor that does not answer: one line each, no pool.
+	bad := filepath.Join(l.dir, "bad.keyring")
+	must(t, os.WriteFile(bad, []byte("[client.shoal]\n\tkey = AQBbad0AAAAAABAAuqa1fSq6ITbsB0L7mzj2Ag==\n"), 0o600))
+	for _, args := range [][]string{
+		{"--monitors", strings.Join(c.Monitors, ","), "--keyring", bad},
+		{"--monitors", "10.78.0.99:3300", "--keyring", c.UserKeyring},
+	} {
+		args = append([]string{"pool", "create", "ceph", "--type", "rbd", "--rbd-pool", c.Pool, "--user", c.User}, args...)
+		_, errOut, err := l.shoal(args...)
+		if msg := strings.TrimSpace(errOut); err == nil || strings.Count(msg, "\n") != 0 || !strings.Contains(msg, `pool "ceph": the Ceph cluster at`) {
+			t.Errorf("%v: %v %q", args, err, msg)
+		}
+	}
+	if out := l.mustShoal("pool", "list"); strings.Contains(out, "ceph") {
+		t.Fatalf("a refused pool is listed: %q", out)
+	}
 	l.mustShoal("pool", "create", "ceph", "--type", "rbd", "--monitors", strings.Join(c.Monitors, ","),
 		"--rbd-pool", c.Pool, "--user", c.User, "--keyring", c.UserKeyring)
 	var pool api.Pool

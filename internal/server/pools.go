@@ -189,6 +189,9 @@ func (s *Server) createPool(w http.ResponseWriter, r *http.Request) error {
 		}
 		c.Portal = hosts[i].Portal
 	}
+	if err := probePool(ctx, c); err != nil {
+		return err
+	}
 	c.CreatedAt = time.Now().UTC()
 	if err := s.st.CreatePoolConfig(ctx, c); err != nil {
 		return err
