@@ -40,8 +40,7 @@ func (a *Agent) rbdDriver(c api.PoolConfig) (*rbd.Driver, error) {
 		return nil, fmt.Errorf("rbd pool %s: %w", c.Name, err)
 	}
 	keyring := filepath.Join(dir, "keyring")
-	ring := fmt.Sprintf("[client.%s]\n\tkey = %s\n", c.User, c.Key)
-	if err := os.WriteFile(keyring, []byte(ring), 0o600); err != nil {
+	if err := rbd.WriteKeyring(keyring, c.User, c.Key); err != nil {
 		return nil, fmt.Errorf("rbd pool %s: %w", c.Name, err)
 	}
 	d, err := rbd.New(rbd.Config{Monitors: c.Monitors, Pool: c.RBDPool, User: c.User, Keyring: keyring, Dir: dir, Log: a.log.With("pool", c.Name)})

@@ -29,7 +29,7 @@ func probePool(ctx context.Context, c api.PoolConfig) error {
 	}
 	defer os.RemoveAll(dir)
 	keyring := filepath.Join(dir, "keyring")
-	if err := os.WriteFile(keyring, []byte(fmt.Sprintf("[client.%s]\n\tkey = %s\n", c.User, c.Key)), 0o600); err != nil {
+	if err := rbd.WriteKeyring(keyring, c.User, c.Key); err != nil {
 		return fmt.Errorf("probe pool %q: %w", c.Name, err)
 	}
 	d, err := rbd.New(rbd.Config{Monitors: c.Monitors, Pool: c.RBDPool, User: c.User, Keyring: keyring, Dir: dir})

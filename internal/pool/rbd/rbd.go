@@ -216,3 +216,9 @@ func (d *Driver) size(ctx context.Context, image string) (int64, error) {
 	}
 	return info.Size, nil
 }
+
+// WriteKeyring writes a keyring file (0600) holding user's key, as a
+// pool's definition gives them.
+func WriteKeyring(path, user, key string) error {
+	return os.WriteFile(path, []byte(fmt.Sprintf("[client.%s]\n\tkey = %s\n", user, key)), 0o600)
+}
