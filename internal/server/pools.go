@@ -16,6 +16,7 @@ import (
 // summed over its hosts. Pure.
 func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []api.Pool {
 	byName := map[string]*api.Pool{}
+	managed := map[string]bool{} // pools whose storage server reported
 	var names []string
 	for _, h := range hosts {
 		if h.State == api.HostDown {
@@ -29,7 +30,12 @@ func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []
 				names = append(names, ps.Name)
 			}
 			p.Hosts = append(p.Hosts, h.Name)
-			if ps.Shared && len(p.Hosts) > 1 {
+			switch {
+			case ps.Manages: // the storage server's figures win
+				p.SizeBytes, p.UsedBytes, p.FreeBytes = ps.SizeBytes, ps.UsedBytes, ps.FreeBytes
+				managed[ps.Name] = true
+				continue
+			case managed[ps.Name] || ps.Shared && len(p.Hosts) > 1:
 				continue // the same space, seen again
 			}
 			p.SizeBytes += ps.SizeBytes
@@ -58,11 +64,24 @@ func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []
 }
 
 // volumeHost chooses the host that makes a volume of size bytes in pool:
-// want if given (it must be up and reach the pool), else for a shared
-// pool the first up host by name that reaches it, while a local pool's
-// volume needs want unless one host alone has the pool. It refuses a volume larger than the pool's free
-// space as the host last reported it. Pure.
+// the storage server that manages the pool if one does (whichever other
+// hosts reach it), else want if given (it must be up and reach the
+// pool), else for a shared pool the first up host by name that reaches
+// it, while a local pool's volume needs want unless one host alone has
+// the pool. It refuses a volume larger than the pool's free space as the
+// host last reported it. Pure.
 func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error) {
+	for _, h := range hosts {
+		if ps, ok := poolOf(h, pool); ok && ps.Manages {
+			switch {
+			case want != "" && want != h.Name:
+				return "", api.Errorf(api.ErrInvalid, "pool %q is served by storage server %s: its volumes are made there (leave out --host)", pool, h.Name)
+			case h.State != api.HostUp:
+				return "", api.Errorf(api.ErrUnavailable, "storage server %s of pool %q is %s: it cannot make a volume now", h.Name, pool, h.State)
+			}
+			return h.Name, fits(pool, ps, h.Name, size)
+		}
+	}
 	var best string
 	for _, h := range hosts {
 		ps, ok := poolOf(h, pool)
@@ -78,8 +97,8 @@ func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error)
 		if !ps.Shared && want == "" && best != "" {
 			return "", api.Errorf(api.ErrInvalid, "pool %q is each host's own: say on which host the volume lives (--host)", pool)
 		}
-		if size > ps.FreeBytes {
-			return "", api.Errorf(api.ErrCapacity, "pool %q has %s free (on %s): a volume of %s does not fit", pool, api.FormatSize(ps.FreeBytes), h.Name, api.FormatSize(size))
+		if err := fits(pool, ps, h.Name, size); err != nil {
+			return "", err
 		}
 		if best == "" || h.Name < best {
 			best = h.Name
@@ -92,6 +111,15 @@ func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error)
 		return "", api.Errorf(api.ErrNotFound, "pool %q not found on any host that is up: see 'shoal pool list'", pool)
 	}
 	return best, nil
+}
+
+// fits refuses a volume of size bytes that pool's space ps, as host
+// reported it, has no room for.
+func fits(pool string, ps api.PoolSpace, host string, size int64) error {
+	if size > ps.FreeBytes {
+		return api.Errorf(api.ErrCapacity, "pool %q has %s free (on %s): a volume of %s does not fit", pool, api.FormatSize(ps.FreeBytes), host, api.FormatSize(size))
+	}
+	return nil
 }
 
 // defaultVolumePool is where a volume goes when its request names no
@@ -177,6 +205,13 @@ func (s *Server) createPool(w http.ResponseWriter, r *http.Request) error {
 		i := slices.IndexFunc(hosts, func(h api.Host) bool { return h.Name == c.Server })
 		if i < 0 || hosts[i].Role != api.HostRoleStorage {
 			return api.Errorf(api.ErrNotFound, "storage server %q not found: start one with 'shoal storage-server' (see 'shoal host list')", c.Server)
+		}
+		defined, err := s.st.ListPoolConfigs(ctx)
+		if err != nil {
+			return err
+		}
+		if i := slices.IndexFunc(defined, func(d api.PoolConfig) bool { return d.Server == c.Server }); i >= 0 {
+			return api.Errorf(api.ErrConflict, "storage server %s serves pool %q already: a storage server serves one pool", c.Server, defined[i].Name)
 		}
 		if c.CHAPUser == "" {
 			c.CHAPUser, c.CHAPSecret = "shoal", randomSecret()
