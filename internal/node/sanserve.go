@@ -25,6 +25,7 @@ type sanServer struct {
 	pools  poolLister
 	log    *slog.Logger
 	daemon san.DaemonConfig
+	wait   time.Duration // how long a volume job waits for the SAN
 
 	mu      sync.Mutex
 	d       *san.Daemon         // nil while tgtd is not running
@@ -52,7 +53,7 @@ const (
 )
 
 func newSANServer(name, dir string, pools poolLister, log *slog.Logger, d san.DaemonConfig) *sanServer {
-	return &sanServer{name: name, dir: dir, pools: pools, log: log, daemon: d,
+	return &sanServer{name: name, dir: dir, pools: pools, log: log, daemon: d, wait: sanReadyWait,
 		wanted: map[string][]string{}, applied: map[string][]string{}, kick: make(chan struct{}, 1)}
 }
 
@@ -208,7 +209,7 @@ func (s *sanServer) apply(ctx context.Context, sn *san.SAN, wanted map[string][]
 // Driver implements agent.Served: a storage server serves its one pool
 // and nothing else. A job waits (a little) for the SAN to be ready.
 func (s *sanServer) Driver(ctx context.Context, name string) (pool.Driver, bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, sanReadyWait)
+	ctx, cancel := context.WithTimeout(ctx, s.wait)
 	defer cancel()
 	for {
 		s.mu.Lock()
