@@ -136,9 +136,23 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	return nil
 }
 
-// Pools implements Catalog.
+// Pools implements Catalog. A managed iSCSI pool's portal is its
+// storage server's, as its host record says, so that hosts reach its
+// LUNs.
 func (l *Local) Pools(ctx context.Context) ([]api.PoolConfig, error) {
-	return l.st.ListPoolConfigs(ctx)
+	cs, err := l.st.ListPoolConfigs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range cs {
+		if c.Server == "" || c.Portal != "" {
+			continue
+		}
+		if h, err := l.st.GetHost(ctx, c.Server); err == nil {
+			cs[i].Portal = h.Portal
+		}
+	}
+	return cs, nil
 }
 
 // Network implements Catalog.
