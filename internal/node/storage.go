@@ -45,15 +45,15 @@ func RunStorage(ctx context.Context, log *slog.Logger, o StorageOptions, ready f
 	if !filepath.IsAbs(o.Dir) {
 		return api.Errorf(api.ErrInvalid, "--dir %q: want an absolute directory for the volumes", o.Dir)
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
-		return fmt.Errorf("--dir: %w", err)
-	}
 	pkiDir := filepath.Join(o.DataDir, "pki")
 	cp, _, certs, stopLink, err := connect(ctx, log, AgentOptions{DataDir: o.DataDir, Join: o.Join, Token: o.Token, Host: o.Name, Listen: o.Listen}, pkiDir)
 	if err != nil {
 		return err
 	}
 	defer stopLink()
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return fmt.Errorf("--dir: %w", err)
+	}
 	rctx, stopRenew := context.WithCancel(ctx)
 	renewed := make(chan struct{})
 	go func() {
