@@ -162,6 +162,9 @@ func TestIntegrationStorageServer(t *testing.T) {
 	if nas == nil || nas.Role != api.HostRoleStorage || nas.Portal != "127.0.0.1:3260" || nas.State != api.HostUp {
 		t.Fatalf("the storage server's host record: %+v", nas)
 	}
+	if out := l.mustShoal("host", "show", "nas"); !strings.Contains(out, "storage server (runs no VM), iSCSI portal 127.0.0.1:3260") {
+		t.Errorf("host show of the storage server: %q", out)
+	}
 	l.mustShoal("pool", "create", "san", "--type", "iscsi", "--server", "nas")
 	l.mustFail(`storage server nas serves pool "san" already`, "pool", "create", "san2", "--type", "iscsi", "--server", "nas")
 	p := l.pool("san", "nas")
