@@ -24,8 +24,8 @@ type Served interface {
 	Volumes(ctx context.Context, vols []api.Volume, snapshot bool)
 }
 
-// volumeDriver is the driver of pool poolName and how a volume of it gets the
-// base of an image.
+// volumeDriver is the driver of pool poolName, and how a volume of it
+// gets the base of an image.
 func (a *Agent) volumeDriver(ctx context.Context, poolName string) (pool.Driver, func(context.Context, string) (string, error), error) {
 	if a.cfg.Served != nil {
 		d, ok, err := a.cfg.Served.Driver(ctx, poolName)
