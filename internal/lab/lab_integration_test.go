@@ -404,8 +404,21 @@ func TestLabIntegration(t *testing.T) {
 	}
 	pids = append(pids, p2.Pid)
 	st, _ = GetStatus(ctx, dir)
-	if m := st.Members[3]; !m.Running || m.Failure != "" || m.Cable != "up" {
+	if m := st.Members[4]; m.Name != "host2" || !m.Running || m.Failure != "" || m.Cable != "up" {
 		t.Errorf("status of healed host2: %+v", m)
+	}
+	// The storage server is killed and started again like a server.
+	stor := s.proc("storage-server").Pid
+	if err := Kill(ctx, log, dir, "storage"); err != nil || alive(stor) {
+		t.Errorf("kill storage: %v; alive %v", err, alive(stor))
+	}
+	if err := Revive(ctx, log, dir, "storage"); err != nil {
+		t.Fatal(err)
+	}
+	if p := mustLoad(t, dir).proc("storage-server"); p.Pid == stor || !alive(p.Pid) || !inNS(p.Pid, "storage") {
+		t.Errorf("the storage server after revive: %+v", p)
+	} else {
+		pids = append(pids, p.Pid)
 	}
 	if err := Fail(ctx, log, dir, "client", Power); err == nil {
 		t.Error("fail client succeeded")

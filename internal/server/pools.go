@@ -206,13 +206,6 @@ func (s *Server) createPool(w http.ResponseWriter, r *http.Request) error {
 		if i < 0 || hosts[i].Role != api.HostRoleStorage {
 			return api.Errorf(api.ErrNotFound, "storage server %q not found: start one with 'shoal storage-server' (see 'shoal host list')", c.Server)
 		}
-		defined, err := s.st.ListPoolConfigs(ctx)
-		if err != nil {
-			return err
-		}
-		if i := slices.IndexFunc(defined, func(d api.PoolConfig) bool { return d.Server == c.Server }); i >= 0 {
-			return api.Errorf(api.ErrConflict, "storage server %s serves pool %q already: a storage server serves one pool", c.Server, defined[i].Name)
-		}
 		if c.CHAPUser == "" {
 			c.CHAPUser, c.CHAPSecret = "shoal", randomSecret()
 		}
