@@ -87,8 +87,7 @@ func agentCmd() *cobra.Command {
 				o.SharedPools[name] = dir
 			}
 			if o.Host == "" {
-				h, _ := os.Hostname()
-				o.Host = strings.ToLower(strings.SplitN(h, ".", 2)[0])
+				o.Host = defaultHostName()
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
@@ -114,6 +113,13 @@ func agentCmd() *cobra.Command {
 	f.BoolVarP(&verbose, "verbose", "v", false, "log more")
 	_ = cmd.MarkFlagRequired("listen")
 	return cmd
+}
+
+// defaultHostName is this machine's name for Shoal: its hostname's first
+// label, in lower case.
+func defaultHostName() string {
+	h, _ := os.Hostname()
+	return strings.ToLower(strings.SplitN(h, ".", 2)[0])
 }
 
 func clusterCmd(g *globals) *cobra.Command {

@@ -52,6 +52,9 @@ func hostCmd(g *globals) *cobra.Command {
 				row := func(k, v string) { fmt.Fprintf(w, "%s:\t%s\n", k, v) }
 				row("Name", h.Name)
 				row("State", h.State)
+				if h.Role == api.HostRoleStorage {
+					row("Role", "storage server (runs no VM), iSCSI portal "+h.Portal)
+				}
 				accel := h.Accel
 				if h.AccelReason != "" {
 					accel += " (" + h.AccelReason + ")"

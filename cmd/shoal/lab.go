@@ -47,7 +47,7 @@ func labCmd(g *globals) *cobra.Command {
 	var hosts, servers int
 	var accel string
 	up := &cobra.Command{
-		Use: "up", Short: "Build the lab: a server in namespace ctl, an agent in each of host1..hostN", Args: cobra.NoArgs,
+		Use: "up", Short: "Build the lab: a server in namespace ctl, an agent in each of host1..hostN, a storage server (pool san) in namespace storage", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
 			if err != nil {
@@ -84,7 +84,7 @@ func labCmd(g *globals) *cobra.Command {
 
 	exec := &cobra.Command{
 		Use:   "exec HOST -- COMMAND [ARGS...]",
-		Short: "Run a command inside a lab namespace (ctl, client or hostN)",
+		Short: "Run a command inside a lab namespace (ctl, client, storage or hostN)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			member, argv := args[0], args[1:]
@@ -173,7 +173,7 @@ func labCmd(g *globals) *cobra.Command {
 		},
 	}
 	kill := &cobra.Command{
-		Use: "kill server|serverN|HOST", Short: "Kill a server of the lab ('server' is the first), or a host's agent (its VMs keep running)", Args: cobra.ExactArgs(1),
+		Use: "kill server|serverN|HOST|storage", Short: "Kill a server of the lab ('server' is the first), a host's agent (its VMs keep running), or the storage server (its tgtd dies with it)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := lab.Kill(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
 				return err
@@ -183,7 +183,7 @@ func labCmd(g *globals) *cobra.Command {
 		},
 	}
 	revive := &cobra.Command{
-		Use: "revive server|serverN|HOST", Short: "Start a server of the lab, or a host's agent, again after 'lab kill'", Args: cobra.ExactArgs(1),
+		Use: "revive server|serverN|HOST|storage", Short: "Start a server of the lab, a host's agent or the storage server again after 'lab kill'", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := lab.Revive(cmd.Context(), labLog(verbose), dir, args[0]); err != nil {
 				return err
@@ -207,6 +207,10 @@ func printLabWelcome(s *lab.State) {
 	for k := 2; k <= s.Servers; k++ {
 		fmt.Printf("  Replica:      %s %s, in namespace %s (and %s)\n", lab.ServerName(k), l.ReplicaURL(k), lab.ServerNS(k), l.ServerSocket(k))
 	}
+	if a, err := lab.Addr(lab.StorageNS); err == nil {
+		fmt.Printf("  Storage:      storage server %s (iSCSI %s:%d), in namespace %s, serving pool %s (volumes in %s)\n",
+			lab.StorageNS, a, lab.StoragePort, lab.StorageNS, lab.StoragePool, l.SAN())
+	}
 	if s.UserConfig != "" {
 		fmt.Printf("  CLI settings: %s", s.UserConfig)
 		if s.UserConfigBackup != "" {
@@ -218,6 +222,7 @@ func printLabWelcome(s *lab.State) {
 	fmt.Println("\nTry:")
 	fmt.Println("  shoal host list")
 	fmt.Println("  shoal vm create web1 --image tiny --memory 256M --disk 1G --pool shared --start")
+	fmt.Println("  shoal volume create data1 --size 1G --pool san")
 	fmt.Println("  shoal lab exec" + d + " client -- wget -qO- http://$(shoal vm show web1 -o json | sed -n 's/.*\"ip\": \"\\(.*\\)\".*/\\1/p')/")
 	fmt.Printf("  shoal lab fail%s host1 --power   (or --partition); shoal lab heal%s host1\n", d, d)
 	fmt.Printf("  shoal lab status%s\n", d)

@@ -46,6 +46,6 @@ func newRoot() *cobra.Command {
 	root.AddCommand(benchCmd(g))
 	root.AddCommand(eventsCmd(g))
 	root.AddCommand(userCmd(g), tokenCmd(g), auditCmd(g), projectCmd(g), volumeCmd(g), poolCmd(g))
-	root.AddCommand(fenceWatchdogCmd())
+	root.AddCommand(fenceWatchdogCmd(), storageServerCmd())
 	return root
 }

@@ -51,6 +51,12 @@ type Config struct {
 	// QEMUTLSDir holds the same certificate for QEMU (qemu.WriteTLSDir):
 	// a migration target's QEMU receives the stream with TLS itself.
 	QEMUTLSDir string
+	// Role and Portal go into the host record: a storage server's
+	// (api.HostRoleStorage) runs no VM and serves iSCSI at Portal.
+	Role, Portal string
+	// Served, if set, are the pools this node serves through other
+	// drivers than its directories (see served.go).
+	Served Served
 }
 
 // Agent runs the VMs of one host.
@@ -146,6 +152,7 @@ func (a *Agent) Run(ctx context.Context) error {
 					a.log.Info("lease renewed and VMs read again: the fence is lifted", "fenced_for", after.Round(time.Millisecond))
 				}
 				a.resync(ctx, ev.Specs)
+				a.servedVolumes(ctx, ev.Volumes, true)
 				for _, v := range ev.Volumes {
 					a.volumeEvent(ctx, v)
 				}

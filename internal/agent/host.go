@@ -33,7 +33,7 @@ func (a *Agent) HostInfo(ctx context.Context) api.Host {
 		a.info = api.Host{
 			Name: a.cfg.Host, ID: a.id, State: api.HostUp, CPUs: runtime.NumCPU(),
 			CPUModel: cpuInfo("model name"), CPUFlags: strings.Fields(cpuInfo("flags")),
-			MemoryMiB: memTotalMiB(), Address: a.cfg.Address,
+			MemoryMiB: memTotalMiB(), Address: a.cfg.Address, Role: a.cfg.Role, Portal: a.cfg.Portal,
 		}
 		for _, p := range a.cfg.Pools {
 			a.info.Pools = append(a.info.Pools, p.Name)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ type volumeJobs struct {
 
 // volumeEvent takes a volume record the control plane sent this host.
 func (a *Agent) volumeEvent(ctx context.Context, v api.Volume) {
+	a.servedVolumes(ctx, []api.Volume{v}, false)
 	switch v.State {
 	case api.VolumeCreating, api.VolumeResizing, api.VolumeDeleting:
 	default:
@@ -98,22 +100,15 @@ func (a *Agent) volumeJob(ctx context.Context, v api.Volume) {
 
 // doVolume makes, grows or removes v's storage.
 func (a *Agent) doVolume(ctx context.Context, v api.Volume) error {
-	p, err := a.pool(v.Pool)
-	var d pool.Driver
-	if err == nil {
-		d = driverOf(p)
-	} else if c, cerr := a.poolConfig(ctx, v.Pool); cerr == nil && c.Type == api.PoolRBD {
-		if d, err = a.rbdDriver(c); err != nil {
-			return err
-		}
-	} else {
+	d, baseOf, err := a.volumeDriver(ctx, v.Pool)
+	if err != nil {
 		return err
 	}
 	switch v.State {
 	case api.VolumeCreating:
 		base := ""
 		if v.Image != "" {
-			if base, err = a.volumeBase(ctx, p, v.Image); err != nil {
+			if base, err = baseOf(ctx, v.Image); err != nil {
 				return err
 			}
 		}
@@ -132,16 +127,9 @@ func (a *Agent) doVolume(ctx context.Context, v api.Volume) error {
 // volumeBase is the base a volume of image name starts from, where
 // every host of pool p finds it.
 func (a *Agent) volumeBase(ctx context.Context, p storage.Pool, name string) (string, error) {
-	im, err := a.cp.Image(ctx, name)
-	if err != nil {
-		return "", err
-	}
-	base, err := a.ensureImage(ctx, name, &im)
-	if err != nil {
-		return "", err
-	}
-	if !p.Shared || p.Dir == "" { // a host's own, or a network pool's (which copies it in)
-		return base, nil
+	base, im, err := a.imageBase(ctx, name)
+	if err != nil || !p.Shared || p.Dir == "" { // a host's own, or a network pool's (which copies it in)
+		return base, err
 	}
 	shared := p.ImageBase(name, image.Version(im))
 	if err := storage.EnsureCopy(base, shared); err != nil {
@@ -165,5 +153,11 @@ func (a *Agent) poolSpaces(ctx context.Context) []api.PoolSpace {
 		out = append(out, api.PoolSpace{Name: p.Name, Type: "dir", Shared: p.Shared,
 			SizeBytes: c.SizeBytes, UsedBytes: c.UsedBytes, FreeBytes: c.FreeBytes})
 	}
-	return append(out, a.netPoolSpaces()...)
+	served := a.servedSpaces(ctx)
+	for _, ps := range a.netPoolSpaces() {
+		if !slices.ContainsFunc(served, func(s api.PoolSpace) bool { return s.Name == ps.Name }) {
+			served = append(served, ps)
+		}
+	}
+	return append(out, served...)
 }

@@ -135,3 +135,29 @@ func TestHandlerStatusOnlyOfOwnVMs(t *testing.T) {
 		t.Fatalf("a host outside the migration reads the VM's status: %d, want 401", c)
 	}
 }
+
+// TestPoolsGiveTheStorageServersPortal: hosts get a managed pool with
+// its storage server's portal, an adopted one with its own.
+func TestPoolsGiveTheStorageServersPortal(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.New(t)
+	l := NewLocal(st, slog.New(slog.DiscardHandler))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(st.PutHost(ctx, api.Host{Name: "nas", Role: api.HostRoleStorage, Portal: "192.0.2.10:3260"}))
+	must(st.CreatePoolConfig(ctx, api.PoolConfig{Name: "san", Type: api.PoolISCSI, Server: "nas", CHAPUser: "shoal", CHAPSecret: "s3cret-s3cret-42"}))
+	must(st.CreatePoolConfig(ctx, api.PoolConfig{Name: "ext", Type: api.PoolISCSI, Portal: "192.0.2.20:3260", Target: "iqn.2003-01.org.example:d"}))
+	cs, err := l.Pools(ctx)
+	must(err)
+	got := map[string]string{}
+	for _, c := range cs {
+		got[c.Name] = c.Portal
+	}
+	if got["san"] != "192.0.2.10:3260" || got["ext"] != "192.0.2.20:3260" || len(got) != 2 {
+		t.Errorf("portals: %v", got)
+	}
+}

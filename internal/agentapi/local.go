@@ -129,7 +129,7 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	if b := s.BootVolume; b != nil {
 		if v, err := l.st.GetVolume(ctx, b.Name); err == nil && v.ID == b.ID {
 			want := v
-			want.State, want.Error, want.ErrorKind, want.VM = api.VolumeDeleting, "", "", ""
+			want.State, want.Error, want.ErrorKind, want.VM, want.Access = api.VolumeDeleting, "", "", "", nil
 			if _, err := l.st.UpdateVolume(ctx, v, want); err != nil {
 				l.log.Warn("could not remove a deleted VM's boot volume", "vm", s.Name, "volume", b.Name, "err", err)
 			}
@@ -146,9 +146,23 @@ func (l *Local) Removed(ctx context.Context, s api.VMSpec) error {
 	return nil
 }
 
-// Pools implements Catalog.
+// Pools implements Catalog. A managed iSCSI pool's portal is its
+// storage server's, as its host record says, so that hosts reach its
+// LUNs.
 func (l *Local) Pools(ctx context.Context) ([]api.PoolConfig, error) {
-	return l.st.ListPoolConfigs(ctx)
+	cs, err := l.st.ListPoolConfigs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range cs {
+		if c.Server == "" || c.Portal != "" {
+			continue
+		}
+		if h, err := l.st.GetHost(ctx, c.Server); err == nil {
+			cs[i].Portal = h.Portal
+		}
+	}
+	return cs, nil
 }
 
 // Network implements Catalog.

@@ -17,10 +17,13 @@ type Volume struct {
 	Image     string `json:"image,omitempty"` // what it was made from; "" = blank
 	// Host is where its storage is worked on: the host of a local
 	// pool's volume, or the one chosen to make or remove it.
-	Host  string `json:"host,omitempty"`
-	VM    string `json:"vm,omitempty"`   // the VM it is attached to
-	Boot  bool   `json:"boot,omitempty"` // the first disk of VM, made and deleted with it
-	State string `json:"state"`          // see VolumeCreating...
+	Host string `json:"host,omitempty"`
+	VM   string `json:"vm,omitempty"`   // the VM it is attached to
+	Boot bool   `json:"boot,omitempty"` // the first disk of VM, made and deleted with it
+	// Access is the hosts whose initiators may open it, where the pool
+	// checks that (a managed iSCSI pool's targets): the host of its VM.
+	Access []string `json:"access,omitempty"`
+	State  string   `json:"state"` // see VolumeCreating...
 	// Done is the size the storage has reached; below SizeBytes while a
 	// creation or a resize is under way.
 	DoneBytes int64     `json:"done_size,omitempty"`
@@ -66,12 +69,15 @@ type ResizeVolumeRequest struct {
 
 // PoolSpace is what a host sees of one of its pools (in its host record).
 type PoolSpace struct {
-	Name      string `json:"name"`
-	Type      string `json:"type"` // dir, iscsi, rbd
-	Shared    bool   `json:"shared,omitempty"`
-	SizeBytes int64  `json:"size"`
-	UsedBytes int64  `json:"used"`
-	FreeBytes int64  `json:"free"`
+	Name   string `json:"name"`
+	Type   string `json:"type"` // dir, iscsi, rbd
+	Shared bool   `json:"shared,omitempty"`
+	// Manages: this host makes the pool's volumes (a storage server
+	// serving its pool), whichever other hosts reach it.
+	Manages   bool  `json:"manages,omitempty"`
+	SizeBytes int64 `json:"size"`
+	UsedBytes int64 `json:"used"`
+	FreeBytes int64 `json:"free"`
 }
 
 // Pool is a storage pool as the API shows it (GET /v1/pools): its space

@@ -1,8 +1,9 @@
 // Package lab builds a multi-host Shoal lab on one machine: each host is a
 // network namespace (host1..hostN) running its own agent, cabled to a
 // "physical switch" bridge in namespace ctl, where the server runs; a
-// client namespace sits on the same switch, and a shared directory stands
-// in for NFS. Nothing is made in the root network namespace.
+// client namespace sits on the same switch, a shared directory stands
+// in for NFS, and a storage server in namespace storage serves the iSCSI
+// pool san. Nothing is made in the root network namespace.
 //
 // Everything the lab makes is recorded in DIR/state.json before it is
 // made, so Down removes a half-made lab as well as a whole one. Processes
@@ -138,7 +139,7 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 		}
 		return ctx.Err()
 	}
-	dirs := []string{l.Ctl(), l.Shared(), l.Logs()}
+	dirs := []string{l.Ctl(), l.Shared(), l.Logs(), l.Storage(), l.SAN()}
 	for k := 2; k <= s.servers(); k++ {
 		dirs = append(dirs, l.ServerDir(k))
 	}
@@ -171,7 +172,7 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 			return err
 		}
 		addr := ""
-		if _, replica := replicaNS(m); m == ClientNS || replica {
+		if _, replica := replicaNS(m); m == ClientNS || m == StorageNS || replica {
 			addr = cidr(m)
 		}
 		if err := cable(ctx, m, addr); err != nil {
@@ -225,6 +226,19 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 		}
 		procs = append(procs, p)
 	}
+	log.Info("lab: starting the storage server", "ns", StorageNS)
+	if err := step("storage"); err != nil {
+		return err
+	}
+	token, err := control.JoinToken(ctx, l)
+	if err != nil {
+		return fmt.Errorf("join token for the storage server: %w", err)
+	}
+	p, err := startProc(s, storageProc, StorageNS, control.StorageArgv(l, token))
+	if err != nil {
+		return err
+	}
+	procs = append(procs, p)
 	log.Info("lab: waiting for the hosts to join")
 	if err := step("hosts"); err != nil {
 		return err
@@ -235,6 +249,18 @@ func build(ctx context.Context, log *slog.Logger, s *State, control Control, o O
 	if err != nil {
 		return err
 	}
+	log.Info("lab: registering the storage server's pool", "pool", StoragePool)
+	if err := step("pool"); err != nil {
+		return err
+	}
+	started := time.Now()
+	wctx, cancel = watch(ctx, o.ReadyTimeout, procs)
+	err = control.StoragePool(wctx, l)
+	cancel()
+	if err != nil {
+		return err
+	}
+	log.Info("lab: the storage server serves its pool", "pool", StoragePool, "took", time.Since(started).Round(time.Millisecond))
 	s.Ready = true
 	return s.save()
 }

@@ -77,6 +77,12 @@ func (f fakeControl) JoinToken(ctx context.Context, l Layout) (string, error) {
 
 func (f fakeControl) WaitHosts(ctx context.Context, l Layout, hosts int) error { return nil }
 
+func (f fakeControl) StorageArgv(l Layout, token string) []string {
+	return []string{f.bin, "fake-shoal", "storage", l.Storage(), token}
+}
+
+func (f fakeControl) StoragePool(ctx context.Context, l Layout) error { return nil }
+
 func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -256,12 +262,12 @@ func TestLabIntegration(t *testing.T) {
 	if !s.Ready {
 		t.Error("the lab is not marked ready")
 	}
-	for _, n := range []string{"ctl", "client", "host1", "host2"} {
+	for _, n := range []string{"ctl", "client", "storage", "host1", "host2"} {
 		if !nsExists(n) {
 			t.Errorf("namespace %s missing", n)
 		}
 	}
-	for _, d := range []string{l.Ctl(), l.Host(1), l.Host(2), l.Shared(), l.Logs()} {
+	for _, d := range []string{l.Ctl(), l.Host(1), l.Host(2), l.Shared(), l.Logs(), l.Storage(), l.SAN()} {
 		if st, err := os.Stat(d); err != nil || !st.IsDir() {
 			t.Errorf("%s: %v", d, err)
 		}
@@ -272,7 +278,7 @@ func TestLabIntegration(t *testing.T) {
 
 	// Processes: detached, recorded, each in its namespace.
 	var pids []int
-	for name, ns := range map[string]string{"server": "ctl", "agent-host1": "host1", "agent-host2": "host2"} {
+	for name, ns := range map[string]string{"server": "ctl", "agent-host1": "host1", "agent-host2": "host2", "storage-server": "storage"} {
 		p := s.proc(name)
 		if p == nil || !alive(p.Pid) {
 			t.Fatalf("%s is not running: %+v", name, p)
@@ -352,7 +358,7 @@ func TestLabIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := st.Members[2]; m.Name != "host1" || m.Cable != "down" || m.Failure != "partition" || !m.Running {
+	if m := st.Members[3]; m.Name != "host1" || m.Cable != "down" || m.Failure != "partition" || !m.Running {
 		t.Errorf("status of partitioned host1: %+v", m)
 	}
 	if err := Heal(ctx, log, dir, "host1"); err != nil {
@@ -383,7 +389,10 @@ func TestLabIntegration(t *testing.T) {
 		}
 	}
 	st, _ = GetStatus(ctx, dir)
-	if m := st.Members[3]; m.Name != "host2" || m.Running || m.Failure != "power" || m.Cable != "down" {
+	if m := st.Members[2]; m.Name != "storage" || !m.Running || m.Cable != "up" || m.Address != "10.57.0.251" {
+		t.Errorf("status of the storage server: %+v", m)
+	}
+	if m := st.Members[4]; m.Name != "host2" || m.Running || m.Failure != "power" || m.Cable != "down" {
 		t.Errorf("status of powered-off host2: %+v", m)
 	}
 	if err := Heal(ctx, log, dir, "host2"); err != nil {
@@ -395,8 +404,21 @@ func TestLabIntegration(t *testing.T) {
 	}
 	pids = append(pids, p2.Pid)
 	st, _ = GetStatus(ctx, dir)
-	if m := st.Members[3]; !m.Running || m.Failure != "" || m.Cable != "up" {
+	if m := st.Members[4]; m.Name != "host2" || !m.Running || m.Failure != "" || m.Cable != "up" {
 		t.Errorf("status of healed host2: %+v", m)
+	}
+	// The storage server is killed and started again like a server.
+	stor := s.proc("storage-server").Pid
+	if err := Kill(ctx, log, dir, "storage"); err != nil || alive(stor) {
+		t.Errorf("kill storage: %v; alive %v", err, alive(stor))
+	}
+	if err := Revive(ctx, log, dir, "storage"); err != nil {
+		t.Fatal(err)
+	}
+	if p := mustLoad(t, dir).proc("storage-server"); p.Pid == stor || !alive(p.Pid) || !inNS(p.Pid, "storage") {
+		t.Errorf("the storage server after revive: %+v", p)
+	} else {
+		pids = append(pids, p.Pid)
 	}
 	if err := Fail(ctx, log, dir, "client", Power); err == nil {
 		t.Error("fail client succeeded")
@@ -442,6 +464,7 @@ func TestLabIntegrationHalfMade(t *testing.T) {
 		{serverDies: true, want: "server exited"},
 		{failAt: "agent:host2", want: "simulated failure"},
 		{failAt: "hosts", want: "simulated failure"},
+		{failAt: "pool", want: "simulated failure"},
 	} {
 		name := c.failAt
 		if c.serverDies {

@@ -20,6 +20,7 @@ func TestAddrPlan(t *testing.T) {
 		{"client", "10.57.0.254", "10.57.0.254/24"},
 		{"ctl2", "10.57.0.252", "10.57.0.252/24"},
 		{"ctl3", "10.57.0.253", "10.57.0.253/24"},
+		{"storage", "10.57.0.251", "10.57.0.251/24"},
 	} {
 		a, err := Addr(c.member)
 		if err != nil || a.String() != c.addr {
@@ -39,12 +40,12 @@ func TestAddrPlan(t *testing.T) {
 	if last.As4()[3] >= 10 {
 		t.Errorf("host%d gets %v, inside the VMs' range", MaxHosts, last)
 	}
-	// Server replicas sit above the VMs' range (up to .250), below the
-	// client.
-	for k := 2; k <= MaxServers; k++ {
-		a := mustAddr(ServerNS(k)).As4()[3]
+	// Server replicas and the storage server sit above the VMs' range
+	// (up to .250), below the client.
+	for _, m := range []string{ServerNS(2), ServerNS(3), StorageNS} {
+		a := mustAddr(m).As4()[3]
 		if a <= 250 || a >= 254 {
-			t.Errorf("%s gets .%d, inside the VMs' range or the client's address", ServerNS(k), a)
+			t.Errorf("%s gets .%d, inside the VMs' range or the client's address", m, a)
 		}
 	}
 }
@@ -58,13 +59,20 @@ func TestServerIndex(t *testing.T) {
 		}
 	}
 	s := &State{Hosts: 2, Servers: 3}
-	if got := s.Members(); !reflect.DeepEqual(got, []string{"ctl", "ctl2", "ctl3", "client", "host1", "host2"}) {
+	if got := s.Members(); !reflect.DeepEqual(got, []string{"ctl", "ctl2", "ctl3", "client", "storage", "host1", "host2"}) {
 		t.Errorf("members of a lab of 3 servers: %v", got)
 	}
 	for member, want := range map[string]string{"server": "server", "ctl": "server", "server1": "server", "server2": "server2", "ctl3": "server3", "host2": "agent-host2"} {
 		if got, err := procFor(s, member); err != nil || got != want {
 			t.Errorf("procFor(%q) = %q, %v; want %q", member, got, err, want)
 		}
+	}
+	if _, err := procFor(s, "storage"); err == nil {
+		t.Error("a lab without a storage server process has one")
+	}
+	s.setProc(Proc{Name: storageProc, NS: StorageNS})
+	if got, err := procFor(s, "storage"); err != nil || got != "storage-server" {
+		t.Errorf("procFor(storage) = %q, %v", got, err)
 	}
 	if _, err := procFor(&State{Hosts: 2}, "server2"); err == nil {
 		t.Error("a lab of one server has a server2")
@@ -102,6 +110,8 @@ func TestShoalCommandLines(t *testing.T) {
 		{"token", s.tokenArgv(), "/usr/bin/shoal cluster token"},
 		{"server token", s.serverTokenArgv(), "/usr/bin/shoal cluster token --server"},
 		{"host list", s.hostListArgv(), "/usr/bin/shoal host list -o json"},
+		{"storage", s.StorageArgv(l, "TOK"),
+			"/usr/bin/shoal storage-server --join https://10.57.0.1:7443 --token TOK --name storage --data-dir /var/lib/shoal-lab/storage --dir /var/lib/shoal-lab/san --listen 10.57.0.251:3260 -v"},
 	} {
 		if got := strings.Join(c.got, " "); got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
@@ -122,6 +132,22 @@ func TestLabEnv(t *testing.T) {
 	}
 	if !strings.Contains(env, "SHOAL_CONFIG=/l/config.json") {
 		t.Errorf("labEnv does not point at the lab's settings:\n%s", env)
+	}
+}
+
+func TestPoolServed(t *testing.T) {
+	for _, c := range []struct{ list, err string }{
+		{`[{"name":"san","type":"iscsi","size":1000,"hosts":["storage"]}]`, ""},
+		{`[{"name":"shared","size":1000,"hosts":["host1"]},{"name":"san","size":1000,"hosts":["host1","storage"]}]`, ""},
+		{`[{"name":"san","type":"iscsi","size":0,"hosts":[]}]`, "pool san is not served by storage yet"},
+		{`[{"name":"san","type":"iscsi","size":1000,"hosts":["host1"]}]`, "pool san is not served by storage yet"},
+		{`[]`, "pool san is not served by storage yet"},
+		{`nope`, "parse pool list"},
+	} {
+		err := poolServed(c.list, "san", "storage")
+		if (c.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("poolServed(%s) = %v; want %q", c.list, err, c.err)
+		}
 	}
 }
 
@@ -313,7 +339,7 @@ func TestStateRecordsProcs(t *testing.T) {
 	if !reflect.DeepEqual(got.Procs, []Proc{{Name: "server", Pid: 3}, {Name: "agent-host1", Pid: 2}}) {
 		t.Errorf("procs %+v", got.Procs)
 	}
-	if !reflect.DeepEqual(got.Members(), []string{"ctl", "client", "host1", "host2"}) {
+	if !reflect.DeepEqual(got.Members(), []string{"ctl", "client", "storage", "host1", "host2"}) {
 		t.Errorf("members %v", got.Members())
 	}
 	if st, _ := os.Stat(s.Layout().State()); st.Mode().Perm() != 0o600 {

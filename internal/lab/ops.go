@@ -207,6 +207,8 @@ func GetStatus(ctx context.Context, dir string) (*Status, error) {
 			p = s.proc(serverProc(k))
 		} else if k, ok := HostIndex(m); ok {
 			p = s.proc(hostProc(k))
+		} else if m == StorageNS {
+			p = s.proc(storageProc)
 		}
 		if p != nil {
 			mem.Process, mem.Pid, mem.Log = p.Name, p.Pid, p.Log
@@ -229,11 +231,14 @@ func procFor(s *State, member string) (string, error) {
 	if k, ok := HostIndex(member); ok && k <= s.Hosts {
 		return hostProc(k), nil
 	}
+	if member == StorageNS && s.proc(storageProc) != nil {
+		return storageProc, nil
+	}
 	servers := "the server (server or ctl)"
 	if s.servers() > 1 {
 		servers = fmt.Sprintf("a server (server or server1..server%d)", s.servers())
 	}
-	return "", fmt.Errorf("no %q in the lab: name %s or a host (%s)", member, servers, hostRange(s.Hosts))
+	return "", fmt.Errorf("no %q in the lab: name %s, a host (%s) or the storage server (storage)", member, servers, hostRange(s.Hosts))
 }
 
 // Kill ends one process of the lab at once (SIGKILL): a server (member

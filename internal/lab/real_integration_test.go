@@ -7,15 +7,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
 // TestLabIntegrationRealShoal builds a lab with the real shoal binary
-// (server, agents, QEMU in TCG), reaches a VM on the shared pool from the
+// (server, agents, storage server, QEMU in TCG), makes a volume in the
+// storage server's pool san, reaches a VM on the shared pool from the
 // client namespace, cuts the power of its host, heals it, and takes the
-// lab down.
+// lab down (tgtd included).
 func TestLabIntegrationRealShoal(t *testing.T) {
 	requireRoot(t)
 	requireNoLab(t)
@@ -31,7 +33,7 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 	t.Cleanup(func() { _ = Down(ctx, log, dir) })
 	s, err := Up(ctx, log, Options{Dir: dir, Hosts: 2, Binary: bin})
 	if err != nil {
-		for _, name := range []string{"server", "agent-host1", "agent-host2"} {
+		for _, name := range []string{"server", "agent-host1", "agent-host2", "storage-server"} {
 			b, _ := os.ReadFile(Layout{dir}.Log(name))
 			t.Logf("%s log:\n%s", name, b)
 		}
@@ -49,9 +51,27 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 		}
 		return out.String()
 	}
-	var hosts []struct{ Name, State string }
-	if err := json.Unmarshal([]byte(shoal("host", "list", "-o", "json")), &hosts); err != nil || len(hosts) != 2 {
-		t.Fatalf("host list: %v %+v", err, hosts)
+	var hosts []struct{ Name, State, Role string }
+	if err := json.Unmarshal([]byte(shoal("host", "list", "-o", "json")), &hosts); err != nil || len(hosts) != 3 ||
+		hosts[2].Name != "storage" || hosts[2].Role != "storage" || hosts[2].State != "up" {
+		t.Fatalf("host list (two hosts and the storage server): %v %+v", err, hosts)
+	}
+	// The storage server's pool san is there at once: a volume of it is
+	// a LUN file in the lab's SAN dir.
+	var vol struct{ ID, State, Host string }
+	if err := json.Unmarshal([]byte(shoal("volume", "create", "v1", "--size", "64M", "--pool", "san", "-o", "json")), &vol); err != nil ||
+		vol.State != "ready" || vol.Host != "storage" {
+		t.Fatalf("volume create in pool san: %v %+v", err, vol)
+	}
+	if _, err := os.Stat(filepath.Join(l.SAN(), "vol-"+vol.ID+".img")); err != nil {
+		t.Errorf("the volume's LUN file: %v", err)
+	}
+	tgtd := 0
+	if b, err := os.ReadFile(filepath.Join(l.Storage(), "tgtd", "tgtd.sock.0.pid")); err == nil {
+		tgtd, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if !alive(tgtd) || !inNS(tgtd, StorageNS) {
+		t.Errorf("the storage server's tgtd (%d) does not run in namespace storage", tgtd)
 	}
 
 	shoal("vm", "create", "web1", "--image", "tiny", "--memory", "256M", "--disk", "1G", "--pool", "shared", "--start")
@@ -108,7 +128,7 @@ func TestLabIntegrationRealShoal(t *testing.T) {
 		t.Fatalf("%v\nagent log:\n%s", err, b)
 	}
 
-	pids := []int{vm.Pid, agent}
+	pids := []int{vm.Pid, agent, tgtd}
 	for _, p := range mustLoad(t, dir).Procs {
 		pids = append(pids, p.Pid)
 	}

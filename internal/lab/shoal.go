@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -27,6 +28,12 @@ type Control interface {
 	JoinToken(ctx context.Context, l Layout) (string, error)
 	// WaitHosts returns once host1..hostN are all up.
 	WaitHosts(ctx context.Context, l Layout, hosts int) error
+	// StorageArgv is the storage server's command line (run inside
+	// storage).
+	StorageArgv(l Layout, token string) []string
+	// StoragePool defines pool StoragePool on the storage server and
+	// returns once the server serves it.
+	StoragePool(ctx context.Context, l Layout) error
 }
 
 // Shoal is the real Control: the shoal binary's server and agent, and its
@@ -66,6 +73,62 @@ func (s Shoal) AgentArgv(l Layout, k int, token string) []string {
 		"--accel", accel,
 		"-v",
 	}
+}
+
+// StorageArgv implements Control.
+func (s Shoal) StorageArgv(l Layout, token string) []string {
+	return []string{s.Binary, "storage-server",
+		"--join", l.ServerURL(),
+		"--token", token,
+		"--name", StorageNS,
+		"--data-dir", l.Storage(),
+		"--dir", l.SAN(),
+		"--listen", fmt.Sprintf("%s:%d", mustAddr(StorageNS), StoragePort),
+		"-v",
+	}
+}
+
+// StoragePool implements Control: 'pool create san --type iscsi
+// --server storage' (again until the storage server has registered),
+// then 'pool list' until it shows the pool served.
+func (s Shoal) StoragePool(ctx context.Context, l Layout) error {
+	create := s.cliArgv("pool", "create", StoragePool, "--type", "iscsi", "--server", StorageNS)
+	err := poll(ctx, "pool "+StoragePool+" was not made", func() error {
+		_, err := s.cli(ctx, l, create)
+		if err != nil && strings.Contains(err.Error(), "already exists") {
+			return nil // made by an earlier try
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return poll(ctx, "the storage server does not serve pool "+StoragePool, func() error {
+		out, err := s.cli(ctx, l, s.cliArgv("pool", "list", "-o", "json"))
+		if err != nil {
+			return err
+		}
+		return poolServed(out, StoragePool, StorageNS)
+	})
+}
+
+// poolServed checks 'pool list -o json' output: pool name must show the
+// space of server.
+func poolServed(listJSON, name, server string) error {
+	var list []struct {
+		Name  string
+		Size  int64
+		Hosts []string
+	}
+	if err := json.Unmarshal([]byte(listJSON), &list); err != nil {
+		return fmt.Errorf("parse pool list: %w", err)
+	}
+	for _, p := range list {
+		if p.Name == name && p.Size > 0 && slices.Contains(p.Hosts, server) {
+			return nil
+		}
+	}
+	return fmt.Errorf("pool %s is not served by %s yet", name, server)
 }
 
 // cliArgv is a CLI call of the lab's server; it runs with labEnv, which
@@ -173,6 +236,9 @@ func hostsUp(listJSON string, hosts int) error {
 	}
 	return nil
 }
+
+// storageProc is the name (and log name) of the storage server's process.
+const storageProc = "storage-server"
 
 // hostProc is the name (and log name) of host k's agent process.
 func hostProc(k int) string { return "agent-" + HostName(k) }

@@ -22,11 +22,20 @@ const DefaultDir = "/var/lib/shoal-lab"
 const MaxHosts = 8
 
 // Names of the lab's fixed namespaces (the contract: ctl, host1..hostN,
-// client).
+// client, storage).
 const (
 	CtlNS    = "ctl"
 	ClientNS = "client"
+	// StorageNS runs the lab's storage server, which serves pool
+	// StoragePool.
+	StorageNS = "storage"
 )
+
+// StoragePool is the pool of the lab's storage server (an iSCSI SAN).
+const StoragePool = "san"
+
+// StoragePort is the iSCSI portal's port of the storage server.
+const StoragePort = 3260
 
 // Subnet is the lab's one L2 segment: the switch, the hosts' VM bridges,
 // the VMs and the client all sit on it.
@@ -64,8 +73,9 @@ func HostIndex(name string) (k int, ok bool) {
 }
 
 // Addr is the lab address plan: ctl (the switch, the first server) is
-// .1, host k is .(1+k) (on its VM bridge), server replica k (namespace
-// ctlK, k >= 2) is .(250+k), the client is .254; VMs get .10 to .250.
+// .1, host k is .(1+k) (on its VM bridge), the storage server is .251,
+// server replica k (namespace ctlK, k >= 2) is .(250+k), the client is
+// .254; VMs get .10 to .250.
 func Addr(member string) (netip.Addr, error) {
 	base := Subnet.Addr().As4()
 	switch member {
@@ -73,6 +83,8 @@ func Addr(member string) (netip.Addr, error) {
 		base[3] = 1
 	case ClientNS:
 		base[3] = 254
+	case StorageNS:
+		base[3] = 251
 	default:
 		if k, ok := replicaNS(member); ok {
 			base[3] = byte(250 + k)
@@ -80,7 +92,7 @@ func Addr(member string) (netip.Addr, error) {
 		}
 		k, ok := HostIndex(member)
 		if !ok {
-			return netip.Addr{}, fmt.Errorf("no lab member %q: use ctl, ctl2..ctl%d, client or host1..host%d", member, MaxServers, MaxHosts)
+			return netip.Addr{}, fmt.Errorf("no lab member %q: use ctl, ctl2..ctl%d, client, storage or host1..host%d", member, MaxServers, MaxHosts)
 		}
 		base[3] = byte(1 + k)
 	}
@@ -112,6 +124,8 @@ func (l Layout) Socket() string    { return filepath.Join(l.Ctl(), "shoal.sock")
 func (l Layout) Host(k int) string { return filepath.Join(l.Dir, HostName(k)) }
 func (l Layout) Shared() string    { return filepath.Join(l.Dir, "shared") }
 func (l Layout) Logs() string      { return filepath.Join(l.Dir, "logs") }
+func (l Layout) Storage() string   { return filepath.Join(l.Dir, "storage") } // the storage server's data dir
+func (l Layout) SAN() string       { return filepath.Join(l.Dir, "san") }     // its volumes' files
 
 // Log is the log file of the process called name.
 func (l Layout) Log(name string) string { return filepath.Join(l.Logs(), name+".log") }
@@ -159,7 +173,7 @@ type State struct {
 	// its inode after).
 	Namespaces []Namespace `json:"namespaces"`
 	// Procs are the lab's long-running processes: "server" (the first
-	// server), "serverK" (replica k), "agent-hostK".
+	// server), "serverK" (replica k), "agent-hostK", "storage-server".
 	Procs []Proc `json:"procs"`
 	// UserConfig is where up copied the CLI settings; UserConfigBackup is
 	// where it saved the file it replaced ("" if there was none).
@@ -209,13 +223,14 @@ func (f Failure) Mode() string {
 func (s *State) Layout() Layout { return Layout{Dir: s.Dir} }
 
 // Members are the lab's namespaces in the order they are made: ctl,
-// ctl2..ctlM (the other server replicas, if any), client, host1..hostN.
+// ctl2..ctlM (the other server replicas, if any), client, storage,
+// host1..hostN.
 func (s *State) Members() []string {
 	m := []string{CtlNS}
 	for k := 2; k <= s.servers(); k++ {
 		m = append(m, ServerNS(k))
 	}
-	m = append(m, ClientNS)
+	m = append(m, ClientNS, StorageNS)
 	for k := 1; k <= s.Hosts; k++ {
 		m = append(m, HostName(k))
 	}

@@ -70,28 +70,11 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 		}
 	}
 	pkiDir := filepath.Join(o.DataDir, "pki")
-	servers, err := ensureJoined(ctx, log, o, pkiDir)
+	cp, tlsCfg, certs, stopLink, err := connect(ctx, log, o, pkiDir)
 	if err != nil {
 		return err
 	}
-	tlsCfg, certs, err := pki.AgentTLS(pkiDir)
-	if err != nil {
-		return err
-	}
-	cp, err := agentapi.NewRemote(servers, tlsCfg)
-	if err != nil {
-		return err
-	}
-	// Learn the other replicas of the control plane, to turn to them when
-	// this one goes away, and remember them across restarts.
-	kctx, stopKeep := context.WithCancel(ctx)
-	kept := make(chan struct{})
-	go func() {
-		defer close(kept)
-		statePath := filepath.Join(o.DataDir, "joined.json")
-		cp.KeepServers(kctx, log, serversRefresh, func(s []string) error { return writeJoined(statePath, s) })
-	}()
-	defer func() { stopKeep(); <-kept }()
+	defer stopLink()
 	pools := []storage.Pool{{Name: "local", Dir: filepath.Join(o.DataDir, "pools", "local")}}
 	for name, dir := range o.SharedPools {
 		pools = append(pools, storage.Pool{Name: name, Dir: dir, Shared: true})
@@ -114,7 +97,7 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		keepCertFresh(rctx, log, pkiDir, o.Host, certs, cp, func() {
+		keepCertFresh(rctx, log, pkiDir, o.Host, true, certs, cp, func() {
 			if qemuTLS != "" {
 				if err := writeQEMUTLS(pkiDir, qemuTLS); err != nil {
 					log.Warn("could not give QEMU the renewed certificate", "err", err)
@@ -167,6 +150,32 @@ func RunAgent(ctx context.Context, log *slog.Logger, o AgentOptions, ready func(
 // serversRefresh is how often an agent asks for the control plane's
 // replicas.
 const serversRefresh = 30 * time.Second
+
+// connect joins the cluster (the first time) as o.Host, with its
+// certificate in pkiDir, and returns its link to the control plane and
+// its TLS settings. Until stop, the link learns the other replicas of the
+// control plane, to turn to them when this one goes away, and remembers
+// them across restarts.
+func connect(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir string) (cp *agentapi.Remote, tlsCfg *tls.Config, certs *pki.AgentCertHolder, stop func(), err error) {
+	servers, err := ensureJoined(ctx, log, o, pkiDir)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if tlsCfg, certs, err = pki.AgentTLS(pkiDir); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if cp, err = agentapi.NewRemote(servers, tlsCfg); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	kctx, stopKeep := context.WithCancel(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		statePath := filepath.Join(o.DataDir, "joined.json")
+		cp.KeepServers(kctx, log, serversRefresh, func(s []string) error { return writeJoined(statePath, s) })
+	}()
+	return cp, tlsCfg, certs, func() { stopKeep(); <-kept }, nil
+}
 
 // ensureJoined returns the servers (the control plane's replicas) to talk
 // to, joining first if this machine has no agent certificate yet.
@@ -236,11 +245,11 @@ func ensureJoined(ctx context.Context, log *slog.Logger, o AgentOptions, pkiDir 
 const renewCheck = 10 * time.Minute
 
 // keepCertFresh renews this host's certificates over mutual TLS, its
-// own and its migration one, whenever they are due, looking every
-// renewCheck, and calls renewed after each renewal. A failure is retried
-// at the next look; the certificate in use stays valid meanwhile, until
-// it expires.
-func keepCertFresh(ctx context.Context, log *slog.Logger, pkiDir, host string, certs *pki.AgentCertHolder, cp *agentapi.Remote, renewed func()) {
+// own and (if migration) its migration one, whenever they are due,
+// looking every renewCheck, and calls renewed after each renewal. A
+// failure is retried at the next look; the certificate in use stays
+// valid meanwhile, until it expires.
+func keepCertFresh(ctx context.Context, log *slog.Logger, pkiDir, host string, migration bool, certs *pki.AgentCertHolder, cp *agentapi.Remote, renewed func()) {
 	t := time.NewTicker(renewCheck)
 	defer t.Stop()
 	for {
@@ -252,7 +261,7 @@ func keepCertFresh(ctx context.Context, log *slog.Logger, pkiDir, host string, c
 				renewed()
 			}
 		}
-		if pki.MigrationDue(pkiDir, time.Now()) {
+		if migration && pki.MigrationDue(pkiDir, time.Now()) {
 			if err := renewMigrationCert(ctx, pkiDir, host, cp); err != nil {
 				log.Warn("could not renew this host's migration certificate; trying again later", "err", err)
 			} else {

@@ -16,6 +16,7 @@ import (
 // summed over its hosts. Pure.
 func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []api.Pool {
 	byName := map[string]*api.Pool{}
+	managed := map[string]bool{} // pools whose storage server reported
 	var names []string
 	for _, h := range hosts {
 		if h.State == api.HostDown {
@@ -29,7 +30,14 @@ func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []
 				names = append(names, ps.Name)
 			}
 			p.Hosts = append(p.Hosts, h.Name)
-			if ps.Shared {
+			switch {
+			case ps.Manages: // the storage server's figures win
+				p.SizeBytes, p.UsedBytes, p.FreeBytes = ps.SizeBytes, ps.UsedBytes, ps.FreeBytes
+				managed[ps.Name] = true
+				continue
+			case managed[ps.Name]:
+				continue
+			case ps.Shared:
 				// The same space, seen again: as the host that sees the
 				// most of it says (a host that only reaches a network
 				// pool reports no space).
@@ -64,11 +72,24 @@ func poolViews(hosts []api.Host, vols []api.Volume, defined []api.PoolConfig) []
 }
 
 // volumeHost chooses the host that makes a volume of size bytes in pool:
-// want if given (it must be up and reach the pool), else for a shared
-// pool the first up host by name that reaches it, while a local pool's
-// volume needs want unless one host alone has the pool. It refuses a volume larger than the pool's free
-// space as the host last reported it. Pure.
+// the storage server that manages the pool if one does (whichever other
+// hosts reach it), else want if given (it must be up and reach the
+// pool), else for a shared pool the first up host by name that reaches
+// it, while a local pool's volume needs want unless one host alone has
+// the pool. It refuses a volume larger than the pool's free space as the
+// host last reported it. Pure.
 func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error) {
+	for _, h := range hosts {
+		if ps, ok := poolOf(h, pool); ok && ps.Manages {
+			switch {
+			case want != "" && want != h.Name:
+				return "", api.Errorf(api.ErrInvalid, "pool %q is served by storage server %s: its volumes are made there (leave out --host)", pool, h.Name)
+			case h.State != api.HostUp:
+				return "", api.Errorf(api.ErrUnavailable, "storage server %s of pool %q is %s: it cannot make a volume now", h.Name, pool, h.State)
+			}
+			return h.Name, fits(pool, ps, h.Name, size)
+		}
+	}
 	var best string
 	for _, h := range hosts {
 		ps, ok := poolOf(h, pool)
@@ -84,8 +105,8 @@ func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error)
 		if !ps.Shared && want == "" && best != "" {
 			return "", api.Errorf(api.ErrInvalid, "pool %q is each host's own: say on which host the volume lives (--host)", pool)
 		}
-		if size > ps.FreeBytes {
-			return "", api.Errorf(api.ErrCapacity, "pool %q has %s free (on %s): a volume of %s does not fit", pool, api.FormatSize(ps.FreeBytes), h.Name, api.FormatSize(size))
+		if err := fits(pool, ps, h.Name, size); err != nil {
+			return "", err
 		}
 		if best == "" || h.Name < best {
 			best = h.Name
@@ -98,6 +119,15 @@ func volumeHost(hosts []api.Host, pool, want string, size int64) (string, error)
 		return "", api.Errorf(api.ErrNotFound, "pool %q not found on any host that is up: see 'shoal pool list'", pool)
 	}
 	return best, nil
+}
+
+// fits refuses a volume of size bytes that pool's space ps, as host
+// reported it, has no room for.
+func fits(pool string, ps api.PoolSpace, host string, size int64) error {
+	if size > ps.FreeBytes {
+		return api.Errorf(api.ErrCapacity, "pool %q has %s free (on %s): a volume of %s does not fit", pool, api.FormatSize(ps.FreeBytes), host, api.FormatSize(size))
+	}
+	return nil
 }
 
 // defaultVolumePool is where a volume goes when its request names no

@@ -334,7 +334,7 @@ func (s *Server) makeBootVolume(ctx context.Context, sp *api.VMSpec) error {
 		return err
 	}
 	v := api.Volume{Name: "boot-" + sp.ID, ID: newID(), Project: sp.Project, Pool: sp.Pool, SizeBytes: sp.DiskBytes, Image: sp.Image,
-		Host: host, VM: sp.Name, Boot: true, State: api.VolumeCreating, CreatedAt: time.Now().UTC()}
+		Host: host, VM: sp.Name, Access: []string{sp.Host}, Boot: true, State: api.VolumeCreating, CreatedAt: time.Now().UTC()}
 	got, err := s.makeVolume(ctx, v)
 	if err != nil {
 		return err
@@ -351,7 +351,7 @@ func (s *Server) dropVolume(ctx context.Context, name string) {
 		return
 	}
 	want := v
-	want.State, want.Error, want.ErrorKind, want.VM = api.VolumeDeleting, "", "", ""
+	want.State, want.Error, want.ErrorKind, want.VM, want.Access = api.VolumeDeleting, "", "", "", nil
 	if _, err := s.st.UpdateVolume(ctx, v, want); err != nil {
 		s.log.Warn("could not remove a volume", "volume", name, "err", err)
 	}

@@ -38,7 +38,7 @@ func (s *Store) AttachVolume(ctx context.Context, name, vol string, check func(a
 			return sp, api.Errorf(api.ErrConflict, "vm %q has %d volumes, the most it can have", name, len(sp.Volumes))
 		}
 		sp.Volumes = append(slices.Clone(sp.Volumes), api.VolumeRef{Name: v.Name, ID: v.ID, Pool: v.Pool, SizeBytes: v.SizeBytes, Slot: slot})
-		v.VM = name
+		v.VM, v.Access = name, accessOf(sp)
 		ok, rev, err := s.putBoth(ctx, sp, vmRev, v)
 		if err != nil {
 			return sp, fmt.Errorf("attach volume %q to vm %q: %w", vol, name, err)
@@ -111,7 +111,7 @@ func (s *Store) FreeVolume(ctx context.Context, name, vol string, inUse func(api
 		if err == nil && (slices.ContainsFunc(sp.Volumes, func(r api.VolumeRef) bool { return r.ID == v.ID }) || inUse(sp)) {
 			return v, api.Errorf(api.ErrConflict, "vm %q still uses volume %q", name, vol)
 		}
-		v.VM = ""
+		v.VM, v.Access = "", nil
 		b, _ := json.Marshal(v)
 		vk := volumeKey(vol)
 		resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vk), "=", v.Rev),
@@ -127,6 +127,16 @@ func (s *Store) FreeVolume(ctx context.Context, name, vol string, inUse func(api
 			return v, err
 		}
 	}
+}
+
+// accessOf is who may open the volumes of the VM of spec sp: its host,
+// if it has one. (A migration's target and a failover's new host are
+// still to be added where those change the VM's host.)
+func accessOf(sp api.VMSpec) []string {
+	if sp.Host == "" {
+		return nil
+	}
+	return []string{sp.Host}
 }
 
 // putBoth writes sp over revision vmRev and v over v.Rev in one

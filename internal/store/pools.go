@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -18,21 +19,41 @@ var poolsPrefix = key("pools") + "/"
 
 func poolKey(name string) string { return poolsPrefix + name }
 
-// CreatePoolConfig records a new pool; api.ErrConflict if the name is taken.
+// CreatePoolConfig records a new pool; api.ErrConflict if the name is
+// taken, or if its storage server (Server) serves another pool already:
+// a storage server serves one pool, checked in the same transaction.
 func (s *Store) CreatePoolConfig(ctx context.Context, c api.PoolConfig) error {
 	b, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode pool: %w", err)
 	}
-	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(poolKey(c.Name)), "=", 0)).
-		Then(clientv3.OpPut(poolKey(c.Name), string(b))).Commit()
-	if err != nil {
-		return fmt.Errorf("create pool %q: %w: %w", c.Name, api.ErrUnavailable, err)
+	for {
+		conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(poolKey(c.Name)), "=", 0)}
+		if c.Server != "" {
+			cs, rev, err := list[api.PoolConfig](ctx, s.c, poolsPrefix)
+			if err != nil {
+				return err
+			}
+			if i := slices.IndexFunc(cs, func(d api.PoolConfig) bool { return d.Server == c.Server && d.Name != c.Name }); i >= 0 {
+				return api.Errorf(api.ErrConflict, "storage server %s serves pool %q already: a storage server serves one pool", c.Server, cs[i].Name)
+			}
+			// No pool made or changed since that list.
+			conds = append(conds, clientv3.Compare(clientv3.ModRevision(poolsPrefix), "<", rev+1).WithPrefix())
+		}
+		resp, err := s.c.Txn(ctx).If(conds...).Then(clientv3.OpPut(poolKey(c.Name), string(b))).Commit()
+		if err != nil {
+			return fmt.Errorf("create pool %q: %w: %w", c.Name, api.ErrUnavailable, err)
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if _, err := s.GetPoolConfig(ctx, c.Name); err == nil || c.Server == "" {
+			return api.Errorf(api.ErrConflict, "pool %q already exists", c.Name)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
-	if !resp.Succeeded {
-		return api.Errorf(api.ErrConflict, "pool %q already exists", c.Name)
-	}
-	return nil
 }
 
 // GetPoolConfig reads one pool the cluster defines, secrets included.

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -84,7 +85,7 @@ func TestAttachOneVolumeTwice(t *testing.T) {
 	s := storetest.New(t)
 	for i, name := range []string{"a", "b"} {
 		v := projectVM(i, "")
-		v.Name = name
+		v.Name, v.Host = name, "host-"+name
 		if _, err := s.CreateVM(ctx, v); err != nil {
 			t.Fatal(err)
 		}
@@ -115,6 +116,9 @@ func TestAttachOneVolumeTwice(t *testing.T) {
 	if won != 1 || len(sp.Volumes) != 1 || sp.Volumes[0].Slot != api.VolumeSlotFirst || sp.Volumes[0].ID != "d1" {
 		t.Fatalf("%d won; volume %+v; spec volumes %+v", won, v, sp.Volumes)
 	}
+	if !slices.Equal(v.Access, []string{sp.Host}) {
+		t.Errorf("the attached volume's access list is %q, not its VM's host %q", v.Access, sp.Host)
+	}
 	if _, _, err := s.DetachVolume(ctx, sp.Name, "data"); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +128,7 @@ func TestAttachOneVolumeTwice(t *testing.T) {
 	if _, err := s.FreeVolume(ctx, sp.Name, "data", func(api.VMSpec) bool { return true }); !errors.Is(err, api.ErrConflict) {
 		t.Errorf("freed while in use: %v", err)
 	}
-	if v, err := s.FreeVolume(ctx, sp.Name, "data", func(api.VMSpec) bool { return false }); err != nil || v.VM != "" {
+	if v, err := s.FreeVolume(ctx, sp.Name, "data", func(api.VMSpec) bool { return false }); err != nil || v.VM != "" || v.Access != nil {
 		t.Errorf("free: %+v, %v", v, err)
 	}
 }
