@@ -130,18 +130,11 @@ func (s *Server) detachVolume(w http.ResponseWriter, r *http.Request) error {
 		return notFoundHint(err, "see 'shoal vm list' and 'shoal volume list'")
 	}
 	// Free the volume only once the VM's QEMU has let it go.
-	ws := waitSpec{wait: true, timeout: s.cfg.WaitTimeout}
-	wctx, cancel := context.WithTimeout(ctx, ws.timeout)
-	defer cancel()
-	for {
-		vm, _, err := s.loadVM(wctx, name)
-		if api.IsNotFound(err) || err == nil && (vm.ObservedRev >= sp.Rev || vm.State == api.StateStopped) && !opens(vm, v.ID) {
-			break
-		}
-		if err := pause(wctx, 20*time.Millisecond); err != nil {
-			return api.Errorf(api.ErrUnavailable, "vm %q still has volume %q open after %s; its host may be down (see 'shoal host list'): the volume stays the VM's until it lets it go",
-				name, v.Name, ws.timeout)
-		}
+	if !s.awaitVM(ctx, name, func(vm api.VM, err error) bool {
+		return api.IsNotFound(err) || err == nil && (vm.ObservedRev >= sp.Rev || vm.State == api.StateStopped) && !opens(vm, v.ID)
+	}) {
+		return api.Errorf(api.ErrUnavailable, "vm %q still has volume %q open after %s; its host may be down (see 'shoal host list'): the volume stays the VM's until it lets it go",
+			name, v.Name, s.cfg.WaitTimeout)
 	}
 	if _, err := s.st.FreeVolume(ctx, name, v.Name, func(api.VMSpec) bool {
 		vm, _, err := s.loadVM(ctx, name)
@@ -186,4 +179,20 @@ func (s *Server) seesVolume(ctx context.Context, name string) error {
 		return api.Errorf(api.ErrNotFound, "volume %q not found: see 'shoal volume list'", name)
 	}
 	return nil
+}
+
+// awaitVM reads VM name until done, given it (or the error reading it),
+// says so: false if that takes longer than the server's wait timeout.
+func (s *Server) awaitVM(ctx context.Context, name string, done func(api.VM, error) bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.WaitTimeout)
+	defer cancel()
+	for {
+		vm, _, err := s.loadVM(ctx, name)
+		if done(vm, err) {
+			return true
+		}
+		if pause(ctx, 20*time.Millisecond) != nil {
+			return false
+		}
+	}
 }

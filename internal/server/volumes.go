@@ -281,20 +281,15 @@ func (s *Server) growAttached(w http.ResponseWriter, r *http.Request, v api.Volu
 	if err != nil {
 		return err
 	}
-	ws := waitSpec{wait: true, timeout: s.cfg.WaitTimeout}
-	wctx, cancel := context.WithTimeout(ctx, ws.timeout)
-	defer cancel()
-	for {
-		vm, _, err := s.loadVM(wctx, sp.Name)
-		if err == nil && (vm.ObservedRev >= sp.Rev || vm.State != api.StateRunning && vm.State != api.StatePaused) {
-			if vm.State == api.StateFailed && vm.ObservedRev >= sp.Rev {
-				return api.Errorf(api.ErrConflict, "vm %s could not grow volume %s: %s", sp.Name, v.Name, vm.Error)
-			}
-			break
-		}
-		if err := pause(wctx, 20*time.Millisecond); err != nil {
-			return api.Errorf(api.ErrUnavailable, "vm %s has not grown volume %s after %s; its host may be down (see 'shoal host list')", sp.Name, v.Name, ws.timeout)
-		}
+	var last api.VM
+	if !s.awaitVM(ctx, sp.Name, func(vm api.VM, err error) bool {
+		last = vm
+		return err == nil && (vm.ObservedRev >= sp.Rev || vm.State != api.StateRunning && vm.State != api.StatePaused)
+	}) {
+		return api.Errorf(api.ErrUnavailable, "vm %s has not grown volume %s after %s; its host may be down (see 'shoal host list')", sp.Name, v.Name, s.cfg.WaitTimeout)
+	}
+	if last.State == api.StateFailed && last.ObservedRev >= sp.Rev {
+		return api.Errorf(api.ErrConflict, "vm %s could not grow volume %s: %s", sp.Name, v.Name, last.Error)
 	}
 	got, err := s.st.GetVolume(ctx, v.Name)
 	if err != nil {

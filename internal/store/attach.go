@@ -39,7 +39,7 @@ func (s *Store) AttachVolume(ctx context.Context, name, vol string, check func(a
 		}
 		sp.Volumes = append(slices.Clone(sp.Volumes), api.VolumeRef{Name: v.Name, ID: v.ID, Pool: v.Pool, SizeBytes: v.SizeBytes, Slot: slot})
 		v.VM, v.Access = name, accessOf(sp)
-		ok, rev, err := s.putBoth(ctx, sp, vmRev, v)
+		ok, rev, err := s.putBoth(ctx, sp, vmRev, v, api.Usage{})
 		if err != nil {
 			return sp, fmt.Errorf("attach volume %q to vm %q: %w", vol, name, err)
 		}
@@ -77,7 +77,7 @@ func (s *Store) DetachVolume(ctx context.Context, name, vol string) (api.VMSpec,
 			return sp, v, api.Errorf(api.ErrConflict, "vm %q is migrating: detach the volume once the migration is over", name)
 		}
 		sp.Volumes = slices.Delete(slices.Clone(sp.Volumes), i, i+1)
-		ok, rev, err := s.putBoth(ctx, sp, vmRev, v)
+		ok, rev, err := s.putBoth(ctx, sp, vmRev, v, api.Usage{})
 		if err != nil {
 			return sp, v, fmt.Errorf("detach volume %q from vm %q: %w", vol, name, err)
 		}
@@ -140,8 +140,9 @@ func accessOf(sp api.VMSpec) []string {
 }
 
 // putBoth writes sp over revision vmRev and v over v.Rev in one
-// transaction; false if either changed meanwhile.
-func (s *Store) putBoth(ctx context.Context, sp api.VMSpec, vmRev int64, v api.Volume) (bool, int64, error) {
+// transaction, adding delta to the project's usage (see withUsage); false
+// if either record changed meanwhile.
+func (s *Store) putBoth(ctx context.Context, sp api.VMSpec, vmRev int64, v api.Volume, delta api.Usage) (bool, int64, error) {
 	sp.Rev = 0
 	b, err := json.Marshal(sp)
 	if err != nil {
@@ -154,12 +155,10 @@ func (s *Store) putBoth(ctx context.Context, sp api.VMSpec, vmRev int64, v api.V
 		return false, 0, err
 	}
 	vk, volk := vmKey(sp.Name), volumeKey(v.Name)
-	resp, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(vk), "=", vmRev), clientv3.Compare(clientv3.ModRevision(volk), "=", vr)).
-		Then(clientv3.OpPut(vk, string(b)), clientv3.OpPut(volk, string(vb))).Commit()
-	if err != nil {
-		return false, 0, fmt.Errorf("%w: %w", api.ErrUnavailable, err)
-	}
-	return resp.Succeeded, resp.Header.Revision, nil
+	rev, ok, err := s.withUsage(ctx, v.Project, delta,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vk), "=", vmRev), clientv3.Compare(clientv3.ModRevision(volk), "=", vr)},
+		[]clientv3.Op{clientv3.OpPut(vk, string(b)), clientv3.OpPut(volk, string(vb))})
+	return ok, rev, err
 }
 
 // GrowAttached records that volume v (as read), attached to VM name,
@@ -179,15 +178,7 @@ func (s *Store) GrowAttached(ctx context.Context, v api.Volume, size int64) (api
 		sp.Volumes[i].SizeBytes = size
 		grown := v
 		grown.SizeBytes, grown.DoneBytes = size, size
-		grown.Rev = 0
-		vb, _ := json.Marshal(grown)
-		spc := sp
-		spc.Rev = 0
-		sb, _ := json.Marshal(spc)
-		vk, volk := vmKey(sp.Name), volumeKey(v.Name)
-		rev, ok, err := s.withUsage(ctx, v.Project, api.Usage{DiskBytes: size - v.SizeBytes},
-			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(vk), "=", vmRev), clientv3.Compare(clientv3.ModRevision(volk), "=", v.Rev)},
-			[]clientv3.Op{clientv3.OpPut(vk, string(sb)), clientv3.OpPut(volk, string(vb))})
+		ok, rev, err := s.putBoth(ctx, sp, vmRev, grown, api.Usage{DiskBytes: size - v.SizeBytes})
 		if err != nil {
 			return sp, fmt.Errorf("grow volume %q: %w", v.Name, err)
 		}

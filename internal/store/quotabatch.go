@@ -47,11 +47,12 @@ type projectQueue struct {
 }
 
 type pendingCreate struct {
-	v    api.VMSpec
-	b    []byte // v, encoded
-	rev  int64
-	err  error
-	done chan struct{}
+	v     api.VMSpec
+	conds []clientv3.Cmp // its creation's conditions and writes (createOps)
+	ops   []clientv3.Op
+	rev   int64
+	err   error
+	done  chan struct{}
 }
 
 // createInProject queues v's creation for its project's next batch and
@@ -59,7 +60,8 @@ type pendingCreate struct {
 // timeout, and a created VM must not go unreported).
 func (s *Store) createInProject(v api.VMSpec, b []byte) (int64, error) {
 	name := api.ProjectOf(v.Project)
-	pc := &pendingCreate{v: v, b: b, done: make(chan struct{})}
+	pc := &pendingCreate{v: v, done: make(chan struct{})}
+	pc.conds, pc.ops = createOps(v, b)
 	s.quota.mu.Lock()
 	if s.quota.q == nil {
 		s.quota.q = map[string]*projectQueue{}
@@ -114,16 +116,15 @@ func takeBatch(pending []*pendingCreate) (batch, rest []*pendingCreate) {
 		if len(batch) == maxBatch {
 			return batch, append(rest, pending[i:]...)
 		}
-		_, ops := createOps(pc.v, pc.b)
 		clash := false
-		for _, op := range ops {
+		for _, op := range pc.ops {
 			clash = clash || keys[string(op.KeyBytes())]
 		}
 		if clash {
 			rest = append(rest, pc)
 			continue
 		}
-		for _, op := range ops {
+		for _, op := range pc.ops {
 			keys[string(op.KeyBytes())] = true
 		}
 		batch = append(batch, pc)
@@ -161,8 +162,7 @@ func (s *Store) commitBatch(ctx context.Context, name string, q *projectQueue, b
 		conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(useKey(name)), "=", q.rev)}
 		ops := []clientv3.Op{clientv3.OpPut(useKey(name), string(u))}
 		for _, pc := range in {
-			c, o := createOps(pc.v, pc.b)
-			conds, ops = append(conds, c...), append(ops, o...)
+			conds, ops = append(conds, pc.conds...), append(ops, pc.ops...)
 		}
 		resp, err := s.c.Txn(ctx).If(conds...).Then(ops...).Else(clientv3.OpGet(useKey(name), clientv3.WithKeysOnly())).Commit()
 		if err != nil {

@@ -135,16 +135,16 @@ func (s *Store) RemoveVolume(ctx context.Context, v api.Volume) error {
 }
 
 // withUsage commits ops if conds hold, adding delta to the usage of
-// project (nothing for the default project, which has no record) in the
-// same transaction; a delta that adds is checked against the project's
-// limits first. It retries while only the usage changed, and says
+// project in the same transaction (nothing for the default project,
+// which has no record, nor for a zero delta); a delta that adds is
+// checked against the project's limits first. It retries while only the usage changed, and says
 // whether conds held.
 func (s *Store) withUsage(ctx context.Context, project string, delta api.Usage, conds []clientv3.Cmp, ops []clientv3.Op) (int64, bool, error) {
 	name := api.ProjectOf(project)
 	for {
 		all, allOps := conds, ops
 		uk := useKey(name)
-		if name != api.DefaultProject {
+		if name != api.DefaultProject && delta != (api.Usage{}) {
 			p, rev, err := s.GetProject(ctx, name)
 			if err != nil {
 				return 0, false, err
@@ -164,7 +164,7 @@ func (s *Store) withUsage(ctx context.Context, project string, delta api.Usage, 
 		if resp.Succeeded {
 			return resp.Header.Revision, true, nil
 		}
-		if name == api.DefaultProject {
+		if name == api.DefaultProject || delta == (api.Usage{}) {
 			return 0, false, nil
 		}
 		// Tell a changed usage (go again) from failed conditions.

@@ -43,13 +43,13 @@ func (d Driver) Create(ctx context.Context, v pool.Volume) error {
 	if v.SizeBytes > c.FreeBytes {
 		return api.Errorf(api.ErrCapacity, "pool %q has %s free: a volume of %s does not fit", d.Name, api.FormatSize(c.FreeBytes), api.FormatSize(v.SizeBytes))
 	}
-	make := storage.CreateBlank
+	create := storage.CreateBlank
 	if v.Base != "" {
-		make = func(ctx context.Context, dst string, size int64) error {
+		create = func(ctx context.Context, dst string, size int64) error {
 			return storage.CreateOverlay(ctx, v.Base, dst, size)
 		}
 	}
-	if err := make(ctx, p, v.SizeBytes); err != nil {
+	if err := create(ctx, p, v.SizeBytes); err != nil {
 		return err
 	}
 	// Only the QEMU user of the VM it is attached to may read it (see
